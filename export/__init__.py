@@ -1,0 +1,1 @@
+"""Export toolchain (installed as ``moe2.export``): ONNX export + parity, TensorRT builds, bundles."""

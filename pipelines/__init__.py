@@ -1,0 +1,1 @@
+"""Thin Hydra entry points, one per stage; each ``main(cfg)`` calls one library function."""

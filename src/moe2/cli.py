@@ -1,0 +1,187 @@
+"""The ``moe2`` console script: one subcommand per pipeline stage, each a Hydra app.
+
+``moe2 <stage> [hydra overrides]`` composes ``conf/<stage>.yaml`` with the overrides and calls the
+stage's entry point in :mod:`moe2.pipelines`. A few stages take positional arguments
+(``moe2 verify BUNDLE``, ``moe2 ask BUNDLE "prompt"``); they are turned into overrides here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A subcommand: its config, entry module, one-line help and argument mapping."""
+
+    name: str
+    help: str
+    module: str
+    config: str = ""
+    #: positional arguments, in order, mapped to these config keys
+    positional: tuple[str, ...] = ()
+    #: ``key=value`` overrides renamed before Hydra sees them (e.g. a path given for a group name)
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def config_name(self) -> str:
+        return self.config or self.name.replace("-", "_")
+
+
+#: Registered stages, in pipeline order. Only stages that work are listed.
+STAGES: dict[str, Stage] = {}
+
+
+def register(stage: Stage) -> Stage:
+    """Add a stage to the CLI (used by the registrations below)."""
+    STAGES[stage.name] = stage
+    return stage
+
+
+for _stage in (
+    Stage("import", "Import an outcome table (LLMRouter JSON, RouterBench CSV, moe2 Parquet).", "import_outcomes"),
+    Stage("profile", "Measure per-expert latency, energy and memory on this machine.", "profile"),
+    Stage("harvest", "Run the experts over a prompt dataset and record outcomes (resumable).", "harvest"),
+    Stage("train", "Train the gating network once over all experts.", "train"),
+    Stage(
+        "evaluate",
+        "Score a trained gate on another outcome table (gating=DIR outcomes=DIR).",
+        "evaluate",
+        aliases={"gating": "eval.gating_dir", "outcomes": "eval.outcomes_dir"},
+    ),
+    Stage("check-preserving", "Retrain on random subsets and compare with the restricted full gate.", "check_preserving"),
+    Stage("select", "Choose the expert subset that maximises quality under the budgets.", "select"),
+    Stage("sweep", "Sweep budgets and plot the Pareto front against baselines.", "sweep"),
+    Stage("export", "Write a deployable bundle: ONNX gate and experts, build plans, manifest.", "export"),
+    Stage(
+        "build-engines",
+        "Build TensorRT engines for a bundle on its target (needs tensorrt).",
+        "build_engines",
+        positional=("bundle.path",),
+    ),
+    Stage("verify", "Check a bundle's manifest, checksums and parity records.", "verify", positional=("bundle.path",)),
+    Stage("ask", "Answer a prompt with a bundle: gate, route, run, aggregate.", "ask", positional=("bundle.path", "prompt")),
+    Stage("pipeline", "Run every stage in order on the embedded default (offline).", "pipeline"),
+):
+    register(_stage)
+
+
+def _module_exists(stage: Stage) -> bool:
+    return importlib.util.find_spec(f"moe2.pipelines.{stage.module}") is not None
+
+
+def available_stages() -> list[Stage]:
+    """Registered stages whose entry point is installed."""
+    return [s for s in STAGES.values() if _module_exists(s)]
+
+
+def usage() -> str:
+    """The text of ``moe2 --help``."""
+    import moe2
+
+    stages = available_stages()
+    width = max((len(s.name) for s in stages), default=8)
+    lines = [
+        f"moe2 {moe2.__version__} — Mixture-of-Edge-Experts: gate, select and deploy LLM experts",
+        "",
+        "usage: moe2 <stage> [hydra overrides...]   e.g. moe2 train trainer.max_epochs=5",
+        "       moe2 <stage> --help                 the stage's config groups and options",
+        "       moe2 <stage> --cfg job              print the composed config and exit",
+        "",
+        "stages:",
+    ]
+    lines += [f"  {s.name:<{width}}  {s.help}" for s in stages]
+    return "\n".join(lines) + "\n"
+
+
+def to_overrides(stage: Stage, args: Sequence[str]) -> list[str]:
+    """Map positional arguments and aliases of ``stage`` to Hydra overrides."""
+    out: list[str] = []
+    positional = list(stage.positional)
+    for arg in args:
+        if arg.startswith("-") or "=" in arg:
+            key, sep, value = arg.partition("=")
+            if sep and key in stage.aliases:
+                arg = f"{stage.aliases[key]}={value}"
+            out.append(arg)
+        elif positional:
+            key = positional.pop(0)
+            # quote so Hydra's override grammar takes paths and free text verbatim
+            out.append(f"{key}={_quote(arg)}")
+        else:
+            from moe2.errors import ConfigError
+
+            raise ConfigError(
+                f"moe2 {stage.name}: unexpected argument '{arg}'; overrides look like key=value"
+            )
+    return out
+
+
+def _quote(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'"
+
+
+def conf_dir() -> str:
+    """Absolute path of the installed ``conf/`` directory (works from any working directory)."""
+    from importlib.resources import files
+
+    return str(files("moe2.conf"))
+
+
+def hydra_app(stage: Stage) -> Callable[[], Any]:
+    """Wrap the stage's entry point as a Hydra app reading ``conf/<stage>.yaml``."""
+    import hydra
+    from omegaconf import DictConfig
+
+    from moe2.utils.stage import run_stage
+
+    entry = importlib.import_module(f"moe2.pipelines.{stage.module}")
+
+    def task(cfg: DictConfig) -> Any:
+        return run_stage(stage.name, entry.main, cfg)
+
+    task.__module__ = entry.__name__  # Hydra names the job after the task's module
+    return hydra.main(version_base="1.3", config_path=conf_dir(), config_name=stage.config_name)(task)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``moe2`` console script."""
+    from moe2.errors import Moe2Error
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        sys.stdout.write(usage())
+        return 0
+    if args[0] in ("-V", "--version"):
+        import moe2
+
+        print(f"moe2 {moe2.__version__}")
+        return 0
+    name = args[0]
+    stage = STAGES.get(name)
+    if stage is None or not _module_exists(stage):
+        known = ", ".join(s.name for s in available_stages())
+        sys.stderr.write(f"moe2: unknown stage '{name}'. Stages: {known}. See: moe2 --help\n")
+        return 2
+    try:
+        overrides = to_overrides(stage, args[1:])
+    except Moe2Error as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
+    saved = sys.argv
+    sys.argv = [f"moe2 {stage.name}", f"hydra.job.name={stage.name}", *overrides]
+    try:
+        hydra_app(stage)()
+    finally:
+        sys.argv = saved
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""moe2.selection"""

@@ -1,0 +1,1 @@
+"""Shared utilities: optional dependencies, atomic files, run metadata, stage lifecycle."""
