@@ -23,7 +23,8 @@ class CostProfile:
         latency_ms: ``[E, C]`` request latency (network + prefill + decode).
         energy_j: ``[E, C]`` energy per request.
         memory_bytes: ``[E]`` resident memory (weights + KV cache).
-        capacity_bytes: memory capacity of each device, by device name.
+        capacity_bytes: memory capacity of each device instance ("box", e.g. ``orin_agx#1``);
+            ``devices`` holds the box of each expert and ``detail["device_types"]`` its device type.
         source: ``[E, C]`` ``"analytic"`` or ``"measured"`` for each latency/energy figure.
         detail: free-form breakdown (prefill/decode/network parts, token counts), for reports.
     """

@@ -1,0 +1,173 @@
+"""``moe2 pipeline``: every stage in order, each composed from its own primary config.
+
+The pipeline does not duplicate the stages' configs. For each stage it composes
+``conf/<stage>.yaml`` with the pipeline's base overrides (``pipeline.overrides``: the embedded
+default) followed by the user's command-line overrides, keeping only the overrides that apply to that
+stage (an override that applies to no stage is an error). Stages then run in-process, in order, and
+the run ends with a summary table read back from the artifacts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from moe2.errors import ConfigError
+
+log = logging.getLogger("moe2.pipeline")
+
+
+def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
+    """Compose a stage config inside a running Hydra app, or standalone (tests, API)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        from hydra import compose
+
+        return compose(config_name=config_name, overrides=list(overrides))
+    from moe2.utils.stage import compose as compose_standalone
+
+    return compose_standalone(config_name, overrides)
+
+
+def _user_overrides(cfg: DictConfig) -> list[str]:
+    """The overrides given on the command line (empty outside a Hydra run)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith("hydra.")]
+    return list(cfg.pipeline.get("extra_overrides", []) or [])
+
+
+def _applies(config_name: str, override: str, cache: dict[tuple[str, str], bool]) -> bool:
+    key = (config_name, override)
+    if key not in cache:
+        try:
+            _compose(config_name, [override])
+            cache[key] = True
+        except Exception:  # noqa: BLE001 - Hydra raises several types for "not in this config"
+            cache[key] = False
+    return cache[key]
+
+
+def stage_overrides(stages: Sequence[str], base: Sequence[str], user: Sequence[str]) -> dict[str, list[str]]:
+    """For each stage, the base and user overrides that apply to its primary config.
+
+    Raises:
+        ConfigError: when a user override applies to none of the stages (a typo, usually).
+    """
+    from moe2.cli import STAGES
+
+    cache: dict[tuple[str, str], bool] = {}
+    out: dict[str, list[str]] = {}
+    used: set[str] = set()
+    for name in stages:
+        conf = STAGES[name].config_name
+        out[name] = [o for o in [*base, *user] if _applies(conf, o, cache)]
+        used.update(out[name])
+    unused = [o for o in user if o not in used]
+    if unused:
+        raise ConfigError(
+            f"override(s) {unused} apply to none of the pipeline stages {list(stages)}; check the key "
+            "names with `moe2 <stage> --cfg job`"
+        )
+    return out
+
+
+def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
+    """Run the configured stages in order and print a summary.
+
+    Returns:
+        ``{"stages": {name: {"seconds": s, "result": ...}}, "summary": {...}}``.
+    """
+    from moe2.cli import STAGES
+    from moe2.utils.stage import seed_everything
+
+    stages = list(cfg.pipeline.stages)
+    unknown = [s for s in stages if s not in STAGES or s == "pipeline"]
+    if unknown:
+        raise ConfigError(f"pipeline.stages names unknown stage(s) {unknown}; known: {[s for s in STAGES if s != 'pipeline']}")
+    base = [str(o) for o in cfg.pipeline.overrides]
+    plan = stage_overrides(stages, base, _user_overrides(cfg))
+    timings: dict[str, dict[str, Any]] = {}
+    total = time.perf_counter()
+    for name in stages:
+        stage = STAGES[name]
+        scfg = _compose(stage.config_name, plan[name])
+        log.info("── stage %s (%s)", name, " ".join(plan[name]) or "defaults")
+        seed_everything(int(scfg.get("seed", 0)))
+        entry = importlib.import_module(f"moe2.pipelines.{stage.module}")
+        start = time.perf_counter()
+        result = entry.main(scfg)
+        timings[name] = {"seconds": round(time.perf_counter() - start, 2), "result": result}
+        log.info("── stage %s done in %.1f s", name, timings[name]["seconds"])
+    summary = summarize(Path(str(cfg.paths.artifacts)), timings, time.perf_counter() - total)
+    return {"stages": timings, "summary": summary}
+
+
+def summarize(artifacts: Path, timings: dict[str, dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """Print and return the end-of-run table: experts, accuracies, chosen subset, budgets, paths."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from moe2.utils.io import read_json
+
+    console = Console()
+    summary: dict[str, Any] = {"artifacts": str(artifacts), "seconds": round(seconds, 1)}
+
+    outcomes = artifacts / "outcomes"
+    if (outcomes / "prompts.parquet").is_file():
+        from moe2.data.tables import load_outcomes
+
+        data = load_outcomes(outcomes)
+        test = data.split_mask("test")
+        acc = {e: float(data.scores[test, j].mean()) for j, e in enumerate(data.experts)}
+        summary["expert_test_acc"] = acc
+        table = Table(title=f"experts ({data.n_prompts} prompts, {len(data.categories)} categories)")
+        table.add_column("expert")
+        table.add_column("device")
+        table.add_column("test acc", justify="right")
+        devices = dict(zip(data.expert_table["name"], data.expert_table["device"]))
+        for e, a in acc.items():
+            table.add_row(e, str(devices.get(e, "")), f"{a:.3f}")
+        console.print(table)
+
+    metrics_path = artifacts / "gating" / "metrics.json"
+    if metrics_path.is_file():
+        m = read_json(metrics_path)
+        summary["gate"] = {k: m.get(k) for k in ("test/router_acc", "test/best_single_acc", "test/oracle_acc") if k in m}
+
+    sel_path = artifacts / "selection" / "selection.json"
+    if sel_path.is_file():
+        sel = read_json(sel_path)
+        summary["selection"] = {k: sel.get(k) for k in ("subset", "objective", "test_objective", "method", "optimal")}
+        summary["budgets"] = sel.get("budgets")
+
+    table = Table(title="moe2 pipeline")
+    table.add_column("item")
+    table.add_column("value")
+    for name, t in timings.items():
+        table.add_row(f"stage {name}", f"{t['seconds']:.1f} s")
+    for k, v in summary.get("gate", {}).items():
+        table.add_row(f"gate {k}", f"{v:.3f}" if isinstance(v, (int, float)) else str(v))
+    if "selection" in summary:
+        s = summary["selection"]
+        table.add_row("chosen subset", ", ".join(s.get("subset") or []))
+        for key in ("objective", "test_objective"):
+            if isinstance(s.get(key), (int, float)):
+                table.add_row(f"selection {key}", f"{s[key]:.3f}")
+        table.add_row("optimal", str(s.get("optimal")))
+    for name, b in (summary.get("budgets") or {}).items():
+        table.add_row(f"budget {name}", OmegaConf.to_yaml(b).strip().replace("\n", "; ") if isinstance(b, dict) else str(b))
+    for sub in ("outcomes", "gating", "selection", "bundle"):
+        if (artifacts / sub).exists():
+            table.add_row(f"artifacts {sub}", str(artifacts / sub))
+    table.add_row("total", f"{seconds:.1f} s")
+    console.print(table)
+    return summary

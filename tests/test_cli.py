@@ -1,0 +1,118 @@
+"""The ``moe2`` console script: help text, unknown stages, ``moe2 import`` from another directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from moe2.cli import STAGES, available_stages, main, to_overrides, usage
+from moe2.errors import ConfigError
+
+
+def _script() -> str:
+    found = Path(sys.executable).parent / "moe2"
+    if found.is_file():
+        return str(found)
+    which = shutil.which("moe2")
+    if which is None:
+        pytest.skip("the moe2 console script is not installed (pip install -e .)")
+    return which
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [_script(), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+
+
+def test_help_lists_the_working_stages(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert text == usage()
+    assert text.startswith("moe2 ") and "usage: moe2 <stage> [hydra overrides...]" in text
+    stages = available_stages()
+    assert "import" in [s.name for s in stages]
+    for s in stages:  # one line each: name and its help
+        assert any(
+            line.split() and line.split()[0] == s.name and s.help in line
+            for line in text.splitlines()
+        )
+    for name in set(STAGES) - {
+        s.name for s in stages
+    }:  # stages without an entry point are not listed
+        assert f"\n  {name} " not in text
+
+
+def test_unknown_stage_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["frobnicate"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown stage 'frobnicate'" in err and "import" in err
+
+
+def test_positional_and_alias_mapping() -> None:
+    assert to_overrides(STAGES["verify"], ["my bundle"]) == ["bundle.path='my bundle'"]
+    assert to_overrides(STAGES["evaluate"], ["gating=g", "x=1"]) == ["eval.gating_dir=g", "x=1"]
+    with pytest.raises(ConfigError, match="unexpected argument"):
+        to_overrides(STAGES["import"], ["stray"])
+
+
+def test_installed_script_help_and_unknown_stage(tmp_path: Path) -> None:
+    out = _run(["--help"], tmp_path)
+    assert out.returncode == 0 and "import" in out.stdout
+    bad = _run(["nonsense"], tmp_path)
+    assert bad.returncode == 2 and "unknown stage" in bad.stderr
+
+
+def test_installed_script_imports_from_another_cwd(tmp_path: Path) -> None:
+    items = [{"question": f"q{i}", "scores": {"a": float(i % 2), "b": 1.0}} for i in range(20)]
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    (work / "t.json").write_text(json.dumps(items))
+    out = _run(["import", "data=llmrouter", "data.path=t.json", "paths.artifacts=art"], work)
+    assert out.returncode == 0, out.stderr
+    assert "imported 20 prompts x 2 experts" in out.stdout
+    assert {p.name for p in (work / "art" / "outcomes").iterdir()} == {
+        "prompts.parquet",
+        "outcomes.parquet",
+        "experts.parquet",
+        "meta.json",
+    }
+    # a user error is a one-line log message and exit code 2, and writes no outcomes
+    bad = _run(["import", "data=llmrouter", "data.path=missing.json", "paths.artifacts=art2"], work)
+    assert bad.returncode == 2
+    logged = bad.stdout + bad.stderr
+    assert "missing.json: file not found" in logged and "Traceback" not in logged
+    assert not (work / "art2" / "outcomes").exists()
+
+
+@pytest.mark.shared_data
+def test_import_shared_llmrouter_command(llmrouter_dir: Path, tmp_path: Path) -> None:
+    """The command of issue 2, from the checkout, with relative ../shared paths."""
+    checkout = Path(__file__).resolve().parents[1]
+    rel = os.path.relpath(llmrouter_dir, checkout)
+    out = _run(
+        [
+            "import",
+            "data=llmrouter",
+            f"data.path={rel}/train.json",
+            f"data.queries={rel}/default_query_train.jsonl",
+            f"data.prices={rel}/default_llm.json",
+            f"paths.artifacts={tmp_path}",
+        ],
+        checkout,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "5,608 prompts x 9 experts, 14 categories" in out.stdout

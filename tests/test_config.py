@@ -1,0 +1,124 @@
+"""Every primary config and every option of every config group composes and resolves.
+
+Written generically: configs added under ``conf/`` are picked up without editing this file. Group
+options are composed on a primary config whose defaults list has the group (``group=option``), or
+added to one (``+group=option``), preferring the stage named in the option's ``# moe2 <stage> ...``
+launch comment. Required values (``???``) get a dummy value so interpolations can resolve.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from moe2.cli import conf_dir
+from moe2.utils.stage import compose
+
+CONF = Path(conf_dir())
+#: dummy values for required keys that are not plain strings (the rest get "dummy")
+DUMMY: dict[str, str] = {}
+#: groups that are not user-swappable options (Hydra's own settings)
+SKIP_GROUPS = {"hydra"}
+
+
+def _primaries() -> list[str]:
+    return sorted(p.stem for p in CONF.glob("*.yaml"))
+
+
+def _options() -> list[tuple[str, str]]:
+    out = []
+    for path in sorted(CONF.rglob("*.yaml")):
+        rel = path.relative_to(CONF)
+        if len(rel.parts) < 2 or rel.parts[0] in SKIP_GROUPS:
+            continue
+        out.append(("/".join(rel.parts[:-1]), path.stem))
+    return out
+
+
+def _defaults_groups(primary: str) -> set[str]:
+    data = yaml.safe_load((CONF / f"{primary}.yaml").read_text()) or {}
+    groups = set()
+    for entry in data.get("defaults", []) or []:
+        if isinstance(entry, dict):
+            for key in entry:
+                groups.add(re.sub(r"^(override|optional)\s+", "", str(key)).lstrip("/"))
+    return groups
+
+
+def _missing(node: object, prefix: str = "") -> list[str]:
+    """Keys whose value is ``???`` (without resolving interpolations, which may point at them)."""
+    out: list[str] = []
+    if isinstance(node, DictConfig):
+        for key in node:
+            child = node._get_node(key)
+            path = f"{prefix}{key}"
+            if isinstance(child, (DictConfig, ListConfig)):
+                out += _missing(child, path + ".")
+            elif (
+                child is not None
+                and child._is_missing()
+                and not OmegaConf.is_interpolation(node, key)
+            ):
+                out.append(path)
+    elif isinstance(node, ListConfig):
+        for i in range(len(node)):
+            child = node._get_node(i)
+            if isinstance(child, (DictConfig, ListConfig)):
+                out += _missing(child, f"{prefix}{i}.")
+    return out
+
+
+def _compose_resolved(primary: str, overrides: list[str]) -> None:
+    cfg = compose(primary, overrides)
+    missing = sorted(_missing(cfg))
+    if missing:
+        cfg = compose(primary, overrides + [f"{k}={DUMMY.get(k, 'dummy')}" for k in missing])
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+
+
+def test_there_is_something_to_compose() -> None:
+    assert "import" in _primaries()
+    assert ("data", "llmrouter") in _options() and ("hardware", "orin_agx") in _options()
+
+
+@pytest.mark.parametrize("primary", _primaries())
+def test_primary_config_composes(primary: str) -> None:
+    _compose_resolved(primary, [])
+
+
+def _stage_hint(group: str, option: str) -> list[str]:
+    """Primaries named by ``# moe2 <stage> ... group=option`` comments in the option file."""
+    text = (CONF / group / f"{option}.yaml").read_text()
+    hinted = []
+    for m in re.finditer(r"^#\s*moe2\s+([\w-]+)(.*)$", text, flags=re.M):
+        stage, rest = m.group(1).replace("-", "_"), m.group(2)
+        if (CONF / f"{stage}.yaml").is_file() and f"{group}={option}" in rest:
+            hinted.insert(0, stage)
+        elif (CONF / f"{stage}.yaml").is_file():
+            hinted.append(stage)
+    return hinted
+
+
+@pytest.mark.parametrize(("group", "option"), _options(), ids=[f"{g}={o}" for g, o in _options()])
+def test_group_option_composes(group: str, option: str) -> None:
+    primaries = _primaries()
+    having = [p for p in primaries if group in _defaults_groups(p)]
+    order = [p for p in _stage_hint(group, option) if p in having] + having
+    order += [p for p in _stage_hint(group, option) if p not in order] + [
+        p for p in primaries if p not in order
+    ]
+    errors = []
+    for primary in dict.fromkeys(order):
+        override = (
+            f"{group}={option}" if group in _defaults_groups(primary) else f"+{group}={option}"
+        )
+        try:
+            _compose_resolved(primary, [override])
+            return
+        except Exception as exc:  # noqa: BLE001 - try the next primary, report all failures
+            errors.append(f"{primary} [{override}]: {type(exc).__name__}: {exc}")
+    pytest.fail(f"{group}/{option}.yaml composes with no primary config:\n" + "\n".join(errors))
