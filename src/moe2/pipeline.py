@@ -1,9 +1,9 @@
 """``moe2 pipeline``: every stage in order, each composed from its own primary config.
 
 The pipeline does not duplicate the stages' configs. For each stage it composes
-``conf/<stage>.yaml`` with the pipeline's base overrides (``pipeline.overrides``: the embedded
+``conf/<stage>.yaml`` with the pipeline's group choices (``conf/pipeline.yaml``: the embedded
 default) followed by the user's command-line overrides, keeping only the overrides that apply to that
-stage (an override that applies to no stage is an error). Stages then run in-process, in order, and
+stage (a command-line override that applies to no stage is an error). Stages then run in-process, in order, and
 the run ends with a summary table read back from the artifacts.
 """
 
@@ -34,6 +34,20 @@ def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
     from moe2.utils.stage import compose as compose_standalone
 
     return compose_standalone(config_name, overrides)
+
+
+def _base_overrides(cfg: DictConfig) -> list[str]:
+    """The pipeline's own group choices (``data=embedded``, ``trainer=cpu``...), for every stage.
+
+    Inside a Hydra run these are the composed choices (the user's group overrides included);
+    standalone (tests, API) they come from ``pipeline.overrides``.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        choices = HydraConfig.get().runtime.choices
+        return [f"{g}={c}" for g, c in choices.items() if c is not None and not g.startswith("hydra")]
+    return [str(o) for o in cfg.pipeline.get("overrides", []) or []]
 
 
 def _user_overrides(cfg: DictConfig) -> list[str]:
@@ -67,10 +81,22 @@ def stage_overrides(stages: Sequence[str], base: Sequence[str], user: Sequence[s
     cache: dict[tuple[str, str], bool] = {}
     out: dict[str, list[str]] = {}
     used: set[str] = set()
+    absent = object()
     for name in stages:
         conf = STAGES[name].config_name
-        out[name] = [o for o in [*base, *user] if _applies(conf, o, cache)]
-        used.update(out[name])
+        base_ok = [o for o in base if _applies(conf, o, cache)]
+        stage_cfg = _compose(conf, base_ok)
+        user_ok = []
+        for o in user:
+            if o.startswith("++"):
+                # `++key=value` sets or adds: give it only to the stages that have the key
+                key = o[2:].partition("=")[0]
+                if OmegaConf.select(stage_cfg, key, default=absent) is not absent:
+                    user_ok.append(o)
+            elif _applies(conf, o, cache):
+                user_ok.append(o)
+        out[name] = [*base_ok, *user_ok]
+        used.update(user_ok)
     unused = [o for o in user if o not in used]
     if unused:
         raise ConfigError(
@@ -93,7 +119,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     unknown = [s for s in stages if s not in STAGES or s == "pipeline"]
     if unknown:
         raise ConfigError(f"pipeline.stages names unknown stage(s) {unknown}; known: {[s for s in STAGES if s != 'pipeline']}")
-    base = [str(o) for o in cfg.pipeline.overrides]
+    base = _base_overrides(cfg)
     plan = stage_overrides(stages, base, _user_overrides(cfg))
     timings: dict[str, dict[str, Any]] = {}
     total = time.perf_counter()

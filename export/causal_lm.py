@@ -1,0 +1,247 @@
+"""Decoder-only expert LM -> ONNX with a KV cache (one graph with past inputs), parity on logits
+and on 16-token greedy generations, tokenizer and generation config beside it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from moe2.export.onnx_export import export_onnx, ort_session
+from moe2.export.parity import compare_arrays, compare_tokens
+from moe2.export.specs import ExportSpec, spec_for_hf_config
+
+from moe2.errors import BundleError
+from moe2.runtime.onnx_models import OrtCausalLM
+from moe2.utils.deps import require
+from moe2.utils.io import write_json
+
+log = logging.getLogger(__name__)
+
+EXPERT_FILE = "model.onnx"
+
+
+def _cache_kwarg(model: Any) -> str:
+    """transformers 5 renamed ``past_key_values`` to ``cache``; accept both."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _out_cache(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return out.past_key_values if cache is None else cache
+
+
+def _cache_tensors(cache: Any) -> list[Any]:
+    """Flatten a transformers cache into ``[k0, v0, k1, v1, ...]`` (each ``[B, H_kv, T, D]``)."""
+    if hasattr(cache, "layers"):
+        return [t for layer in cache.layers for t in (layer.keys, layer.values)]
+    return [t for kv in cache for t in kv[:2]]  # legacy tuple-of-tuples
+
+
+def kv_graph_module(model: Any, n_layers: int) -> Any:
+    """Wrap a HF causal LM as ``(input_ids, attention_mask, position_ids, *past) -> (logits, *present)``."""
+    import torch
+    from transformers import DynamicCache
+
+    kwarg = _cache_kwarg(model)
+
+    class KVCacheGraph(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def forward(
+            self,
+            input_ids: torch.Tensor,  # [B, S]
+            attention_mask: torch.Tensor,  # [B, past + S]
+            position_ids: torch.Tensor,  # [B, S]
+            *past: torch.Tensor,  # 2 * n_layers x [B, H_kv, past, D]
+        ) -> tuple[torch.Tensor, ...]:
+            # a plain (full-attention) DynamicCache for every layer: sliding-window layers still get
+            # their window from the attention mask the model builds from the config
+            cache = DynamicCache(
+                ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(n_layers)]
+            )
+            out = self.inner(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=True,
+                **{kwarg: cache},
+            )
+            return (out.logits.float(), *_cache_tensors(_out_cache(out)))
+
+    return KVCacheGraph(model).eval()
+
+
+def torch_greedy(
+    model: Any, prompt_ids: Sequence[int], max_new_tokens: int
+) -> tuple[list[int], Any, Any]:
+    """Greedy decoding in PyTorch with a KV cache (no EOS stop, no sampling, no penalties).
+
+    Returns:
+        ``(tokens, prefill logits [1, S, V], first decode-step logits [1, 1, V])``.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    kwarg = _cache_kwarg(model)
+    ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
+    with torch.no_grad():
+        out = model(input_ids=ids, use_cache=True, **{kwarg: DynamicCache()})
+        prefill = out.logits.float()
+        cache = _out_cache(out)
+        tokens: list[int] = []
+        step_logits = None
+        logits = prefill
+        for step in range(max_new_tokens):
+            token = int(logits[0, -1].argmax())
+            tokens.append(token)
+            if step == max_new_tokens - 1:
+                break
+            out = model(input_ids=torch.tensor([[token]]), use_cache=True, **{kwarg: cache})
+            cache = _out_cache(out)
+            logits = out.logits.float()
+            if step_logits is None:
+                step_logits = logits
+    return tokens, prefill, step_logits
+
+
+def export_causal_lm(
+    name: str,
+    model: Any,
+    tokenizer: Any,
+    out_dir: str | Path,
+    prompts: Sequence[str],
+    max_new_tokens: int = 16,
+    opset: int = 18,
+    chat_template: bool = False,
+    generation: dict[str, Any] | None = None,
+    threads: int | None = None,
+    external_data: bool | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Export one expert LM to ``out_dir/model.onnx`` (+ ``.data`` over 2 GB) and check parity.
+
+    Parity, per prompt: prefill logits and first decode-step logits (PyTorch vs ONNX Runtime, the
+    family's tolerance), and the 16-token greedy generations (identical tokens).
+
+    Args:
+        name: the expert's name (for records).
+        model: a Hugging Face causal LM (fp32, eval mode).
+        tokenizer: its tokenizer (saved to ``out_dir/tokenizer``).
+        out_dir: destination directory.
+        prompts: the fixed parity prompt set.
+        max_new_tokens: greedy generation length of the parity check.
+        opset: ONNX opset.
+        chat_template: whether the runtime should wrap prompts with the tokenizer's chat template.
+        generation: extra generation settings for ``generation.json`` (``max_new_tokens``, ...).
+        threads: ONNX Runtime threads for parity.
+        external_data: force ONNX external data (default: when weights exceed 2 GB).
+
+    Returns:
+        ``(info, parity records)``; ``info`` is what ``generation.json`` holds.
+    """
+    torch = require("torch", "expert export")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.float().eval()
+    spec: ExportSpec = spec_for_hf_config(model.config, opset=opset)
+    n_layers = int(spec.meta["n_layers"])
+    module = kv_graph_module(model, n_layers)
+    # example shapes avoid 0/1 on dynamic axes (torch.export specialises them): batch 2, seq 3, past 2
+    b, s, p = 2, 3, 2
+    vocab = int(spec.meta["vocab_size"])
+    gen = torch.Generator().manual_seed(0)
+    example = [
+        torch.randint(0, min(vocab, 1000), (b, s), generator=gen),
+        torch.ones(b, p + s, dtype=torch.long),
+        torch.arange(p, p + s).expand(b, s).contiguous(),
+        *(
+            torch.randn(b, spec.meta["n_kv_heads"], p, spec.meta["head_dim"], generator=gen)
+            for _ in range(2 * n_layers)
+        ),
+    ]
+    files = export_onnx(
+        module, spec, example, out_dir / EXPERT_FILE, n_positional=3, external_data=external_data
+    )
+    tokenizer.save_pretrained(str(out_dir / "tokenizer"))
+    write_json(out_dir / "export_spec.json", spec.to_dict())
+
+    runner = OrtCausalLM(ort_session(out_dir / EXPERT_FILE, threads), spec)
+    component = f"expert:{name}"
+    records: list[dict[str, Any]] = []
+    ref_tokens, ort_tokens = [], []
+    ref_pre, ort_pre, ref_dec, ort_dec = [], [], [], []
+    for prompt in prompts:
+        ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        if not ids:
+            raise BundleError(f"parity prompt {prompt!r} tokenizes to nothing for expert {name}")
+        tokens, prefill, step = torch_greedy(model, ids, max_new_tokens)
+        ref_tokens.append(tokens)
+        ort_tokens.append(runner.greedy(ids, max_new_tokens))
+        logits, past = runner.forward(np.asarray([ids], np.int64), runner.empty_past())
+        ref_pre.append(prefill[0, -1].numpy())
+        ort_pre.append(logits[0, -1])
+        if step is not None:
+            # decode parity: feed PyTorch's first token so both sides see the same history
+            dec, _ = runner.forward(np.asarray([[tokens[0]]], np.int64), past)
+            ref_dec.append(step[0, -1].numpy())
+            ort_dec.append(dec[0, -1])
+    records.append(
+        compare_arrays(
+            component,
+            "torch->onnxruntime",
+            "prefill_logits",
+            np.stack(ref_pre),
+            np.stack(ort_pre),
+            spec.atol,
+            spec.rtol,
+        )
+    )
+    if ref_dec:
+        records.append(
+            compare_arrays(
+                component,
+                "torch->onnxruntime",
+                "decode_logits",
+                np.stack(ref_dec),
+                np.stack(ort_dec),
+                spec.atol,
+                spec.rtol,
+            )
+        )
+    records.append(compare_tokens(component, "torch->onnxruntime", ref_tokens, ort_tokens, prompts))
+
+    eos = _eos_ids(model, tokenizer)
+    info = {
+        "name": name,
+        "family": spec.family,
+        "onnx": EXPERT_FILE,
+        "external_data": [f.name for f in files[1:]],
+        "chat_template": bool(chat_template and getattr(tokenizer, "chat_template", None)),
+        "eos_token_ids": eos,
+        "max_new_tokens": int((generation or {}).get("max_new_tokens", 64)),
+        "parity_tokens": {"prompts": list(prompts), "torch": ref_tokens},
+        **{k: v for k, v in (generation or {}).items() if k != "max_new_tokens"},
+    }
+    write_json(out_dir / "generation.json", info)
+    return info, records
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    ids: set[int] = set()
+    gen_cfg = getattr(model, "generation_config", None)
+    for source in (
+        getattr(gen_cfg, "eos_token_id", None),
+        getattr(model.config, "eos_token_id", None),
+        tokenizer.eos_token_id,
+    ):
+        if source is None:
+            continue
+        ids.update(int(x) for x in (source if isinstance(source, (list, tuple)) else [source]))
+    return sorted(ids)

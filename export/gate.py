@@ -1,0 +1,205 @@
+"""Gating network -> ONNX (dynamic batch and sequence) + tokenizer, parity, optional int8.
+
+The gate is the gating engineer's plain ``nn.Module`` (``forward(input_ids, attention_mask) ->
+logits [B, E]``); nothing here imports Lightning.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from moe2.export.onnx_export import export_onnx, ort_session
+from moe2.export.parity import compare_arrays
+from moe2.export.specs import gate_spec
+
+from moe2.errors import BundleError
+from moe2.runtime.onnx_models import OrtGate
+from moe2.utils.deps import require
+from moe2.utils.io import write_json
+
+log = logging.getLogger(__name__)
+
+GATE_FILE = "model.onnx"
+GATE_INT8_FILE = "model.int8.onnx"
+
+
+def _graph_module(gate: Any) -> Any:
+    """Wrap ``gate`` so the exported graph has exactly ``(input_ids, attention_mask) -> logits``."""
+    import torch
+
+    class GateGraph(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            out = self.inner(input_ids, attention_mask)
+            logits = out.logits if hasattr(out, "logits") else out
+            return logits.float()  # [B, E]
+
+    return GateGraph(gate).eval()
+
+
+def _encode(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, np.ndarray]:
+    enc = tokenizer(
+        list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="np"
+    )
+    return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
+
+
+def export_gate(
+    gate: Any,
+    tokenizer: Any,
+    experts: Sequence[str],
+    out_dir: str | Path,
+    prompts: Sequence[str],
+    opset: int = 18,
+    max_length: int = 256,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    threads: int | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Export the gate to ``out_dir/model.onnx`` with its tokenizer and check parity.
+
+    Args:
+        gate: the gating ``nn.Module`` (``forward(input_ids, attention_mask) -> [B, E]``).
+        tokenizer: its Hugging Face tokenizer (saved to ``out_dir/tokenizer``).
+        experts: expert names, in the order of the gate's logits.
+        out_dir: destination directory (created).
+        prompts: parity prompts (at least 2, so the batch axis stays dynamic).
+        opset: ONNX opset.
+        max_length: tokenizer truncation length.
+        atol: absolute logits tolerance.
+        rtol: relative logits tolerance.
+        threads: ONNX Runtime threads for the parity run.
+
+    Returns:
+        ``(info, parity records)``; ``info`` is what ``gate.json`` holds.
+    """
+    torch = require("torch", "gate export")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if len(prompts) < 2:
+        raise BundleError("gate export needs at least 2 parity prompts (export.parity.prompts)")
+    spec = gate_spec(len(experts), opset=opset, atol=atol, rtol=rtol)
+    module = _graph_module(gate)
+    feed = _encode(tokenizer, prompts, max_length)
+    # torch.export specialises axes of size 1; the parity prompts give batch >= 2, seq >= 2
+    example = [torch.from_numpy(feed["input_ids"]), torch.from_numpy(feed["attention_mask"])]
+    if example[0].shape[1] < 2:
+        raise BundleError(
+            "the gate's parity prompts tokenize to a single token; use longer prompts"
+        )
+    with torch.no_grad():
+        reference = module(*example).numpy()  # [B, E]
+    if reference.shape != (len(prompts), len(experts)):
+        raise BundleError(
+            f"the gate returns logits of shape {list(reference.shape)}, expected "
+            f"[{len(prompts)}, {len(experts)}] for {len(experts)} experts"
+        )
+    export_onnx(module, spec, example, out_dir / GATE_FILE)
+    tokenizer.save_pretrained(str(out_dir / "tokenizer"))
+    write_json(out_dir / "export_spec.json", spec.to_dict())
+    runner = OrtGate(ort_session(out_dir / GATE_FILE, threads), tokenizer, experts, max_length)
+    ort_logits = runner.logits(prompts)
+    records = [
+        compare_arrays("gate", "torch->onnxruntime", "logits", reference, ort_logits, atol, rtol)
+    ]
+    info = {"experts": list(experts), "max_length": max_length, "onnx": GATE_FILE, "int8": None}
+    write_json(out_dir / "gate.json", info)
+    return info, records
+
+
+def routing_accuracy(logits: np.ndarray, scores: np.ndarray) -> float:
+    """Mean score of the top-1 routed expert: ``logits, scores [P, E]`` (NaN scores skipped)."""
+    chosen = scores[np.arange(len(scores)), np.argmax(logits, axis=1)]
+    return float(np.nanmean(chosen))
+
+
+def quantize_gate(
+    out_dir: str | Path,
+    texts: Sequence[str],
+    scores: np.ndarray | None = None,
+    max_drop_points: float = 0.5,
+    threads: int | None = None,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """Dynamic int8 quantization of ``out_dir/model.onnx``, kept only if routing holds.
+
+    The int8 gate is compared with the fp32 gate on ``texts``: with outcome ``scores [P, E]`` (in
+    the gate's expert order) the routing accuracies (mean score of the top-1 expert) must differ by
+    at most ``max_drop_points`` percentage points; without scores, top-1 agreement must be at least
+    ``100 - max_drop_points`` %, which bounds the accuracy drop the same way. A failing int8 gate is
+    deleted and the record says why; the bundle then ships fp32 only.
+
+    Returns:
+        A parity record (``hop: onnxruntime->onnxruntime-int8``, ``output: routing``).
+    """
+    quant = require("onnxruntime.quantization", "int8 gate quantization")
+    out_dir = Path(out_dir)
+    info = _read_gate_json(out_dir)
+    fp32_path, int8_path = out_dir / GATE_FILE, out_dir / GATE_INT8_FILE
+    quant.quantize_dynamic(
+        str(fp32_path), str(int8_path), weight_type=quant.QuantType.QInt8, per_channel=False
+    )
+    tokenizer = _tokenizer(out_dir)
+    fp32 = OrtGate(ort_session(fp32_path, threads), tokenizer, info["experts"], info["max_length"])
+    int8 = OrtGate(ort_session(int8_path, threads), tokenizer, info["experts"], info["max_length"])
+    texts = list(texts)
+    a = np.concatenate(
+        [fp32.logits(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+    )
+    b = np.concatenate(
+        [int8.logits(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+    )
+    agreement = float((a.argmax(1) == b.argmax(1)).mean())
+    record: dict[str, Any] = {
+        "component": "gate",
+        "hop": "onnxruntime->onnxruntime-int8",
+        "output": "routing",
+        "kind": "routing",
+        "prompts": len(texts),
+        "top1_agreement": agreement,
+        "max_drop_points": max_drop_points,
+        "max_abs_logit_diff": float(np.abs(a - b).max()),
+    }
+    if scores is not None:
+        acc32, acc8 = routing_accuracy(a, scores), routing_accuracy(b, scores)
+        drop = 100.0 * (acc32 - acc8)
+        record.update(
+            fp32_accuracy=acc32, int8_accuracy=acc8, drop_points=drop, basis="outcome scores"
+        )
+    else:
+        drop = 100.0 * (1.0 - agreement)
+        record.update(drop_points_bound=drop, basis="top-1 agreement")
+    kept = drop <= max_drop_points
+    # a rejected int8 gate is a decision, not a failure of the bundle: record it as passed=True
+    # with kept=False, so `verify` accepts the fp32-only bundle
+    record.update(kept=kept, passed=True)
+    if not kept:
+        int8_path.unlink()
+        log.warning(
+            "int8 gate dropped routing by %.2f points (> %.2f): shipping fp32 only",
+            drop,
+            max_drop_points,
+        )
+    else:
+        info["int8"] = GATE_INT8_FILE
+        write_json(out_dir / "gate.json", info)
+    return record
+
+
+def _read_gate_json(out_dir: Path) -> dict[str, Any]:
+    from moe2.utils.io import read_json
+
+    return read_json(out_dir / "gate.json")
+
+
+def _tokenizer(out_dir: Path) -> Any:
+    from moe2.runtime.onnx_models import load_tokenizer
+
+    return load_tokenizer(out_dir / "tokenizer")

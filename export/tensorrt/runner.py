@@ -1,0 +1,93 @@
+"""Running built engines (TensorRT >= 10 name-based I/O, CUDA buffers from torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from moe2.export.specs import ExportSpec
+from moe2.export.tensorrt.builder import import_tensorrt, make_logger
+
+from moe2.runtime.onnx_models import OrtCausalLM
+
+
+class TrtEngine:
+    """A deserialized engine with one execution context.
+
+    Args:
+        path: the ``.engine`` file.
+    """
+
+    def __init__(self, path: str | Path):
+        import torch
+
+        self.trt = trt = import_tensorrt()
+        self.torch = torch
+        self.runtime = trt.Runtime(make_logger(trt))
+        self.engine = self.runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        if self.engine is None:
+            from moe2.errors import BundleError
+
+            raise BundleError(
+                f"{path}: TensorRT cannot load this engine (built by another TensorRT version or GPU?)"
+            )
+        self.context = self.engine.create_execution_context()
+        self.stream = torch.cuda.Stream()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [
+            n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT
+        ]
+        self.profile = -1
+
+    def run(self, feed: dict[str, np.ndarray], profile: int = 0) -> list[np.ndarray]:
+        """Run with the inputs ``feed`` under optimization profile ``profile``; outputs in order."""
+        torch, trt = self.torch, self.trt
+        keep = []
+        if profile != self.profile:
+            self.context.set_optimization_profile_async(profile, self.stream.cuda_stream)
+            self.profile = profile
+        for name in self.inputs:
+            arr = np.ascontiguousarray(feed[name])
+            self.context.set_input_shape(name, tuple(arr.shape))
+            # empty tensors (past length 0) still get a valid 1-element buffer
+            t = torch.from_numpy(arr if arr.size else np.zeros(1, arr.dtype)).cuda()
+            keep.append(t)
+            self.context.set_tensor_address(name, int(t.data_ptr()))
+        outs = []
+        for name in self.outputs:
+            shape = tuple(self.context.get_tensor_shape(name))
+            dtype = torch.from_numpy(
+                np.zeros(0, trt.nptype(self.engine.get_tensor_dtype(name)))
+            ).dtype
+            t = torch.empty(max(1, int(np.prod(shape))), dtype=dtype, device="cuda")
+            outs.append((t, shape))
+            self.context.set_tensor_address(name, int(t.data_ptr()))
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            from moe2.errors import BundleError
+
+            raise BundleError("TensorRT execution failed")
+        self.stream.synchronize()
+        return [t[: int(np.prod(shape))].reshape(shape).float().cpu().numpy() for t, shape in outs]
+
+
+class TrtSession:
+    """ONNX-Runtime-like ``run(None, feed)`` over an engine (profile 0), for the gate."""
+
+    def __init__(self, engine: TrtEngine):
+        self.engine = engine
+
+    def run(self, names: Any, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.engine.run(feed, profile=0)
+
+
+class TrtCausalLM(OrtCausalLM):
+    """A KV-cached LM engine: profile 0 (prefill) for empty past, profile 1 (decode) otherwise."""
+
+    def __init__(self, engine: TrtEngine, spec: ExportSpec):
+        super().__init__(session=None, spec=spec)
+        self.engine = engine
+
+    def _run(self, feed: dict[str, np.ndarray], decode: bool) -> list[np.ndarray]:
+        return self.engine.run(feed, profile=1 if decode else 0)

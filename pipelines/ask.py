@@ -1,0 +1,70 @@
+"""``moe2 ask BUNDLE "prompt"``: answer with a bundle and show the routing and the cost estimate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def render(answer: Any) -> None:
+    """Print an :class:`~moe2.runtime.bundle.Answer` with rich."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]Q:[/bold] {answer.prompt}")
+    console.print(f"[bold green]A:[/bold green] {answer.answer}")
+    table = Table(title=f"experts used ({answer.aggregation}, {answer.backend})")
+    for col in (
+        "expert",
+        "gate weight",
+        "answer",
+        "tokens",
+        "est. latency ms",
+        "est. energy J",
+        "ran s",
+    ):
+        table.add_column(col)
+    for u in answer.experts:
+        table.add_row(
+            u.name,
+            f"{u.weight:.3f}",
+            u.answer[:60],
+            str(u.tokens),
+            "-" if u.est_latency_ms is None else f"{u.est_latency_ms:.0f}",
+            "-" if u.est_energy_j is None else f"{u.est_energy_j:.2f}",
+            f"{u.seconds:.2f}",
+        )
+    console.print(table)
+    gate = ", ".join(
+        f"{e} {w:.3f}" for e, w in sorted(answer.gate_weights.items(), key=lambda kv: -kv[1])
+    )
+    console.print(f"gate over the bundle's experts: {gate}")
+    lat = "-" if answer.est_latency_ms is None else f"{answer.est_latency_ms:.0f} ms"
+    en = "-" if answer.est_energy_j is None else f"{answer.est_energy_j:.2f} J"
+    console.print(
+        f"estimated request latency {lat}, energy {en} (bundle cost profile, category {answer.category or 'mean'})"
+    )
+    for note in answer.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+
+
+def main(cfg: DictConfig) -> dict[str, Any]:
+    """Load (verify) the bundle, answer ``cfg.prompt``, print and return the answer."""
+    from dataclasses import asdict
+
+    from moe2.runtime import load_bundle
+
+    bundle = load_bundle(str(cfg.bundle.path), backend=str(cfg.backend), threads=cfg.threads)
+    choices = OmegaConf.to_container(cfg.choices) if cfg.choices is not None else None
+    answer = bundle.ask(
+        str(cfg.prompt),
+        choices=[str(c) for c in choices] if choices else None,
+        max_new_tokens=cfg.max_new_tokens,
+        k=cfg.k,
+        aggregation=cfg.aggregation,
+        category=cfg.category,
+    )
+    render(answer)
+    return asdict(answer)

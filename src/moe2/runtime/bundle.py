@@ -1,0 +1,359 @@
+"""Load a verified bundle and answer prompts: gate (ONNX Runtime) -> top-k experts of the bundle
+-> run them (ONNX Runtime, or TensorRT engines when built here) -> aggregate.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from moe2.errors import BundleError, ConfigError
+from moe2.utils.io import read_json
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["auto", "onnxruntime", "tensorrt"]
+
+
+@dataclass
+class ExpertUse:
+    """One routed expert of an answer."""
+
+    name: str
+    weight: float  # renormalised gate weight over the top-k
+    answer: str
+    tokens: int
+    seconds: float
+    est_latency_ms: float | None
+    est_energy_j: float | None
+    logprobs: list[float] | None = None  # per choice, when choices were given
+
+
+@dataclass
+class Answer:
+    """The result of :meth:`Bundle.ask`."""
+
+    prompt: str
+    answer: str
+    aggregation: str
+    experts: list[ExpertUse]
+    gate_weights: dict[str, float]  # softmax of the gate restricted to the bundle's subset
+    est_latency_ms: float | None  # experts run in parallel on their devices: the slowest one
+    est_energy_j: float | None  # summed over the routed experts
+    category: str | None
+    backend: str
+    seconds: float
+    choice_probs: list[float] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max())
+    return z / z.sum()
+
+
+class Bundle:
+    """A verified bundle, ready to answer prompts (use :func:`load_bundle`).
+
+    Args:
+        path: the bundle directory.
+        manifest: its verified manifest.
+        backend: ``auto`` (TensorRT engines when built for this GPU and tensorrt imports, else
+            ONNX Runtime), ``onnxruntime`` or ``tensorrt`` (error if engines cannot run here).
+        threads: ONNX Runtime intra-op threads.
+        int8_gate: use the int8 gate when the bundle ships one.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict[str, Any],
+        backend: Backend = "auto",
+        threads: int | None = None,
+        int8_gate: bool = True,
+    ):
+        from moe2.export.onnx_export import ort_session
+        from moe2.runtime.onnx_models import OrtGate, load_tokenizer
+
+        self.path = path
+        self.manifest = manifest
+        self.routing = read_json(path / "routing.json")
+        self.threads = threads
+        gate_info = read_json(path / "gate" / "gate.json")
+        self.engine_target = self._engine_target(backend)
+        self.backend = "tensorrt" if self.engine_target else "onnxruntime"
+        gate_file = (
+            path
+            / "gate"
+            / (gate_info["int8"] if int8_gate and gate_info.get("int8") else gate_info["onnx"])
+        )
+        session: Any
+        if self.engine_target:
+            from moe2.export.tensorrt.runner import TrtEngine, TrtSession
+
+            session = TrtSession(TrtEngine(path / self._engine_file("gate")))
+        else:
+            session = ort_session(gate_file, threads)
+        self.gate = OrtGate(
+            session,
+            load_tokenizer(path / "gate" / "tokenizer"),
+            gate_info["experts"],
+            gate_info["max_length"],
+        )
+        self.gate_file = gate_file.name
+        self.subset: list[str] = list(self.routing["subset"])
+        self.subset_index = np.asarray(self.routing["subset_index"], dtype=np.int64)
+        self.k = int(self.routing["k"])
+        self.aggregation = str(self.routing["aggregation"])
+        self._lms: dict[str, Any] = {}
+        self._tokenizers: dict[str, Any] = {}
+        self._generation: dict[str, dict[str, Any]] = {}
+        cp = self.routing.get("cost_profile")
+        self.cost = cp if cp and cp.get("experts") else None
+
+    # ------------------------------------------------------------------ backends
+    def _engine_target(self, backend: Backend) -> str | None:
+        if backend not in ("auto", "onnxruntime", "tensorrt"):
+            raise ConfigError(f"backend must be auto, onnxruntime or tensorrt, got {backend!r}")
+        if backend == "onnxruntime":
+            return None
+        from moe2.export.tensorrt.arch import local_sm_arch
+        from moe2.utils.deps import available
+
+        engines = self.manifest.get("engines", {})
+        local = local_sm_arch() if engines else None
+        match = [t for t, e in engines.items() if e.get("sm_arch") == local]
+        if backend == "tensorrt":
+            if not engines:
+                raise BundleError(
+                    "this bundle has no TensorRT engines; run `moe2 build-engines BUNDLE target=<target>` on the target"
+                )
+            if not match:
+                built = ", ".join(f"{t} ({e.get('sm_arch')})" for t, e in engines.items())
+                raise BundleError(
+                    f"engines were built for {built}, but this GPU is {local or 'absent'}; they cannot run here"
+                )
+            if not available("tensorrt"):
+                from moe2.export.tensorrt.builder import import_tensorrt
+
+                import_tensorrt()  # raises with the install hint
+        if match and available("tensorrt"):
+            import tensorrt
+
+            target = match[0]
+            if engines[target].get("tensorrt") != tensorrt.__version__:
+                msg = f"engines of {target} were built with TensorRT {engines[target].get('tensorrt')}, this is {tensorrt.__version__}"
+                if backend == "tensorrt":
+                    raise BundleError(msg + "; rebuild them with `moe2 build-engines`")
+                log.warning("%s; using ONNX Runtime", msg)
+                return None
+            return target
+        return None
+
+    def _engine_file(self, component: str) -> str:
+        entry = self.manifest["engines"][self.engine_target]
+        for e in entry["engines"]:
+            if e["component"] == component:
+                return e["engine"]
+        raise BundleError(f"no {component} engine for {self.engine_target} in the manifest")
+
+    def _lm(self, expert: str) -> tuple[Any, Any, dict[str, Any]]:
+        from moe2.export.onnx_export import ort_session
+        from moe2.runtime.onnx_models import OrtCausalLM, load_tokenizer, spec_from_file
+
+        rel = self.routing["expert_dirs"][expert]
+        if rel not in self._lms:
+            d = self.path / rel
+            spec = spec_from_file(d / "export_spec.json")
+            if self.engine_target:
+                from moe2.export.tensorrt.runner import TrtCausalLM, TrtEngine
+
+                self._lms[rel] = TrtCausalLM(
+                    TrtEngine(self.path / self._engine_file(f"expert:{rel}")), spec
+                )
+            else:
+                self._lms[rel] = OrtCausalLM(ort_session(d / "model.onnx", self.threads), spec)
+            self._tokenizers[rel] = load_tokenizer(d / "tokenizer")
+            self._generation[rel] = read_json(d / "generation.json")
+        return self._lms[rel], self._tokenizers[rel], self._generation[rel]
+
+    # ------------------------------------------------------------------ routing
+    def gate_weights(self, prompt: str) -> dict[str, float]:
+        """The gate's softmax over the bundle's subset (the other experts masked out)."""
+        logits = self.gate.logits([prompt])[0]  # [E_all]
+        w = _softmax(logits[self.subset_index].astype(np.float64))
+        return dict(zip(self.subset, w.tolist(), strict=True))
+
+    def route(self, prompt: str, k: int | None = None) -> list[tuple[str, float]]:
+        """Top-k experts of the subset with gate weights renormalised over those k."""
+        k = self.k if k is None else int(k)
+        if not 1 <= k <= len(self.subset):
+            raise ConfigError(f"k must be between 1 and {len(self.subset)}, got {k}")
+        weights = self.gate_weights(prompt)
+        top = sorted(weights.items(), key=lambda kv: -kv[1])[:k]
+        total = sum(w for _, w in top)
+        return [(e, w / total) for e, w in top]
+
+    def estimate(self, expert: str, category: str | None) -> tuple[float | None, float | None]:
+        """Latency (ms) and energy (J) of one request to ``expert`` from the cost profile.
+
+        With an unknown or absent category, the mean over the profile's categories.
+        """
+        if self.cost is None or expert not in self.cost["experts"]:
+            return None, None
+        i = self.cost["experts"].index(expert)
+        lat = np.asarray(self.cost["latency_ms"], dtype=float)[i]
+        en = np.asarray(self.cost["energy_j"], dtype=float)[i]
+        cats = list(self.cost["categories"])
+        if category in cats:
+            j = cats.index(category)
+            return float(lat[j]), float(en[j])
+        return float(np.nanmean(lat)), float(np.nanmean(en))
+
+    # ------------------------------------------------------------------ answering
+    def _prompt_ids(self, tok: Any, gen: dict[str, Any], prompt: str) -> list[int]:
+        if gen.get("chat_template") and getattr(tok, "chat_template", None):
+            ids = tok.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+            )
+            return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        return list(tok(prompt)["input_ids"])
+
+    def ask(
+        self,
+        prompt: str,
+        choices: Sequence[str] | None = None,
+        max_new_tokens: int | None = None,
+        k: int | None = None,
+        aggregation: str | None = None,
+        category: str | None = None,
+    ) -> Answer:
+        """Answer ``prompt`` with the bundle.
+
+        Args:
+            prompt: the question.
+            choices: options of a multiple-choice question (enables ``mixture`` over options).
+            max_new_tokens: generation length (default: the bundle's).
+            k: experts to route to (default: the bundle's k).
+            aggregation: ``top1``, ``mixture`` or ``vote`` (default: the bundle's).
+            category: the prompt's category, for the cost estimates (default: mean over categories).
+        """
+        import time
+
+        start = time.perf_counter()
+        agg = aggregation or self.aggregation
+        from moe2.export.bundle import AGGREGATIONS
+
+        if agg not in AGGREGATIONS:
+            raise ConfigError(f"aggregation {agg!r} is not one of {AGGREGATIONS}")
+        notes: list[str] = []
+        weights = self.gate_weights(prompt)
+        routed = self.route(prompt, k)
+        if agg == "top1":
+            routed = routed[:1]
+            routed = [(routed[0][0], 1.0)]
+        uses: list[ExpertUse] = []
+        for name, w in routed:
+            lm, tok, gen = self._lm(name)
+            ids = self._prompt_ids(tok, gen, prompt)
+            t0 = time.perf_counter()
+            logprobs = None
+            if choices:
+                logprobs = [
+                    lm.continuation_logprob(
+                        ids,
+                        tok(" " + c, add_special_tokens=False)["input_ids"]
+                        or tok(c, add_special_tokens=False)["input_ids"],
+                    )
+                    for c in choices
+                ]
+                text = choices[int(np.argmax(logprobs))]
+                n_tokens = 0
+            else:
+                n = int(max_new_tokens or gen.get("max_new_tokens", 64))
+                out = lm.greedy(ids, n, gen.get("eos_token_ids", []))
+                eos = set(gen.get("eos_token_ids", []))
+                text = tok.decode(
+                    [t for t in out if t not in eos], skip_special_tokens=True
+                ).strip()
+                n_tokens = len(out)
+            lat, en = self.estimate(name, category)
+            uses.append(
+                ExpertUse(
+                    name, float(w), text, n_tokens, time.perf_counter() - t0, lat, en, logprobs
+                )
+            )
+        answer, probs = self._aggregate(agg, uses, choices, notes)
+        lats = [u.est_latency_ms for u in uses if u.est_latency_ms is not None]
+        ens = [u.est_energy_j for u in uses if u.est_energy_j is not None]
+        return Answer(
+            prompt=prompt,
+            answer=answer,
+            aggregation=agg,
+            experts=uses,
+            gate_weights=weights,
+            est_latency_ms=max(lats) if len(lats) == len(uses) else None,
+            est_energy_j=float(sum(ens)) if len(ens) == len(uses) else None,
+            category=category,
+            backend=self.backend,
+            seconds=time.perf_counter() - start,
+            choice_probs=probs,
+            notes=notes,
+        )
+
+    @staticmethod
+    def _aggregate(
+        agg: str, uses: list[ExpertUse], choices: Sequence[str] | None, notes: list[str]
+    ) -> tuple[str, list[float] | None]:
+        if agg == "top1" or len(uses) == 1:
+            return uses[0].answer, None
+        if agg == "mixture" and choices:
+            # sum_e w_e p_e(y|x) over the options, each expert's distribution normalised over them
+            mix = np.zeros(len(choices))
+            for u in uses:
+                lp = np.asarray(u.logprobs, dtype=float)
+                mix += u.weight * _softmax(lp)
+            return choices[int(np.argmax(mix))], mix.tolist()
+        if agg == "mixture":
+            notes.append(
+                "mixture needs answer options (choices); free-form answers were combined by gate-weighted vote"
+            )
+        # vote: majority of (normalised) answers; ties go to the larger total gate weight
+        count: Counter[str] = Counter()
+        weight: dict[str, float] = {}
+        first: dict[str, str] = {}
+        for u in uses:
+            key = " ".join(u.answer.lower().split())
+            count[key] += 1
+            weight[key] = weight.get(key, 0.0) + u.weight
+            first.setdefault(key, u.answer)
+        best = max(
+            count, key=lambda a: (count[a], weight[a]) if agg == "vote" else (weight[a], count[a])
+        )
+        return first[best], None
+
+
+def load_bundle(
+    path: str | os.PathLike[str],
+    backend: Backend = "auto",
+    threads: int | None = None,
+    int8_gate: bool = True,
+) -> Bundle:
+    """Verify a bundle (checksums, manifest, parity records) and load it for :meth:`Bundle.ask`.
+
+    Raises:
+        BundleError: a missing or modified file, a newer format, failed parity, or engines that
+            cannot run here when ``backend="tensorrt"``.
+    """
+    from moe2.export.bundle import verify_bundle
+
+    root = Path(path)
+    manifest = verify_bundle(root)
+    return Bundle(root, manifest, backend=backend, threads=threads, int8_gate=int8_gate)

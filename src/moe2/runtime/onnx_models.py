@@ -1,0 +1,142 @@
+"""ONNX Runtime wrappers of the bundle's graphs: the gate and the KV-cached causal LMs.
+
+Numpy only (no torch): this is what runs on the edge device. The graph contracts are the
+:class:`~moe2.export.specs.ExportSpec` written beside each ONNX file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moe2.export.specs import ExportSpec, past_names
+
+
+def load_tokenizer(directory: str | os.PathLike[str]) -> Any:
+    """A tokenizer saved with ``save_pretrained`` (offline, from the bundle)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+
+
+class OrtGate:
+    """The exported gating network: texts -> expert logits ``[B, E]``.
+
+    Args:
+        session: an ONNX Runtime session of ``gate/model.onnx`` (or the int8 one).
+        tokenizer: the gate's tokenizer.
+        experts: expert names in the order of the logits.
+        max_length: tokenizer truncation length.
+    """
+
+    def __init__(self, session: Any, tokenizer: Any, experts: Sequence[str], max_length: int = 256):
+        self.session = session
+        self.tokenizer = tokenizer
+        self.experts = list(experts)
+        self.max_length = int(max_length)
+
+    def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Tokenize ``texts`` into int64 ``input_ids`` / ``attention_mask`` ``[B, S]``."""
+        enc = self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="np",
+        )
+        return {
+            "input_ids": enc["input_ids"].astype(np.int64),
+            "attention_mask": enc["attention_mask"].astype(np.int64),
+        }
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """Gate logits ``[B, E]`` (float32) for ``texts``, tokenization included."""
+        return self.session.run(["logits"], self.encode(texts))[0]
+
+
+class OrtCausalLM:
+    """A decoder-only LM exported as one graph with past key/values.
+
+    Prefill feeds the prompt with empty past tensors (``past`` length 0); each decode step feeds one
+    token and the previous step's ``present.*`` outputs. Batch 1, no padding.
+
+    Args:
+        session: ONNX Runtime session of ``experts/<name>/model.onnx``.
+        spec: the graph's export spec (gives layer count, KV heads, head dim).
+    """
+
+    def __init__(self, session: Any, spec: ExportSpec):
+        self.session = session
+        self.spec = spec
+        self.n_layers = int(spec.meta["n_layers"])
+        self.n_kv_heads = int(spec.meta["n_kv_heads"])
+        self.head_dim = int(spec.meta["head_dim"])
+        self._past = past_names(self.n_layers)
+
+    def empty_past(self, batch: int = 1) -> list[np.ndarray]:
+        """Past tensors of length 0: ``[batch, n_kv_heads, 0, head_dim]`` each."""
+        return [
+            np.zeros((batch, self.n_kv_heads, 0, self.head_dim), np.float32) for _ in self._past
+        ]
+
+    def forward(
+        self, input_ids: np.ndarray, past: list[np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One step: ``input_ids [B, S]`` after ``past`` -> ``logits [B, S, V]``, presents."""
+        batch, seq = input_ids.shape
+        past_len = past[0].shape[2]
+        feed = {
+            "input_ids": input_ids.astype(np.int64),
+            "attention_mask": np.ones((batch, past_len + seq), np.int64),
+            "position_ids": np.broadcast_to(
+                np.arange(past_len, past_len + seq, dtype=np.int64), (batch, seq)
+            ).copy(),
+        }
+        feed.update(zip(self._past, past, strict=True))
+        out = self._run(feed, decode=past_len > 0)
+        return out[0], list(out[1:])
+
+    def _run(self, feed: dict[str, np.ndarray], decode: bool) -> list[np.ndarray]:
+        """Run the graph (``decode`` lets engine backends pick their decode profile)."""
+        return self.session.run(None, feed)
+
+    def greedy(
+        self, prompt_ids: Sequence[int], max_new_tokens: int, eos_ids: Sequence[int] = ()
+    ) -> list[int]:
+        """Greedy decoding with the KV cache; stops after ``max_new_tokens`` or an EOS token."""
+        eos = set(int(e) for e in eos_ids)
+        logits, past = self.forward(np.asarray([list(prompt_ids)], np.int64), self.empty_past())
+        out: list[int] = []
+        for _ in range(max_new_tokens):
+            token = int(np.argmax(logits[0, -1]))
+            out.append(token)
+            if token in eos:
+                break
+            logits, past = self.forward(np.asarray([[token]], np.int64), past)
+        return out
+
+    def continuation_logprob(
+        self, prompt_ids: Sequence[int], continuation_ids: Sequence[int]
+    ) -> float:
+        """``log p(continuation | prompt)``, summed over the continuation tokens (one forward pass)."""
+        ids = list(prompt_ids) + list(continuation_ids)
+        if not continuation_ids or not prompt_ids:
+            raise ValueError("prompt and continuation must both be non-empty")
+        logits, _ = self.forward(np.asarray([ids], np.int64), self.empty_past())
+        # logits[0, t] predicts token t+1; the continuation starts at len(prompt_ids)
+        lp = logits[0].astype(np.float64)
+        lp = lp - lp.max(axis=-1, keepdims=True)
+        lp = lp - np.log(np.exp(lp).sum(axis=-1, keepdims=True))
+        start = len(prompt_ids)
+        return float(sum(lp[start - 1 + i, tok] for i, tok in enumerate(continuation_ids)))
+
+
+def spec_from_file(path: str | os.PathLike[str]) -> ExportSpec:
+    """Read an ``export_spec.json`` written beside an ONNX file."""
+    from moe2.utils.io import read_json
+
+    return ExportSpec.from_dict(read_json(Path(path)))

@@ -1,0 +1,30 @@
+"""`moe2 pipeline`: override routing to stages (fast); the end-to-end run is the README's main job."""
+
+from __future__ import annotations
+
+import pytest
+
+from moe2.errors import ConfigError
+from moe2.pipeline import stage_overrides
+
+
+def test_overrides_reach_only_the_stages_they_apply_to() -> None:
+    plan = stage_overrides(
+        ["harvest", "train", "select", "sweep"],
+        base=["experts=default", "trainer=cpu", "data=embedded"],
+        user=["trainer.max_epochs=3", "budget.energy_j=5", "++sweep.points=4", "paths.artifacts=/tmp/x"],
+    )
+    assert "trainer.max_epochs=3" in plan["train"]
+    assert "trainer.max_epochs=3" not in plan["select"]
+    assert "trainer=cpu" in plan["train"] and "trainer=cpu" not in plan["harvest"]
+    assert "budget.energy_j=5" in plan["select"] and "budget.energy_j=5" in plan["sweep"]
+    assert "budget.energy_j=5" not in plan["train"]
+    # `++key=value` goes only where the key exists
+    assert "++sweep.points=4" in plan["sweep"] and "++sweep.points=4" not in plan["select"]
+    assert all("paths.artifacts=/tmp/x" in p for p in plan.values())
+    assert "data=embedded" in plan["harvest"] and "data=embedded" not in plan["select"]
+
+
+def test_override_that_applies_nowhere_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="trainer.max_epoch=3"):
+        stage_overrides(["select"], base=[], user=["trainer.max_epoch=3"])
