@@ -1,0 +1,204 @@
+"""``selection.json`` and the Markdown selection report.
+
+``selection.json`` (read by ``moe2 export``) holds: ``subset`` (expert names), ``objective`` (F on the
+selection split), ``test_objective``, ``per_category``, ``budgets`` (each budget's value, limit and
+use), ``method``, ``optimal``, ``evaluations``, ``seconds``, ``baselines`` (the same figures for every
+baseline at the same budgets), and the routing fields ``k``, ``aggregation``, ``experts`` (the full
+expert order of the gate) and ``cost_profile``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from moe2.profiling.profile import CostProfile
+from moe2.selection.budgets import BudgetModel
+from moe2.selection.objective import SelectionObjective
+from moe2.selection.optimizer import SelectionResult
+
+
+def result_figures(
+    res: SelectionResult, val: SelectionObjective, test: SelectionObjective | None, bm: BudgetModel
+) -> dict[str, Any]:
+    """The figures of one method's answer: subset, objectives, per-category values, budget use."""
+    out: dict[str, Any] = {
+        "method": res.method,
+        "optimal": bool(res.optimal),
+        "evaluations": int(res.evaluations),
+        "seconds": float(res.seconds),
+    }
+    if res.mask is None:
+        out.update(
+            subset=None,
+            objective=None,
+            test_objective=None,
+            per_category=None,
+            budgets=None,
+            note=res.note,
+        )
+        return out
+    mask = res.mask
+    out["subset"] = [val.experts[i] for i in np.flatnonzero(mask)]
+    out["objective"] = float(res.value)
+    out["test_objective"] = None if test is None else float(test.evaluate(mask[None])[0])
+    pc_val = val.per_category(mask)
+    pc_test = test.per_category(mask) if test is not None else {}
+    out["per_category"] = {
+        c: {
+            "objective": pc_val.get(c, {}).get("value"),
+            "val_prompts": pc_val.get(c, {}).get("prompts", 0),
+            "test_objective": pc_test.get(c, {}).get("value"),
+            "test_prompts": pc_test.get(c, {}).get("prompts", 0),
+        }
+        for c in val.categories
+        if c in pc_val or c in pc_test
+    }
+    out["budgets"] = bm.report(mask)
+    if res.nodes:
+        out["nodes"] = res.nodes
+        out["bound_evaluations"] = res.bound_evaluations
+    if res.note:
+        out["note"] = res.note
+    return out
+
+
+def placement(profile: CostProfile, subset: list[str]) -> list[dict[str, Any]]:
+    """Each chosen expert's device, memory and worst-case latency/energy (for reports)."""
+    rows = []
+    types = profile.detail.get("device_types") if profile.detail else None
+    for name in subset:
+        i = profile.experts.index(name)
+        rows.append(
+            {
+                "expert": name,
+                "placement": profile.devices[i],
+                "device": types[i]
+                if isinstance(types, list) and i < len(types)
+                else profile.devices[i].split("#")[0],
+                "memory_gb": float(profile.memory_bytes[i]) / 1e9,
+                "latency_ms_max": float(np.max(profile.latency_ms[i])),
+                "latency_ms_mean": float(np.mean(profile.latency_ms[i])),
+                "energy_j_max": float(np.max(profile.energy_j[i])),
+                "energy_j_mean": float(np.mean(profile.energy_j[i])),
+                "source": sorted(set(np.asarray(profile.source[i]).ravel().tolist())),
+            }
+        )
+    return rows
+
+
+def _fmt(v: Any, nd: int = 4) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, dict):  # a per-category budget: "gsm8k 800, default 30000"
+        return ", ".join(f"{k} {_fmt(x, 0) if isinstance(x, float) else x}" for k, x in v.items())
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def markdown_report(sel: dict[str, Any]) -> str:
+    """A short human report: chosen experts, placement and costs, baselines, and why the runner-up lost."""
+    lines = [
+        "# Expert selection",
+        "",
+        f"- method: `{sel['method']}` ({'exact optimum' if sel['optimal'] else 'not proven optimal'}), "
+        f"{sel['evaluations']} F evaluations, {sel['seconds']:.3f} s",
+        f"- routing: top-{sel['k']}, aggregation `{sel['aggregation']}`, metric `{sel.get('metric', 'accuracy')}`",
+        f"- objective F on `{sel.get('split', 'val')}`: **{_fmt(sel['objective'])}**; on test: {_fmt(sel['test_objective'])}",
+        f"- subset ({len(sel['subset'])} of {len(sel['experts'])}): {', '.join(sel['subset'])}",
+        "",
+        "## Placement and costs",
+        "",
+        "| expert | placement | memory (GB) | latency max / mean (ms) | energy max / mean (J) | source |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in sel.get("placement", []):
+        lines.append(
+            f"| {r['expert']} | {r['placement']} | {r['memory_gb']:.1f} | {r['latency_ms_max']:.0f} / {r['latency_ms_mean']:.0f} "
+            f"| {r['energy_j_max']:.2f} / {r['energy_j_mean']:.2f} | {', '.join(r['source'])} |"
+        )
+    b = sel["budgets"]
+    lines += ["", "## Budgets", "", "| budget | limit | use (worst) |", "|---|---|---|"]
+    e, t, m = b["energy_j"], b["latency_ms"], b["memory"]
+    lines.append(
+        f"| energy per request (J, top-{e['k']} worst case) | {_fmt(e['value'])} | {e['worst']:.3f} |"
+    )
+    lines.append(
+        f"| latency per category (ms, incl. T_agg {t['t_agg_ms']}) | {_fmt(t['value'])} | {t['worst']:.1f} |"
+    )
+    if m["active"]:
+        worst = max(m["use"], key=lambda d: m["use"][d] / m["limit"][d]) if m["use"] else None
+        if worst:
+            lines.append(
+                f"| memory per instance (GB) | {m['limit'][worst] / 1e9:.1f} ({worst}) | {m['use'][worst] / 1e9:.1f} |"
+            )
+    else:
+        lines.append("| memory per instance | off | — |")
+    lines += [
+        "",
+        "## Baselines at the same budgets",
+        "",
+        "| method | F (val) | F (test) | experts | optimal | F evals |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines.append(
+        f"| **{sel['method']}** | **{_fmt(sel['objective'])}** | {_fmt(sel['test_objective'])} | {len(sel['subset'])} | {sel['optimal']} | {sel['evaluations']} |"
+    )
+    for name, r in sel["baselines"].items():
+        n_sub = f"— ({r['note']})" if r.get("subset") is None else str(len(r["subset"]))
+        lines.append(
+            f"| {name} | {_fmt(r.get('objective'))} | {_fmt(r.get('test_objective'))} | {n_sub} | {r['optimal']} | {r['evaluations']} |"
+        )
+    pc = sel.get("per_category") or {}
+    if pc:
+        lines += [
+            "",
+            "## Per category",
+            "",
+            "| category | F (val) | val prompts | F (test) | test prompts |",
+            "|---|---|---|---|---|",
+        ]
+        for c, r in pc.items():
+            lines.append(
+                f"| {c} | {_fmt(r['objective'])} | {r['val_prompts']} | {_fmt(r['test_objective'])} | {r['test_prompts']} |"
+            )
+    ru = sel.get("runner_up")
+    lines += ["", "## Why the runner-up lost", ""]
+    if ru and ru.get("subset"):
+        gap = sel["objective"] - ru["objective"]
+        if gap <= 1e-12:
+            lines.append(
+                f"The best feasible subset one move away (add, drop or swap one expert), "
+                f"{', '.join(ru['subset'])} ({ru['change']}), ties on F = {_fmt(ru['objective'])}: the "
+                "optimizer keeps the first optimum it finds, so either is an exact optimum."
+            )
+        else:
+            lines.append(
+                f"The best feasible subset one move away (add, drop or swap one expert) is "
+                f"{', '.join(ru['subset'])} with F = {_fmt(ru['objective'])}, "
+                f"{_fmt(gap)} below the chosen subset ({ru['change']})."
+            )
+    else:
+        lines.append("No other feasible subset is one move away from the chosen one.")
+    bl = sel.get("blocked")
+    if bl and bl.get("subset"):
+        lines.append(
+            f"A neighbour with a higher F ({_fmt(bl['objective'])}: {bl['change']}) exists but breaks the "
+            f"{', '.join(bl['violates'])} budget."
+        )
+    elif sel["optimal"]:
+        lines.append("No neighbouring subset beats it even ignoring the budgets.")
+    return "\n".join(lines) + "\n"
+
+
+def describe_change(experts: list[str], a: np.ndarray, b: np.ndarray) -> str:
+    """``'adds X'``, ``'drops Y'`` or ``'swaps Y for X'`` going from subset a to subset b."""
+    add = [experts[i] for i in np.flatnonzero(b & ~a)]
+    drop = [experts[i] for i in np.flatnonzero(a & ~b)]
+    if add and drop:
+        return f"swaps {', '.join(drop)} for {', '.join(add)}"
+    if add:
+        return f"adds {', '.join(add)}"
+    return f"drops {', '.join(drop)}"

@@ -1,0 +1,314 @@
+"""Budget sweeps: MoE² vs baselines vs single experts vs the oracle → ``pareto.json`` and ``pareto.png``.
+
+``sweep.axes`` names one or two budgets (``energy_j``, ``latency_ms``). ``sweep.mode=separate`` runs
+one 1-D sweep per axis (the other budgets stay at the ``budget`` group's values); ``grid`` runs the
+2-D grid. The values of an axis are ``sweep.values.<axis>`` when given, else ``sweep.points``
+geometrically spaced values from the smallest budget that admits one expert to the cost of the most
+expensive expert (beyond it the budget no longer binds).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from moe2.errors import BudgetInfeasibleError, ConfigError
+from moe2.selection.budgets import BudgetModel, Budgets
+from moe2.utils.io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+AXES = ("energy_j", "latency_ms")
+LABELS = {
+    "energy_j": "energy per request, worst case (J)",
+    "latency_ms": "latency per request, worst category (ms)",
+}
+STYLE = {
+    "moe2": dict(color="#d62728", lw=2.6, marker="o", ms=6, zorder=5, label="MoE² (exact)"),
+    "greedy": dict(
+        color="#1f77b4", lw=1.4, marker="s", ms=4, ls="--", label="greedy (gain / cost)"
+    ),
+    "best_single": dict(
+        color="#2ca02c", lw=1.4, marker="^", ms=4, ls="--", label="best single expert"
+    ),
+    "random_feasible": dict(
+        color="#9467bd", lw=1.0, marker="v", ms=4, ls=":", label="random feasible"
+    ),
+    "all_experts": dict(color="#8c564b", lw=1.0, marker="D", ms=4, ls=":", label="all experts"),
+    "brute_force": dict(color="#7f7f7f", lw=1.0, marker="x", ms=5, ls="", label="brute force"),
+}
+
+
+def _axis_values(axis: str, bm_loose: BudgetModel, points: int) -> list[float]:
+    eye = np.eye(bm_loose.n, dtype=bool)
+    if axis == "energy_j":
+        need = bm_loose.energy_use(eye).max(axis=1)  # [n] worst-case J of each expert alone
+        hi = float(bm_loose.energy_use(np.ones((1, bm_loose.n), dtype=bool)).max())
+    else:
+        need = bm_loose.latency_use(eye).max(axis=1)
+        hi = float(need.max())
+    lo = float(need.min())
+    if points < 2 or hi <= lo * (1 + 1e-9):
+        return [hi]
+    return [float(v) for v in np.geomspace(lo, hi, points)]
+
+
+def sweep(inp: Any, cfg: DictConfig) -> dict[str, Any]:
+    """Run the sweep described by ``cfg.sweep`` and write ``pareto.json`` and ``pareto.png``.
+
+    Args:
+        inp: :class:`~moe2.selection.api.SelectionInputs`.
+        cfg: the composed ``sweep`` config.
+
+    Returns:
+        The ``pareto.json`` content.
+    """
+    from moe2.selection.api import select_with
+
+    sw = OmegaConf.to_container(cfg.sweep, resolve=True) if "sweep" in cfg else {}
+    axes = list(sw.get("axes") or ["energy_j", "latency_ms"])
+    bad = [a for a in axes if a not in AXES]
+    if bad or not 1 <= len(axes) <= 2:
+        raise ConfigError(f"sweep.axes={axes}: give one or two of {AXES}")
+    mode = str(sw.get("mode", "separate"))
+    if mode not in ("separate", "grid"):
+        raise ConfigError(f"sweep.mode={mode!r}; use separate or grid")
+    points = int(sw.get("points", 8))
+    baselines = list(
+        sw.get("baselines") or ["greedy", "best_single", "random_feasible", "all_experts"]
+    )
+    method = str(OmegaConf.select(cfg, "selection.method", default="monotonic"))
+    base = Budgets.from_config(cfg.budget)
+    k = inp.val.k
+    loose = BudgetModel(inp.profile, Budgets(None, None, base.memory, base.t_agg_ms), k=k)
+    values = {
+        a: [float(v) for v in (sw.get("values") or {}).get(a) or _axis_values(a, loose, points)]
+        for a in axes
+    }
+
+    if mode == "grid" and len(axes) == 2:
+        runs = [
+            ("grid", dict(zip(axes, combo, strict=False)))
+            for combo in itertools.product(*(values[a] for a in axes))
+        ]
+    else:
+        runs = [(a, {a: v}) for a in axes for v in values[a]]
+
+    val, test = inp.val, inp.test
+    eye = np.eye(val.n, dtype=bool)
+    single_val = val.evaluate(eye)
+    single_test = test.evaluate(eye) if test is not None else [None] * val.n
+    singles = [
+        {
+            "expert": e,
+            "objective": float(single_val[i]),
+            "test_objective": None if test is None else float(single_test[i]),
+            "energy_j": float(loose.energy_use(eye[i : i + 1]).max()),
+            "latency_ms": float(loose.latency_use(eye[i : i + 1]).max()),
+            "fits_memory": bool(loose.feasible(eye[i : i + 1])[0]),
+        }
+        for i, e in enumerate(val.experts)
+    ]
+    scores = val.scores  # [P, n] for the oracle
+
+    points_out = []
+    for family, setting in runs:
+        b = Budgets(
+            energy_j=setting.get("energy_j", base.energy_j),
+            latency_ms=setting.get("latency_ms", base.latency_ms),
+            memory=base.memory,
+            t_agg_ms=base.t_agg_ms,
+        )
+        bm = BudgetModel(inp.profile, b, k=k)
+        row: dict[str, Any] = {
+            "sweep": family,
+            **{a: setting.get(a) for a in axes},
+            "budgets": b.to_dict(),
+        }
+        alone = bm.feasible(eye)
+        if not alone.any():
+            row["feasible"] = False
+            points_out.append(row)
+            continue
+        try:
+            sel = select_with(inp, bm, method, cfg, baselines=baselines)
+        except BudgetInfeasibleError:
+            row["feasible"] = False
+            points_out.append(row)
+            continue
+        row["feasible"] = True
+        row["oracle"] = float(scores[:, alone].max(axis=1).mean())
+        row["methods"] = {"moe2": _summ(sel, bm, val)}
+        for name, r in sel["baselines"].items():
+            row["methods"][name] = _summ(r, bm, val)
+        points_out.append(row)
+        log.info("sweep %s %s: MoE² %.4f", family, setting, row["methods"]["moe2"]["objective"])
+
+    result = {
+        "axes": axes,
+        "mode": mode,
+        "values": values,
+        "method": method,
+        "k": k,
+        "aggregation": val.aggregation,
+        "metric": val.metric,
+        "experts": list(val.experts),
+        "base_budgets": base.to_dict(),
+        "singles": singles,
+        "points": points_out,
+    }
+    out = Path(cfg.paths.selection)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "pareto.json", result)
+    plot_pareto(result, out / "pareto.png")
+    return result
+
+
+def _summ(r: dict[str, Any], bm: BudgetModel, val: Any) -> dict[str, Any]:
+    if r.get("subset") is None:
+        return {"objective": None, "subset": None, "note": r.get("note")}
+    rep = r["budgets"]
+    return {
+        "objective": r["objective"],
+        "test_objective": r["test_objective"],
+        "subset": r["subset"],
+        "optimal": r["optimal"],
+        "evaluations": r["evaluations"],
+        "seconds": r["seconds"],
+        "energy_use": rep["energy_j"]["worst"],
+        "latency_use": rep["latency_ms"]["worst"],
+    }
+
+
+def plot_pareto(result: dict[str, Any], path: Path) -> Path:
+    """Accuracy vs energy and accuracy vs latency: MoE² vs baselines vs single experts vs oracle."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    panels = list(AXES)
+    fig, axs = plt.subplots(1, 2, figsize=(14, 5.6), constrained_layout=True)
+    metric = result["metric"]
+    for ax, axis in zip(axs, panels, strict=False):
+        if axis in result["axes"]:
+            pts = [
+                p for p in result["points"] if p["sweep"] in (axis, "grid") and p.get("feasible")
+            ]
+            if result["mode"] == "grid":
+                # the other axis at its loosest value: the 1-D slice along this axis
+                other = [a for a in result["axes"] if a != axis]
+                if other:
+                    top = max(p[other[0]] for p in pts) if pts else None
+                    pts = [p for p in pts if p[other[0]] == top]
+            xs = [p[axis] for p in pts]
+            xlabel = f"{LABELS[axis]} — budget"
+            use = None
+        else:
+            # this budget is not swept: plot each answer at its own use of it
+            pts = [p for p in result["points"] if p.get("feasible")]
+            xs = None
+            xlabel = f"{LABELS[axis]} — use of the chosen subset"
+            use = "energy_use" if axis == "energy_j" else "latency_use"
+        for name, st in STYLE.items():
+            ys, xv = [], []
+            for i, p in enumerate(pts):
+                m = p["methods"].get(name)
+                if m is None or m.get("objective") is None:
+                    continue
+                ys.append(m["objective"])
+                xv.append(m[use] if use else xs[i])
+            if ys:
+                order = np.argsort(xv)
+                ax.plot(np.array(xv)[order], np.array(ys)[order], **st)
+        if pts and not use:
+            ax.plot(
+                xs,
+                [p["oracle"] for p in pts],
+                color="black",
+                ls="--",
+                lw=1.2,
+                label="oracle (best expert per prompt, experts within budget)",
+            )
+        for s in result["singles"]:
+            x = s[axis]
+            ax.scatter(
+                [x],
+                [s["objective"]],
+                color="#ff7f0e",
+                s=28,
+                zorder=4,
+                edgecolor="black",
+                linewidths=0.4,
+            )
+            ax.annotate(
+                s["expert"][:22],
+                (x, s["objective"]),
+                fontsize=7,
+                xytext=(3, -9),
+                textcoords="offset points",
+                color="#a04000",
+            )
+        ax.scatter(
+            [],
+            [],
+            color="#ff7f0e",
+            s=28,
+            edgecolor="black",
+            linewidths=0.4,
+            label="single experts (at their own cost)",
+        )
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        never = [
+            STYLE[n]["label"]
+            for n in STYLE
+            if n not in ("moe2", "brute_force")
+            and pts
+            and all((p["methods"].get(n) or {}).get("objective") is None for p in pts)
+            and any(n in p["methods"] for p in pts)
+        ]
+        fixed = {
+            a: result["base_budgets"][a]
+            for a in AXES
+            if a != axis and a not in (result["axes"] if result["mode"] == "grid" else [])
+        }
+        note = "; ".join(f"{a} = {v if not isinstance(v, dict) else v}" for a, v in fixed.items())
+        if never:
+            note += ("\n" if note else "") + f"never feasible here: {', '.join(never)}"
+        if result["mode"] == "grid" and len(result["axes"]) == 2:
+            note = "grid slice: the other swept budget at its loosest value" + (
+                f"; {note}" if note else ""
+            )
+        if note and not use:
+            ax.text(
+                0.01,
+                0.99,
+                f"other budgets: {note}",
+                transform=ax.transAxes,
+                fontsize=7.5,
+                va="top",
+                color="#444444",
+            )
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"{metric} on the selection split (F)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_title(f"{'accuracy' if metric == 'accuracy' else metric} vs {axis.split('_')[0]}")
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(
+        f"MoE² expert selection: {result['aggregation']} top-{result['k']}, {len(result['experts'])} experts "
+        f"(memory budget {'on' if result['base_budgets']['memory'] else 'off'})",
+        fontsize=12,
+    )
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
