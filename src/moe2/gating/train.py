@@ -1,0 +1,424 @@
+"""``moe2 train``: fit the gate once over all experts and write ``DIR/gating/``.
+
+``DIR/gating/`` holds ``model.pt`` (state dict of :class:`~moe2.gating.net.GatingNet`),
+``config.yaml`` (resolved), ``metrics.json`` (train/val/test routing metrics with the k-NN router
+beside them), ``logits.parquet`` (every prompt × every expert, the input of selection),
+``knn.npz`` (the k-NN baseline's training embeddings, reused by ``moe2 evaluate``) and ``meta.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from moe2.data.tables import SPLITS, OutcomeData, load_outcomes
+from moe2.errors import ConfigError, DataError
+from moe2.gating.datamodule import OutcomeDataModule
+from moe2.gating.knn import knn_scores
+from moe2.gating.logits import GateLogits, write_logits
+from moe2.gating.module import GateModule, routing_metrics
+from moe2.gating.net import GatingNet, build_gate, cached_embeddings
+from moe2.utils.instantiate import instantiate
+from moe2.utils.io import atomic_path, write_json, write_text_atomic
+from moe2.utils.meta import run_metadata
+
+log = logging.getLogger(__name__)
+
+
+def check_gating_data(data: OutcomeData, where: str = "outcome table") -> None:
+    """Refuse tables a gate cannot be trained on, with the fix in the message."""
+    if data.n_experts < 2:
+        raise DataError(
+            f"{where}: has {data.n_experts} expert ({data.experts}); a gate routes between at least 2 experts. "
+            "Harvest or import outcomes of more experts."
+        )
+    train = data.split_mask("train")
+    if not train.any():
+        raise DataError(
+            f"{where}: no prompts in the 'train' split; re-import with split fractions that give train prompts"
+        )
+    if not data.split_mask("val").any():
+        raise DataError(
+            f"{where}: no prompts in the 'val' split (early stopping and checkpointing need it)"
+        )
+    present = set(np.unique(data.category_idx[train]).tolist())
+    empty = [c for i, c in enumerate(data.categories) if i not in present]
+    if empty:
+        raise DataError(
+            f"{where}: category(ies) {empty} have no training prompts, so the gate cannot learn to route them. "
+            "Add training prompts for them, re-split, or drop those prompts."
+        )
+    s = data.scores[train]
+    finite = np.isfinite(s)
+    if not finite.any():
+        raise DataError(f"{where}: no recorded scores in the train split")
+    if not (s[finite] > 0).any():
+        raise DataError(
+            f"{where}: every training score is 0 (no expert is ever right), so there is nothing to route on. "
+            "Check the import/harvest (scores must be 1 for a correct answer)."
+        )
+
+
+class EpochTimer(L.Callback):
+    """Wall time of each training epoch's batches (validation excluded) -> ``seconds`` list."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._t0: float | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._sync(pl_module)
+        self._t0 = time.perf_counter()
+
+    def _stop(self, pl_module: L.LightningModule) -> None:
+        if self._t0 is not None:
+            self._sync(pl_module)
+            self.seconds.append(time.perf_counter() - self._t0)
+            self._t0 = None
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop(pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop(pl_module)
+
+    @staticmethod
+    def _sync(pl_module: L.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit_gate` returns."""
+
+    net: GatingNet
+    base_embeddings: np.ndarray  # [P, D] pretrained-encoder embeddings (frozen features / k-NN)
+    monitor: str
+    best_score: float | None
+    best_epoch: int | None
+    epochs: int
+    fit_seconds: float
+    epoch_seconds: list[float] = field(default_factory=list)
+    n_train: int = 0
+    world_size: int = 1
+    is_global_zero: bool = True
+    device: str = "cpu"
+
+
+def _embed_device(cfg: DictConfig) -> str:
+    accel = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
+    return "cuda" if torch.cuda.is_available() and accel in ("auto", "gpu", "cuda") else "cpu"
+
+
+def fit_gate(
+    data: OutcomeData,
+    cfg: DictConfig,
+    base_embeddings: np.ndarray | None = None,
+    run_dir: str | Path | None = None,
+    loggers: list[Any] | None = None,
+    progress: bool | None = None,
+) -> FitResult:
+    """Train a gate on ``data`` with the ``gating`` and ``trainer`` config of ``cfg``.
+
+    Early stopping and checkpointing on ``gating.monitor``; the best checkpoint's weights are loaded
+    back into the returned net.
+
+    Args:
+        data: the outcome table (its experts are the gate's outputs).
+        cfg: composed config with ``gating``, ``trainer``, ``seed`` and ``paths.cache``.
+        base_embeddings: ``[P, D]`` pretrained-encoder embeddings of ``data.texts`` if already known.
+        run_dir: Lightning's ``default_root_dir`` (checkpoints go to ``run_dir/checkpoints``).
+        loggers: Lightning loggers (``None``: no logging).
+        progress: show the progress bar (default: the trainer config's setting).
+    """
+    g = cfg.gating
+    check_gating_data(data)
+    L.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
+    net = build_gate(OmegaConf.to_container(g.net, resolve=True), data.experts)
+    cache = OmegaConf.select(cfg, "paths.cache", default=None)
+    if base_embeddings is None:
+        t0 = time.perf_counter()
+        base_embeddings = cached_embeddings(
+            net,
+            data.texts,
+            cache,
+            batch_size=int(g.get("embed_batch_size", 64)),
+            device=_embed_device(cfg),
+        )
+        net.to("cpu")
+        log.info("embeddings %s in %.1f s", base_embeddings.shape, time.perf_counter() - t0)
+    frozen = net.mode == "frozen"
+    dm = OutcomeDataModule(
+        data,
+        batch_size=int(g.batch_size),
+        embeddings=base_embeddings if frozen else None,
+        tokenizer=None if frozen else net.tokenizer,
+        max_length=net.max_length,
+        num_workers=int(g.get("num_workers", 0)),
+    )
+    module = GateModule(
+        net,
+        optimizer=instantiate(g.optimizer),
+        scheduler=instantiate(g.scheduler) if g.get("scheduler") else None,
+        tau=float(g.loss.tau),
+        bce_weight=float(g.loss.get("bce_weight", 0.0)),
+        categories=data.categories,
+    )
+    if frozen:
+        module.strict_loading = False  # frozen encoder weights are left out of checkpoints
+    monitor, mode = str(g.monitor), str(g.get("monitor_mode", "max"))
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    run_dir = (
+        Path(run_dir) if run_dir is not None else Path(cfg.paths.artifacts) / "logs" / "gating"
+    )
+    ckpt = ModelCheckpoint(
+        dirpath=str(run_dir / "checkpoints"),
+        filename="best",
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
+        save_weights_only=True,
+        enable_version_counter=False,
+    )
+    timer = EpochTimer()
+    callbacks: list[Any] = [ckpt, timer]
+    if g.get("patience"):
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=int(g.patience)))
+    extra: dict[str, Any] = {
+        "callbacks": callbacks,
+        "logger": loggers or False,
+        "default_root_dir": str(run_dir),
+    }
+    if progress is not None:
+        extra["enable_progress_bar"] = progress
+    trainer: L.Trainer = instantiate(cfg.trainer, **extra)
+    threads = g.get("cpu_threads")
+    saved_threads = torch.get_num_threads()
+    if threads and trainer.strategy.root_device.type == "cpu":
+        # a small head trains fastest on one thread; several spin-wait badly on a loaded machine
+        torch.set_num_threads(int(threads))
+    t0 = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=dm)
+    finally:
+        torch.set_num_threads(saved_threads)
+    fit_seconds = time.perf_counter() - t0
+    best_path = ckpt.best_model_path
+    best_score = None if ckpt.best_model_score is None else float(ckpt.best_model_score)
+    if best_path and Path(best_path).is_file():
+        state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+        missing, unexpected = module.load_state_dict(state, strict=False)
+        bad = [k for k in missing if not (frozen and k.startswith("net.encoder."))]
+        if bad or unexpected:
+            raise DataError(
+                f"{best_path}: checkpoint does not match the gate (missing {bad[:3]}, unexpected {unexpected[:3]})"
+            )
+    elif not trainer.fast_dev_run and trainer.is_global_zero:
+        log.warning("no checkpoint was saved (is %s logged?); keeping the last weights", monitor)
+    best_epoch = None
+    if best_score is not None:
+        best_epoch = (
+            int(torch.load(best_path, map_location="cpu", weights_only=False).get("epoch", -1))
+            if best_path
+            else None
+        )
+    device = str(trainer.strategy.root_device)
+    return FitResult(
+        net=module.net,
+        base_embeddings=base_embeddings,
+        monitor=monitor,
+        best_score=best_score,
+        best_epoch=best_epoch,
+        epochs=int(trainer.current_epoch),
+        fit_seconds=fit_seconds,
+        epoch_seconds=timer.seconds,
+        n_train=int(data.split_mask("train").sum()),
+        world_size=int(trainer.world_size),
+        is_global_zero=bool(trainer.is_global_zero),
+        device=device,
+    )
+
+
+@torch.no_grad()
+def predict_logits(
+    net: GatingNet,
+    texts: list[str],
+    base_embeddings: np.ndarray | None,
+    device: str = "cpu",
+    batch_size: int = 128,
+) -> np.ndarray:
+    """Gate logits ``[P, E]`` of every prompt (frozen: from the cached embeddings)."""
+    net.eval()
+    if net.mode == "frozen" and base_embeddings is not None:
+        head = net.head.to(device)
+        emb = torch.from_numpy(np.asarray(base_embeddings, dtype=np.float32)).to(device)
+        return head(emb).float().cpu().numpy()
+    net.to(device)
+    return net.predict_texts(texts, batch_size=batch_size, device=device)
+
+
+def knn_logits(
+    train_emb: np.ndarray,
+    train_scores: np.ndarray,
+    train_ids: np.ndarray,
+    query_emb: np.ndarray,
+    query_ids: np.ndarray,
+    k: int,
+) -> np.ndarray:
+    """k-NN predicted scores ``[Q, E]``; a query that is itself a training prompt is left out."""
+    pos = {p: i for i, p in enumerate(train_ids)}
+    own = np.array([pos.get(p, -1) for p in query_ids], dtype=np.int64)
+    return knn_scores(train_emb, train_scores, query_emb, k=k, exclude_self=own)
+
+
+def split_metrics(
+    logits: np.ndarray, knn: np.ndarray | None, data: OutcomeData, splits: tuple[str, ...] = SPLITS
+) -> dict[str, Any]:
+    """Routing metrics of the gate (and the k-NN router, as ``<split>/knn_acc``) per split."""
+    out: dict[str, Any] = {}
+    for split in splits:
+        rows = data.split_mask(split) if split in SPLITS else np.ones(data.n_prompts, bool)
+        if not rows.any():
+            continue
+        out.update(
+            routing_metrics(
+                logits[rows],
+                data.scores[rows],
+                data.category_idx[rows],
+                data.categories,
+                prefix=split,
+                experts=data.experts,
+            )
+        )
+        if knn is not None:
+            km = routing_metrics(knn[rows], data.scores[rows], prefix=split, per_category=False)
+            out[f"{split}/knn_acc"] = km[f"{split}/router_acc"]
+            out[f"{split}/knn_regret"] = km[f"{split}/regret"]
+    return out
+
+
+def train_gate(cfg: DictConfig) -> dict[str, Any]:
+    """Train the gate on ``paths.outcomes`` and write ``paths.gating``; returns the metrics.
+
+    Args:
+        cfg: the composed ``conf/train.yaml`` (groups paths, gating, trainer, logger).
+
+    Returns:
+        The metrics written to ``metrics.json`` (empty on non-zero DDP ranks).
+    """
+    from moe2.gating.loggers import build_loggers
+
+    if cfg.gating.get("monitor") is None:
+        raise ConfigError("gating.monitor is required (e.g. val/router_acc)")
+    data = load_outcomes(cfg.paths.outcomes)
+    check_gating_data(data, str(cfg.paths.outcomes))
+    run_dir = Path(cfg.paths.artifacts) / "logs" / "gating"
+    loggers = build_loggers(cfg.get("logger"))
+    for lg in loggers:
+        if hasattr(lg, "log_hyperparams"):
+            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    res = fit_gate(data, cfg, run_dir=run_dir, loggers=loggers)
+    if not res.is_global_zero:
+        return {}
+    device = "cuda" if res.device.startswith("cuda") else "cpu"
+    t0 = time.perf_counter()
+    logits = predict_logits(res.net, data.texts, res.base_embeddings, device=device)
+    infer_seconds = time.perf_counter() - t0
+    train_rows = data.split_mask("train")
+    k = int(cfg.gating.get("knn_k", 20))
+    knn = knn_logits(
+        res.base_embeddings[train_rows],
+        data.scores[train_rows],
+        data.prompt_ids[train_rows],
+        res.base_embeddings,
+        data.prompt_ids,
+        k,
+    )
+    metrics: dict[str, Any] = split_metrics(logits, knn, data)
+    per_epoch = float(np.median(res.epoch_seconds)) if res.epoch_seconds else None
+    timing = {
+        "fit_seconds": res.fit_seconds,
+        "epochs": res.epochs,
+        "epoch_seconds_median": per_epoch,
+        "train_samples_per_s": (res.n_train / per_epoch) if per_epoch else None,
+        "predict_seconds": infer_seconds,
+        "device": res.device,
+        "world_size": res.world_size,
+    }
+    metrics.update(
+        {
+            "monitor": res.monitor,
+            "best_score": res.best_score,
+            "best_epoch": res.best_epoch,
+            "knn_k": k,
+            "timing": timing,
+        }
+    )
+    # after ddp_spawn the main process's logger objects are stale copies (the workers wrote the run),
+    # so final metrics go to the trackers only for single-process runs; metrics.json always has them
+    if res.world_size == 1:
+        for lg in loggers:
+            lg.log_metrics({f"final/{k2}": v for k2, v in metrics.items() if isinstance(v, float)})
+            lg.finalize("success")
+
+    gating_dir = Path(cfg.paths.gating)
+    net = res.net.to("cpu")
+    with atomic_path(gating_dir) as tmp:
+        tmp.mkdir()
+        torch.save(net.state_dict(), tmp / "model.pt")
+        write_text_atomic(tmp / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_json(tmp / "metrics.json", metrics)
+        write_logits(
+            tmp / "logits.parquet",
+            GateLogits(
+                data.prompt_ids,
+                data.splits,
+                np.asarray(data.categories, dtype=object)[data.category_idx],
+                data.experts,
+                logits,
+            ),
+        )
+        np.savez_compressed(
+            tmp / "knn.npz",
+            embeddings=res.base_embeddings[train_rows].astype(np.float16),
+            scores=data.scores[train_rows],
+            prompt_ids=data.prompt_ids[train_rows].astype(str),
+            k=k,
+        )
+        inputs = {k2: v for k2, v in (data.meta.get("files") or {}).items()}
+        write_json(
+            tmp / "meta.json",
+            run_metadata(
+                "train",
+                inputs={f"outcomes/{k2}": v for k2, v in inputs.items()},
+                experts=data.experts,
+                categories=data.categories,
+                gate=net.spec,
+                optimized_metric={
+                    "name": res.monitor,
+                    "mode": str(cfg.gating.get("monitor_mode", "max")),
+                    "best": res.best_score,
+                },
+                timing=timing,
+                n_prompts=data.n_prompts,
+            ),
+        )
+    log.info(
+        "gate written to %s: test router %.4f | best single %.4f | kNN %.4f | oracle %.4f",
+        gating_dir,
+        metrics.get("test/router_acc", float("nan")),
+        metrics.get("test/best_single_acc", float("nan")),
+        metrics.get("test/knn_acc", float("nan")),
+        metrics.get("test/oracle_acc", float("nan")),
+    )
+    return metrics
