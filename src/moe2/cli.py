@@ -134,8 +134,16 @@ def conf_dir() -> str:
     return str(files("moe2.conf"))
 
 
-def hydra_app(stage: Stage) -> Callable[[], Any]:
-    """Wrap the stage's entry point as a Hydra app reading ``conf/<stage>.yaml``."""
+def hydra_app(stage: Stage, argv: Sequence[str] | None = None) -> Callable[[], Any]:
+    """Wrap the stage's entry point as a Hydra app reading ``conf/<stage>.yaml``.
+
+    Args:
+        stage: the stage.
+        argv: the process's real command line (``moe2 train ...``). Hydra parses the rewritten
+            ``sys.argv``; once it has, the real one is put back while the stage runs, so that
+            launchers that re-execute the command (Lightning's DDP subprocess launcher) start
+            ``moe2 <stage> ...`` again rather than a name that is no executable.
+    """
     import hydra
     from omegaconf import DictConfig
 
@@ -144,7 +152,13 @@ def hydra_app(stage: Stage) -> Callable[[], Any]:
     entry = importlib.import_module(f"moe2.pipelines.{stage.module}")
 
     def task(cfg: DictConfig) -> Any:
-        return run_stage(stage.name, entry.main, cfg)
+        parsed = sys.argv
+        if argv is not None:
+            sys.argv = list(argv)
+        try:
+            return run_stage(stage.name, entry.main, cfg)
+        finally:
+            sys.argv = parsed
 
     task.__module__ = entry.__name__  # Hydra names the job after the task's module
     return hydra.main(version_base="1.3", config_path=conf_dir(), config_name=stage.config_name)(task)
@@ -175,9 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"error: {exc}\n")
         return exc.exit_code
     saved = sys.argv
+    real = [saved[0] if saved else "moe2", *args] if argv is None else None
     sys.argv = [f"moe2 {stage.name}", f"hydra.job.name={stage.name}", *overrides]
     try:
-        hydra_app(stage)()
+        hydra_app(stage, real)()
     finally:
         sys.argv = saved
     return 0

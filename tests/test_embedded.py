@@ -1,0 +1,145 @@
+"""The embedded default dataset: size, determinism, verified answers; prompt-file validation."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from moe2.data.embedded import (
+    ANTONYMS,
+    CATEGORIES,
+    COUNTRIES,
+    ELEMENTS,
+    UNITS,
+    generate_questions,
+    load_prompt_dataset,
+    load_prompt_file,
+    questions_frame,
+    write_prompts,
+)
+from moe2.data.tables import PROMPTS_SCHEMA
+from moe2.errors import ConfigError, DataError
+
+WORD_OPS = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b, "times": lambda a, b: a * b}
+
+
+def test_default_size_and_categories() -> None:
+    qs = generate_questions()
+    assert len(qs) >= 300
+    counts = Counter(q.category for q in qs)
+    assert set(counts) == set(CATEGORIES) and len(counts) >= 4
+    assert all(n == 80 for n in counts.values())
+    assert len({q.prompt_id for q in qs}) == len(qs)
+    assert len({(q.category, q.text) for q in qs}) == len(qs)
+
+
+def test_deterministic_and_seeded() -> None:
+    a, b = generate_questions(20, seed=3), generate_questions(20, seed=3)
+    assert a == b
+    assert generate_questions(20, seed=4) != a
+
+
+def test_every_answer_is_verified_independently() -> None:
+    qs = generate_questions()
+    capitals = {c: cap for c, (cap, _) in COUNTRIES.items()}
+    continents = {c: k for c, (_, k) in COUNTRIES.items()}
+    antonyms = {(a, b) for a, b in ANTONYMS} | {(b, a) for a, b in ANTONYMS}
+    factors = {}
+    for sing, plural, f, target in UNITS:
+        factors[(target, sing)] = f
+        factors[(target, plural)] = f
+    for q in qs:
+        assert len(q.choices) == 4 and len(set(q.choices)) == 4
+        assert q.choices.count(q.answer) == 1
+        if q.category == "arithmetic":
+            a, op, b = re.fullmatch(r"What is (\d+) (plus|minus|times) (\d+)\?", q.text).groups()
+            assert int(q.answer) == WORD_OPS[op](int(a), int(b))
+        elif q.category == "units":
+            target, k, unit = re.fullmatch(r"How many (\w+) are in (\d+) (\w+)\?", q.text).groups()
+            assert int(q.answer) == int(k) * factors[(target, unit)]
+        elif q.category == "geography":
+            if m := re.fullmatch(r"What is the capital of (.+)\?", q.text):
+                assert q.answer == capitals[m.group(1)]
+            elif m := re.fullmatch(r"(.+) is the capital of which country\?", q.text):
+                assert capitals[q.answer] == m.group(1)
+            else:
+                m = re.fullmatch(r"On which continent is (.+)\?", q.text)
+                assert q.answer == continents[m.group(1)]
+        elif q.category == "science":
+            if m := re.fullmatch(r"What is the chemical symbol of (\w+)\?", q.text):
+                assert q.answer == ELEMENTS[m.group(1)]
+        elif q.category == "word_sense" and (
+            m := re.fullmatch(r"What is the opposite of '(\w+)'\?", q.text)
+        ):
+            assert (m.group(1), q.answer) in antonyms
+            # no distractor is another antonym of the word
+            assert not any((m.group(1), c) in antonyms for c in q.choices if c != q.answer)
+
+
+def test_too_many_for_a_table_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="geography"):
+        generate_questions(10_000, categories=["geography"])
+    with pytest.raises(ConfigError, match="unknown embedded categories"):
+        generate_questions(5, categories=["poetry"])
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_write_and_read_back(tmp_path: Path, suffix: str) -> None:
+    frame = questions_frame(generate_questions(10))
+    path = write_prompts(frame, tmp_path / f"prompts{suffix}")
+    back = load_prompt_file(path)
+    assert list(back["prompt_id"]) == list(frame["prompt_id"])
+    assert [list(c) for c in back["choices"]] == [list(c) for c in frame["choices"]]
+    assert list(back["split"]) == list(frame["split"])
+    assert set(PROMPTS_SCHEMA.names) <= set(back.columns)
+
+
+def test_load_prompt_dataset_from_config(tmp_path: Path) -> None:
+    frame = load_prompt_dataset({"format": "embedded", "n_per_category": 7, "seed": 0})
+    assert len(frame) == 35 and set(frame["split"]) <= {"train", "val", "test"}
+    with pytest.raises(ConfigError, match="data.path"):
+        load_prompt_dataset({"format": "prompts", "path": "???"})
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"text": "", "category": "x"}, "row 1: 'text'"),
+        ({"text": "q", "category": "x", "choices": ["a", "a"], "answer": "a"}, "row 1: 'choices'"),
+        ({"text": "q", "category": "x", "choices": ["a", "b"], "answer": "c"}, "row 1: 'answer'"),
+        ({"text": "q", "category": "x"}, "row 1: a free-form row"),
+        ({"text": "q", "category": "x", "answer": "1", "split": "dev"}, "row 1: split"),
+    ],
+)
+def test_malformed_rows_name_the_row(tmp_path: Path, row: dict, message: str) -> None:
+    good = {
+        "text": "What is 1 plus 1?",
+        "category": "arithmetic",
+        "choices": ["2", "3"],
+        "answer": "2",
+    }
+    path = _jsonl(tmp_path / "p.jsonl", [good, row])
+    with pytest.raises(DataError, match=re.escape(message)):
+        load_prompt_file(path)
+
+
+def test_bad_json_line_and_free_form_rows(tmp_path: Path) -> None:
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"text": "a", "category": "c", "answer": "1"}\n{not json\n')
+    with pytest.raises(DataError, match="line 2"):
+        load_prompt_file(p)
+    ok = load_prompt_file(
+        _jsonl(tmp_path / "ff.jsonl", [{"text": "2+2?", "category": "math", "answer": "4"}])
+    )
+    assert ok["choices"].iloc[0] is None and ok["answer"].iloc[0] == "4"
+    assert isinstance(ok, pd.DataFrame)
