@@ -42,7 +42,10 @@ def make_tables(
     rng = np.random.default_rng(seed)
     ids = [f"p{i:05d}" for i in range(n_prompts)]
     cats = [categories[i % len(categories)] for i in range(n_prompts)]
-    texts = [f"{c} question number {i}: {rng.integers(0, 1000)} plus {rng.integers(0, 1000)}?" for i, c in enumerate(cats)]
+    texts = [
+        f"{c} question number {i}: {rng.integers(0, 1000)} plus {rng.integers(0, 1000)}?"
+        for i, c in enumerate(cats)
+    ]
     # skill[e, c]: probability that expert e is right on category c
     skill = rng.uniform(0.2, 0.9, size=(len(experts), len(categories)))
     rows = []
@@ -50,7 +53,12 @@ def make_tables(
         c = categories.index(cats[i])
         for j, e in enumerate(experts):
             score = float(rng.random() < skill[j, c])
-            row = {"prompt_id": pid, "expert": e, "score": score, "output_tokens": float(rng.integers(5, 60))}
+            row = {
+                "prompt_id": pid,
+                "expert": e,
+                "score": score,
+                "output_tokens": float(rng.integers(5, 60)),
+            }
             if n_choices:
                 lp = rng.normal(size=n_choices).astype(np.float32)
                 lp = lp - np.log(np.exp(lp).sum())
@@ -96,14 +104,20 @@ def build_tiny_encoder(path: Path, hidden: int = 32, seed: int = 0) -> Path:
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     path.mkdir(parents=True, exist_ok=True)
-    words = ["arith", "geo", "code", "question", "number", "plus", "?", ":"] + [str(d) for d in range(10)]
+    words = ["arith", "geo", "code", "question", "number", "plus", "?", ":"] + [
+        str(d) for d in range(10)
+    ]
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *[f"##{d}" for d in range(10)]]
     # transformers 5 ignores vocab_file= for the fast tokenizer; pass the vocabulary itself
     BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(path)
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=2 * hidden, max_position_embeddings=64,
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=64,
     )
     BertModel(config).save_pretrained(path)
     return path

@@ -12,7 +12,12 @@ def test_overrides_reach_only_the_stages_they_apply_to() -> None:
     plan = stage_overrides(
         ["harvest", "train", "select", "sweep"],
         base=["experts=default", "trainer=cpu", "data=embedded"],
-        user=["trainer.max_epochs=3", "budget.energy_j=5", "++sweep.points=4", "paths.artifacts=/tmp/x"],
+        user=[
+            "trainer.max_epochs=3",
+            "budget.energy_j=5",
+            "++sweep.points=4",
+            "paths.artifacts=/tmp/x",
+        ],
     )
     assert "trainer.max_epochs=3" in plan["train"]
     assert "trainer.max_epochs=3" not in plan["select"]

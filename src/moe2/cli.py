@@ -44,9 +44,17 @@ def register(stage: Stage) -> Stage:
 
 
 for _stage in (
-    Stage("import", "Import an outcome table (LLMRouter JSON, RouterBench CSV, moe2 Parquet).", "import_outcomes"),
+    Stage(
+        "import",
+        "Import an outcome table (LLMRouter JSON, RouterBench CSV, moe2 Parquet).",
+        "import_outcomes",
+    ),
     Stage("profile", "Measure per-expert latency, energy and memory on this machine.", "profile"),
-    Stage("harvest", "Run the experts over a prompt dataset and record outcomes (resumable).", "harvest"),
+    Stage(
+        "harvest",
+        "Run the experts over a prompt dataset and record outcomes (resumable).",
+        "harvest",
+    ),
     Stage("train", "Train the gating network once over all experts.", "train"),
     Stage(
         "evaluate",
@@ -54,18 +62,36 @@ for _stage in (
         "evaluate",
         aliases={"gating": "eval.gating_dir", "outcomes": "eval.outcomes_dir"},
     ),
-    Stage("check-preserving", "Retrain on random subsets and compare with the restricted full gate.", "check_preserving"),
+    Stage(
+        "check-preserving",
+        "Retrain on random subsets and compare with the restricted full gate.",
+        "check_preserving",
+    ),
     Stage("select", "Choose the expert subset that maximises quality under the budgets.", "select"),
     Stage("sweep", "Sweep budgets and plot the Pareto front against baselines.", "sweep"),
-    Stage("export", "Write a deployable bundle: ONNX gate and experts, build plans, manifest.", "export"),
+    Stage(
+        "export",
+        "Write a deployable bundle: ONNX gate and experts, build plans, manifest.",
+        "export",
+    ),
     Stage(
         "build-engines",
         "Build TensorRT engines for a bundle on its target (needs tensorrt).",
         "build_engines",
         positional=("bundle.path",),
     ),
-    Stage("verify", "Check a bundle's manifest, checksums and parity records.", "verify", positional=("bundle.path",)),
-    Stage("ask", "Answer a prompt with a bundle: gate, route, run, aggregate.", "ask", positional=("bundle.path", "prompt")),
+    Stage(
+        "verify",
+        "Check a bundle's manifest, checksums and parity records.",
+        "verify",
+        positional=("bundle.path",),
+    ),
+    Stage(
+        "ask",
+        "Answer a prompt with a bundle: gate, route, run, aggregate.",
+        "ask",
+        positional=("bundle.path", "prompt"),
+    ),
     Stage("pipeline", "Run every stage in order on the embedded default (offline).", "pipeline"),
 ):
     register(_stage)
@@ -161,7 +187,9 @@ def hydra_app(stage: Stage, argv: Sequence[str] | None = None) -> Callable[[], A
             sys.argv = parsed
 
     task.__module__ = entry.__name__  # Hydra names the job after the task's module
-    return hydra.main(version_base="1.3", config_path=conf_dir(), config_name=stage.config_name)(task)
+    return hydra.main(version_base="1.3", config_path=conf_dir(), config_name=stage.config_name)(
+        task
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

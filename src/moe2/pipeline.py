@@ -46,7 +46,9 @@ def _base_overrides(cfg: DictConfig) -> list[str]:
 
     if HydraConfig.initialized():
         choices = HydraConfig.get().runtime.choices
-        return [f"{g}={c}" for g, c in choices.items() if c is not None and not g.startswith("hydra")]
+        return [
+            f"{g}={c}" for g, c in choices.items() if c is not None and not g.startswith("hydra")
+        ]
     return [str(o) for o in cfg.pipeline.get("overrides", []) or []]
 
 
@@ -55,7 +57,9 @@ def _user_overrides(cfg: DictConfig) -> list[str]:
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
-        return [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith("hydra.")]
+        return [
+            o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith("hydra.")
+        ]
     return list(cfg.pipeline.get("extra_overrides", []) or [])
 
 
@@ -70,7 +74,9 @@ def _applies(config_name: str, override: str, cache: dict[tuple[str, str], bool]
     return cache[key]
 
 
-def stage_overrides(stages: Sequence[str], base: Sequence[str], user: Sequence[str]) -> dict[str, list[str]]:
+def stage_overrides(
+    stages: Sequence[str], base: Sequence[str], user: Sequence[str]
+) -> dict[str, list[str]]:
     """For each stage, the base and user overrides that apply to its primary config.
 
     Raises:
@@ -118,7 +124,9 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     stages = list(cfg.pipeline.stages)
     unknown = [s for s in stages if s not in STAGES or s == "pipeline"]
     if unknown:
-        raise ConfigError(f"pipeline.stages names unknown stage(s) {unknown}; known: {[s for s in STAGES if s != 'pipeline']}")
+        raise ConfigError(
+            f"pipeline.stages names unknown stage(s) {unknown}; known: {[s for s in STAGES if s != 'pipeline']}"
+        )
     base = _base_overrides(cfg)
     plan = stage_overrides(stages, base, _user_overrides(cfg))
     timings: dict[str, dict[str, Any]] = {}
@@ -137,7 +145,28 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     return {"stages": timings, "summary": summary}
 
 
-def summarize(artifacts: Path, timings: dict[str, dict[str, Any]], seconds: float) -> dict[str, Any]:
+def _budget_text(b: Any) -> str:
+    """One line for a budget record of selection.json: ``use / limit`` per key, or ``off``."""
+    if not isinstance(b, dict):
+        return str(b)
+    if not b.get("active", True):
+        return "off"
+    limit, use = b.get("limit"), b.get("use")
+    if isinstance(limit, dict) and isinstance(use, dict):
+        parts = [f"{k}: {_num(use.get(k))} / {_num(v)}" for k, v in limit.items()]
+        return "; ".join(parts[:4]) + (f"; … ({len(parts)} in all)" if len(parts) > 4 else "")
+    return f"{_num(use)} / {_num(limit)}"
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def summarize(
+    artifacts: Path, timings: dict[str, dict[str, Any]], seconds: float
+) -> dict[str, Any]:
     """Print and return the end-of-run table: experts, accuracies, chosen subset, budgets, paths."""
     from rich.console import Console
     from rich.table import Table
@@ -155,11 +184,13 @@ def summarize(artifacts: Path, timings: dict[str, dict[str, Any]], seconds: floa
         test = data.split_mask("test")
         acc = {e: float(data.scores[test, j].mean()) for j, e in enumerate(data.experts)}
         summary["expert_test_acc"] = acc
-        table = Table(title=f"experts ({data.n_prompts} prompts, {len(data.categories)} categories)")
+        table = Table(
+            title=f"experts ({data.n_prompts} prompts, {len(data.categories)} categories)"
+        )
         table.add_column("expert")
         table.add_column("device")
         table.add_column("test acc", justify="right")
-        devices = dict(zip(data.expert_table["name"], data.expert_table["device"]))
+        devices = dict(zip(data.expert_table["name"], data.expert_table["device"], strict=False))
         for e, a in acc.items():
             table.add_row(e, str(devices.get(e, "")), f"{a:.3f}")
         console.print(table)
@@ -167,12 +198,18 @@ def summarize(artifacts: Path, timings: dict[str, dict[str, Any]], seconds: floa
     metrics_path = artifacts / "gating" / "metrics.json"
     if metrics_path.is_file():
         m = read_json(metrics_path)
-        summary["gate"] = {k: m.get(k) for k in ("test/router_acc", "test/best_single_acc", "test/oracle_acc") if k in m}
+        summary["gate"] = {
+            k: m.get(k)
+            for k in ("test/router_acc", "test/best_single_acc", "test/oracle_acc")
+            if k in m
+        }
 
     sel_path = artifacts / "selection" / "selection.json"
     if sel_path.is_file():
         sel = read_json(sel_path)
-        summary["selection"] = {k: sel.get(k) for k in ("subset", "objective", "test_objective", "method", "optimal")}
+        summary["selection"] = {
+            k: sel.get(k) for k in ("subset", "objective", "test_objective", "method", "optimal")
+        }
         summary["budgets"] = sel.get("budgets")
 
     table = Table(title="moe2 pipeline")
@@ -190,7 +227,7 @@ def summarize(artifacts: Path, timings: dict[str, dict[str, Any]], seconds: floa
                 table.add_row(f"selection {key}", f"{s[key]:.3f}")
         table.add_row("optimal", str(s.get("optimal")))
     for name, b in (summary.get("budgets") or {}).items():
-        table.add_row(f"budget {name}", OmegaConf.to_yaml(b).strip().replace("\n", "; ") if isinstance(b, dict) else str(b))
+        table.add_row(f"budget {name}", _budget_text(b))
     for sub in ("outcomes", "gating", "selection", "bundle"):
         if (artifacts / sub).exists():
             table.add_row(f"artifacts {sub}", str(artifacts / sub))

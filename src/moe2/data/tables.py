@@ -91,7 +91,9 @@ def assign_splits(
     """
     fr = np.asarray(fractions, dtype=float)
     if fr.shape != (3,) or np.any(fr < 0) or not np.isclose(fr.sum(), 1.0):
-        raise DataError(f"split fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
+        raise DataError(
+            f"split fractions must be three non-negative numbers summing to 1, got {list(fractions)}"
+        )
     edges = np.cumsum(fr)[:2]
     u = np.array([_split_uniform(str(p), seed) for p in prompt_ids])
     idx = np.searchsorted(edges, u, side="right")
@@ -139,7 +141,9 @@ class OutcomeTables:
             )
         unknown_e = set(o["expert"]) - set(e["name"])
         if unknown_e:
-            raise DataError(f"{where}: outcomes name expert(s) {sorted(unknown_e)} that are not in 'experts'")
+            raise DataError(
+                f"{where}: outcomes name expert(s) {sorted(unknown_e)} that are not in 'experts'"
+            )
         unknown_p = set(o["prompt_id"]) - set(p["prompt_id"])
         if unknown_p:
             raise DataError(
@@ -148,7 +152,9 @@ class OutcomeTables:
         pair = o.duplicated(["prompt_id", "expert"])
         if pair.any():
             row = o[pair].iloc[0]
-            raise DataError(f"{where}: outcome ({row['prompt_id']!r}, {row['expert']!r}) appears twice")
+            raise DataError(
+                f"{where}: outcome ({row['prompt_id']!r}, {row['expert']!r}) appears twice"
+            )
         s = o["score"].to_numpy(dtype=float)
         bad = np.isfinite(s) & ((s < 0) | (s > 1))
         if bad.any():
@@ -292,7 +298,9 @@ class OutcomeData:
         """The same prompts restricted to the experts ``names`` (in that order)."""
         missing = [n for n in names if n not in self.experts]
         if missing:
-            raise DataError(f"expert(s) {missing} not in the outcome table (experts: {self.experts})")
+            raise DataError(
+                f"expert(s) {missing} not in the outcome table (experts: {self.experts})"
+            )
         cols = np.array([self.experts.index(n) for n in names], dtype=np.int64)
         return OutcomeData(
             prompt_ids=self.prompt_ids,
@@ -319,7 +327,9 @@ class OutcomeData:
         return np.array([max(1, len(t) // 4) for t in self.texts], dtype=np.float32)
 
 
-def _dense(o: pd.DataFrame, rows: np.ndarray, cols: np.ndarray, column: str, shape: tuple[int, int]) -> np.ndarray:
+def _dense(
+    o: pd.DataFrame, rows: np.ndarray, cols: np.ndarray, column: str, shape: tuple[int, int]
+) -> np.ndarray:
     out = np.full(shape, np.nan, dtype=np.float32)
     if column in o.columns:
         vals = pd.to_numeric(o[column], errors="coerce").to_numpy(dtype=np.float64)
@@ -346,9 +356,12 @@ def tables_to_data(tables: OutcomeTables) -> OutcomeData:
         return [str(x) for x in list(v)]
 
     choices = [_opt_list(v) for v in p["choices"]] if "choices" in p.columns else [None] * len(pid)
-    answers = [None if (a is None or (isinstance(a, float) and np.isnan(a))) else str(a) for a in p.get("answer", [None] * len(pid))]
+    answers = [
+        None if (a is None or (isinstance(a, float) and np.isnan(a))) else str(a)
+        for a in p.get("answer", [None] * len(pid))
+    ]
     answer_idx = np.full(len(pid), -1, dtype=np.int64)
-    for i, (ch, ans) in enumerate(zip(choices, answers)):
+    for i, (ch, ans) in enumerate(zip(choices, answers, strict=False)):
         if ch and ans is not None and ans in ch:
             answer_idx[i] = ch.index(ans)
 
@@ -358,7 +371,7 @@ def tables_to_data(tables: OutcomeTables) -> OutcomeData:
         k = max((len(v) for v in lists if v is not None and not (isinstance(v, float))), default=0)
         if k:
             option_logprobs = np.full((*shape, k), np.nan, dtype=np.float32)
-            for r, c, v in zip(rows, cols, lists):
+            for r, c, v in zip(rows, cols, lists, strict=False):
                 if v is not None and not isinstance(v, float):
                     option_logprobs[r, c, : len(v)] = np.asarray(v, dtype=np.float32)
 

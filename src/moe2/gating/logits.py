@@ -63,7 +63,9 @@ def write_logits(path: str | os.PathLike[str], logits: GateLogits) -> Path:
     }
     for j, name in enumerate(logits.experts):
         cols[name] = pa.array(np.asarray(logits.logits[:, j], dtype=np.float32))
-    table = pa.table(cols).replace_schema_metadata({_META_KEY: json.dumps(list(logits.experts)).encode()})
+    table = pa.table(cols).replace_schema_metadata(
+        {_META_KEY: json.dumps(list(logits.experts)).encode()}
+    )
     path = Path(path)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
@@ -76,14 +78,18 @@ def read_logits(path: str | os.PathLike[str]) -> GateLogits:
     if path.is_dir():
         path = path / "logits.parquet"
     if not path.is_file():
-        raise DataError(f"{path}: no gate logits; run `moe2 train` first (it writes gating/logits.parquet)")
+        raise DataError(
+            f"{path}: no gate logits; run `moe2 train` first (it writes gating/logits.parquet)"
+        )
     table = pq.read_table(path)
     meta = table.schema.metadata or {}
     if _META_KEY in meta:
         experts = list(json.loads(meta[_META_KEY]))
     else:
         experts = [c for c in table.column_names if c not in ("prompt_id", "split", "category")]
-    missing = [c for c in ("prompt_id", "split", "category", *experts) if c not in table.column_names]
+    missing = [
+        c for c in ("prompt_id", "split", "category", *experts) if c not in table.column_names
+    ]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; rewrite it with `moe2 train`")
     logits = np.stack([table.column(e).to_numpy().astype(np.float32) for e in experts], axis=1)

@@ -23,7 +23,7 @@ def _check_targets(node: Any, where: str = "") -> None:
                 f"config{where}: _target_ '{target}' is not allowed; targets must start with one "
                 f"of {', '.join(ALLOWED_PREFIXES)}"
             )
-        for key in node.keys():
+        for key in node:
             _check_targets(node._get_node(key), f"{where}.{key}")
     elif isinstance(node, ListConfig):
         for i, item in enumerate(node):
