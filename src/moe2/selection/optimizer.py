@@ -304,8 +304,6 @@ def monotonic(
     c_ordT = np.ascontiguousarray(np.take_along_axis(c, orderT.T, axis=1).T)
     pos_col = np.arange(n)[:, None]  # [n, 1]
     rankT = np.ascontiguousarray(ranks.T)  # [n, P'] gate rank of each expert per prompt
-    cols_p = np.arange(n_p)
-    np.arange(n_p)
     best_sum = float(sub.prompt_values(best_mask[None])[0].sum()) if n_p else 0.0
 
     nodes = bounds = 0
@@ -314,56 +312,68 @@ def monotonic(
     # value: exact for top1, where the value is c of the top expert) leave the arrays of that
     # subtree; their sum is carried as a constant. Node: (I, U, parent's bound, active prompts, constant)
     settle = sub.aggregation == "top1"
-    stack: list[tuple[np.ndarray, np.ndarray, float, np.ndarray, float]] = [
-        (np.zeros(n, dtype=bool), single.copy(), np.inf, np.arange(n_p), 0.0)
+    cT_exp = np.ascontiguousarray(c.T)  # [n, P'] c of each expert per prompt
+    # k = 1 keeps per-branch arrays of the active prompts (incremental state along a branch):
+    # oT [n, A] experts in rank order, cT [n, A] their c values, top [A] gate rank of I's best
+    # expert (0 while I is empty: the last-ranked position, so every allowed expert is reachable).
+    # Including u updates top with one [A] maximum; settled prompts are dropped from the arrays of
+    # the subtree once (not re-gathered at every node).
+    root_arrs = (orderT, c_ordT, np.zeros(n_p, dtype=np.int32)) if sub.k == 1 else None
+    stack: list[tuple[Any, ...]] = [
+        (np.zeros(n, dtype=bool), single.copy(), np.inf, np.arange(n_p), 0.0, root_arrs)
     ]
-    while stack:
-        if (max_nodes is not None and nodes >= max_nodes) or (
-            time_limit_s is not None and time.perf_counter() - run.t0 > time_limit_s
-        ):
-            complete = False
-            break
-        fixed, und, parent_bound, act, const = stack.pop()
-        if parent_bound <= best_sum + _TOL:
-            continue
-        nodes += 1
-        if fixed.any() and und.any():
-            # monotone budgets: u stays undecided only if fixed ∪ {u} is feasible
-            und = bm.feasible_additions(fixed, und, singles_ok=True)
-        if not und.any() or n_p == 0:
-            continue  # leaf: F(fixed) was evaluated when its last expert was fixed in
-        allowed = fixed | und
-        bounds += 1
-        with np.errstate(invalid="ignore"):
+    state = np.zeros(n, dtype=np.int8)  # per expert: 0 out, 1 fixed in, 2 undecided
+    errstate = np.errstate(invalid="ignore")  # -inf - -inf in masked-out entries
+    errstate.__enter__()
+    try:
+        while stack:
+            if (max_nodes is not None and nodes >= max_nodes) or (
+                time_limit_s is not None and time.perf_counter() - run.t0 > time_limit_s
+            ):
+                complete = False
+                break
+            fixed, und, parent_bound, act, const, arrs = stack.pop()
+            if parent_bound <= best_sum + _TOL:
+                continue
+            nodes += 1
+            has_fixed = bool(fixed.any())
+            if has_fixed and und.any():
+                # monotone budgets: u stays undecided only if fixed ∪ {u} is feasible
+                und = bm.feasible_additions(fixed, und, singles_ok=True)
+            if not und.any() or n_p == 0:
+                continue  # leaf: F(fixed) was evaluated when its last expert was fixed in
+            if settle and has_fixed and act.size == 0:
+                # every prompt is settled: F is the constant F(I) on the whole subtree, and F(I)
+                # was compared with the incumbent when its last expert was fixed in
+                continue
+            bounds += 1
             if sub.k == 1:
-                full = act.size == n_p
-                oT = (
-                    orderT if full else np.take(orderT, act, axis=1)
-                )  # [n, A] experts in rank order
-                cT = c_ordT if full else np.take(c_ordT, act, axis=1)  # [n, A]
-                cols_a = cols_p if full else np.arange(act.size)
-                if fixed.any():  # rank of I's best expert per prompt, and its position
-                    top_rank = (
-                        rankT[fixed].max(axis=0) if full else rankT[fixed][:, act].max(axis=0)
-                    )
-                    top_pos = (n - 1) - top_rank
-                else:
-                    top_pos = np.full(act.size, n - 1)
-                    top_rank = np.zeros(act.size, dtype=rankT.dtype)
-                c_top = cT[top_pos, cols_a]  # [A] F(I) per prompt for top1
-                reach_ord = allowed[oT] & (pos_col <= top_pos[None, :])  # routable experts
+                oT, cT, top_rank = arrs
+                a_n = top_rank.size
+                cols_a = np.arange(a_n)
+                top_pos = (n - 1) - top_rank  # [A] position of I's best expert
+                # rank positions below every prompt's best fixed expert are unreachable: work on
+                # the first n_r rows only (views; deep in the tree n_r is well below n)
+                n_r = int(top_pos.max()) + 1 if a_n else 1
+                oT, cT = oT[:n_r], cT[:n_r]
+                state[:] = 0
+                state[fixed] = 1
+                state[und] = 2
+                # routable experts: allowed (fixed or undecided) and not below I's best
+                reach_ord = (state[oT] != 0) & (pos_col[:n_r] <= top_pos[None, :])  # [n_r, A]
                 vals_ord = np.where(reach_ord, cT, -np.inf)
-                pm = vals_ord.copy()  # [n, A] prefix max in rank order (row loop: faster than
-                for jj in range(1, n):  # ufunc.accumulate along the short axis)
-                    np.maximum(pm[jj - 1], pm[jj], out=pm[jj])
+                if a_n <= 200:  # prefix max in rank order: accumulate wins on narrow arrays,
+                    pm = np.maximum.accumulate(vals_ord, axis=0)
+                else:  # a row loop on wide ones (accumulate is strided along the short axis)
+                    pm = vals_ord.copy()
+                    for jj in range(1, n_r):
+                        np.maximum(pm[jj - 1], pm[jj], out=pm[jj])
                 ub_p = pm[-1]
                 ub = const + float(ub_p.sum())
-                # include u: prompt p then reaches only the experts ranked at or above u
-                inc = ub + np.bincount(
-                    oT.ravel(),
-                    weights=np.where(reach_ord, pm - ub_p[None, :], 0.0).ravel(),
-                    minlength=n,
-                )
+                # include u: prompt p then reaches only the experts ranked at or above u. d = minus
+                # the inclusion loss; the only reachable fixed expert is I's best, where d = 0.
+                d = np.where(reach_ord, pm - ub_p[None, :], 0.0)  # [n, A] <= 0
+                inc = ub + np.bincount(oT.ravel(), weights=d.ravel(), minlength=n)
                 # exclude u: per-prompt max without u (the second max where u is the argmax)
                 arg = vals_ord.argmax(axis=0)
                 arg_e = oT[arg, cols_a]  # [A] expert achieving the prompt's bound
@@ -374,43 +384,42 @@ def monotonic(
                 exc = ub - loss
                 child = np.where(und, np.maximum(inc, exc), np.inf)
                 u = int(np.argmin(child))
-                # grouped bound: prompts split into groups G_u (one per undecided u); whatever S does
-                # with u, group G_u loses at least min(inclusion losses, exclusion losses) of u
-                l_inc_ord = np.where(reach_ord & und[oT], ub_p[None, :] - pm, 0.0)  # [n, A]
-                free = (l_exc <= 0) & (l_inc_ord > 0).any(axis=0)
-                if free.any() and loss.any():
-                    fr = np.flatnonzero(free)
-                    cand = l_inc_ord[:, fr] > 0  # [n, F] experts whose inclusion costs prompt f
-                    o_fr = oT[:, fr]
-                    deficit = loss.copy()
-                    red = 0.0
-                    for _ in range(
-                        3
-                    ):  # a few rounds of water-filling towards unmet exclusion losses
-                        j = np.where(cand, deficit[o_fr], -np.inf).argmax(axis=0)
-                        a_inc = np.bincount(
-                            o_fr[j, np.arange(fr.size)], weights=l_inc_ord[j, fr], minlength=n
-                        )
-                        red = max(red, float(np.minimum(a_inc, loss).sum()))
-                        deficit = loss - a_inc
-                    ub2 = ub - red
-                else:
-                    ub2 = ub
+                # grouped bound: prompts split into groups G_u (one per undecided u); whatever S
+                # does with u, group G_u loses at least min(inclusion losses, exclusion losses) of u
+                ub2 = ub
+                if loss.any():
+                    free = (l_exc <= 0) & (d < 0).any(axis=0)
+                    if free.any():
+                        fr = np.flatnonzero(free)
+                        l_fr = -d[:, fr]  # [n, F] inclusion losses of the free prompts
+                        cand = l_fr > 0  # experts whose inclusion costs prompt f
+                        o_fr = oT[:, fr]
+                        ar_f = np.arange(fr.size)
+                        deficit = loss
+                        red = 0.0
+                        for _ in range(
+                            3
+                        ):  # a few rounds of water-filling to unmet exclusion losses
+                            j = np.where(cand, deficit[o_fr], -np.inf).argmax(axis=0)
+                            a_inc = np.bincount(o_fr[j, ar_f], weights=l_fr[j, ar_f], minlength=n)
+                            red = max(red, float(np.minimum(a_inc, loss).sum()))
+                            deficit = loss - a_inc
+                        ub2 = ub - red
                 node_bound = min(ub2, float(child[u]))
                 inc_bound, exc_bound = float(inc[u]), float(exc[u])
+                child_act, child_const, keep_a = act, const, None
                 if settle:
-                    # settled: the smallest reachable value equals the largest (reach only shrinks below)
+                    # settled: the smallest reachable value equals the largest (reach only shrinks)
                     settled = np.where(reach_ord, cT, np.inf).min(axis=0) >= ub_p
-                    child_act = act[~settled]
-                    child_const = const + float(ub_p[settled].sum())
-                else:
-                    child_act, child_const = act, const
+                    if settled.any():
+                        keep_a = ~settled
+                        child_act = act[keep_a]
+                        child_const = const + float(ub_p[settled].sum())
             else:
+                allowed = fixed | und
                 rf = np.where(fixed[None], ranks, -1)  # [P', n]
                 thr = -np.partition(-rf, sub.k - 1, axis=1)[:, sub.k - 1 : sub.k]
-                reach = allowed[None] & (
-                    ranks >= thr
-                )  # [P', n] experts each prompt can still reach
+                reach = allowed[None] & (ranks >= thr)  # [P', n] experts each prompt can reach
                 ub = float(np.where(reach, c, -np.inf).max(axis=1).sum())
                 node_bound = inc_bound = exc_bound = ub
                 base = np.where(reach & fixed[None], c, -np.inf).max(axis=1)
@@ -420,27 +429,44 @@ def monotonic(
                 )
                 u = int(np.argmax(np.where(und, slack, -1.0)))
                 child_act, child_const = act, const
-        if node_bound <= best_sum + _TOL:
-            continue
-        und_child = und.copy()
-        und_child[u] = False
-        if exc_bound > best_sum + _TOL:
-            stack.append((fixed, und_child, exc_bound, child_act, child_const))  # exclude u
-        if inc_bound <= best_sum + _TOL:
-            continue  # F(I ∪ {u}) and everything below it are bounded by inc_bound: nothing to gain
-        inc_mask = fixed.copy()
-        inc_mask[u] = True
-        if settle and fixed.any():
-            # F(I ∪ {u}) for top1, incrementally: a prompt moves to u iff u outranks I's best expert
-            sub.evaluations += 1
-            f_sum = const + float(np.where(ranks[act, u] > top_rank, c[act, u], c_top).sum())
-        else:
-            f_sum = float(sub.prompt_values(inc_mask[None])[0].sum())
-        if f_sum > best_sum + _TOL:
-            best_sum, best_mask = f_sum, inc_mask
-        stack.append(
-            (inc_mask, und_child, inc_bound, child_act, child_const)
-        )  # include u (explored first)
+            if node_bound <= best_sum + _TOL:
+                continue
+            und_child = und.copy()
+            und_child[u] = False
+            if sub.k == 1:
+                if keep_a is None:
+                    arrs_c = (oT, cT, top_rank)
+                else:
+                    arrs_c = (oT[:, keep_a], cT[:, keep_a], top_rank[keep_a])
+            else:
+                arrs_c = None
+            if exc_bound > best_sum + _TOL:
+                stack.append((fixed, und_child, exc_bound, child_act, child_const, arrs_c))
+            if inc_bound <= best_sum + _TOL:
+                continue  # F(I ∪ {u}) and everything below it are bounded by inc_bound
+            inc_mask = fixed.copy()
+            inc_mask[u] = True
+            if sub.k == 1:
+                r_u = rankT[u].take(act)  # [A] gate rank of u on the active prompts
+                top_inc = np.maximum(top_rank, r_u)  # I ∪ {u}'s best expert, incrementally
+            if settle and has_fixed:
+                # F(I ∪ {u}) for top1, incrementally: a prompt moves to u iff u outranks I's best
+                sub.evaluations += 1
+                c_top = cT[top_pos, cols_a]  # [A] F(I) per active prompt
+                f_sum = const + float(np.where(r_u > top_rank, cT_exp[u].take(act), c_top).sum())
+            else:
+                f_sum = float(sub.prompt_values(inc_mask[None])[0].sum())
+            if f_sum > best_sum + _TOL:
+                best_sum, best_mask = f_sum, inc_mask
+            if sub.k == 1:
+                top_c = top_inc if keep_a is None else top_inc[keep_a]
+                arrs_i = (arrs_c[0], arrs_c[1], top_c)
+            else:
+                arrs_i = None
+            # include u (explored first)
+            stack.append((inc_mask, und_child, inc_bound, child_act, child_const, arrs_i))
+    finally:
+        errstate.__exit__(None, None, None)
     obj.evaluations += sub.evaluations - e_sub0 if sub is not obj else 0
     best_val = float(obj.prompt_values(best_mask[None])[0].mean())
     note = "" if complete else "search stopped at a node/time limit: best found, not proven optimal"
