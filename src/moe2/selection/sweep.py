@@ -55,7 +55,11 @@ def _axis_values(axis: str, bm_loose: BudgetModel, points: int) -> list[float]:
     lo = float(need.min())
     if points < 2 or hi <= lo * (1 + 1e-9):
         return [hi]
-    return [float(v) for v in np.geomspace(lo, hi, points)]
+    # F(budget) is a step function that can only rise where some expert becomes affordable, so
+    # each expert's own cost joins the geometric grid: the front is exact at every single
+    # expert's cost, where a reader compares it with that expert.
+    grid = np.concatenate([np.geomspace(lo, hi, points), need[np.isfinite(need) & (need <= hi)]])
+    return [float(v) for v in np.unique(np.round(grid, 9))]
 
 
 def sweep(inp: Any, cfg: DictConfig) -> dict[str, Any]:
@@ -226,11 +230,15 @@ def plot_pareto(result: dict[str, Any], path: Path) -> Path:
                 xv.append(m[use] if use else xs[i])
             if ys:
                 order = np.argsort(xv)
-                ax.plot(np.array(xv)[order], np.array(ys)[order], **st)
+                # over a budget axis F is constant until the next budget value: draw steps
+                steps = {} if use else {"drawstyle": "steps-post"}
+                ax.plot(np.array(xv)[order], np.array(ys)[order], **steps, **st)
         if pts and not use:
+            order = np.argsort(xs)
             ax.plot(
-                xs,
-                [p["oracle"] for p in pts],
+                np.array(xs)[order],
+                np.array([p["oracle"] for p in pts])[order],
+                drawstyle="steps-post",
                 color="black",
                 ls="--",
                 lw=1.2,
