@@ -33,3 +33,15 @@ def test_overrides_reach_only_the_stages_they_apply_to() -> None:
 def test_override_that_applies_nowhere_is_an_error() -> None:
     with pytest.raises(ConfigError, match="trainer.max_epoch=3"):
         stage_overrides(["select"], base=[], user=["trainer.max_epoch=3"])
+
+
+def test_new_latency_category_is_set_or_add_and_reaches_budget_stages() -> None:
+    from moe2.cli import STAGES, to_overrides
+
+    assert to_overrides(STAGES["select"], ["budget.latency_ms.gsm8k=800"]) == [
+        "++budget.latency_ms.gsm8k=800"
+    ]
+    assert to_overrides(STAGES["train"], ["trainer.max_epochs=3"]) == ["trainer.max_epochs=3"]
+    plan = stage_overrides(["train", "select"], base=[], user=["++budget.latency_ms.gsm8k=800"])
+    assert "++budget.latency_ms.gsm8k=800" in plan["select"]
+    assert "++budget.latency_ms.gsm8k=800" not in plan["train"]

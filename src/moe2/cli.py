@@ -27,6 +27,8 @@ class Stage:
     positional: tuple[str, ...] = ()
     #: ``key=value`` overrides renamed before Hydra sees them (e.g. a path given for a group name)
     aliases: dict[str, str] = field(default_factory=dict)
+    #: mappings whose keys are open (categories): ``prefix.new_key=v`` is passed as ``++`` (set or add)
+    open_keys: tuple[str, ...] = ()
 
     @property
     def config_name(self) -> str:
@@ -67,8 +69,18 @@ for _stage in (
         "Retrain on random subsets and compare with the restricted full gate.",
         "check_preserving",
     ),
-    Stage("select", "Choose the expert subset that maximises quality under the budgets.", "select"),
-    Stage("sweep", "Sweep budgets and plot the Pareto front against baselines.", "sweep"),
+    Stage(
+        "select",
+        "Choose the expert subset that maximises quality under the budgets.",
+        "select",
+        open_keys=("budget.latency_ms",),
+    ),
+    Stage(
+        "sweep",
+        "Sweep budgets and plot the Pareto front against baselines.",
+        "sweep",
+        open_keys=("budget.latency_ms",),
+    ),
     Stage(
         "export",
         "Write a deployable bundle: ONNX gate and experts, build plans, manifest.",
@@ -92,7 +104,12 @@ for _stage in (
         "ask",
         positional=("bundle.path", "prompt"),
     ),
-    Stage("pipeline", "Run every stage in order on the embedded default (offline).", "pipeline"),
+    Stage(
+        "pipeline",
+        "Run every stage in order on the embedded default (offline).",
+        "pipeline",
+        open_keys=("budget.latency_ms",),
+    ),
 ):
     register(_stage)
 
@@ -134,6 +151,9 @@ def to_overrides(stage: Stage, args: Sequence[str]) -> list[str]:
             key, sep, value = arg.partition("=")
             if sep and key in stage.aliases:
                 arg = f"{stage.aliases[key]}={value}"
+            elif sep and any(key.startswith(f"{p}.") for p in stage.open_keys):
+                # e.g. budget.latency_ms.gsm8k=800: a category the config need not list yet
+                arg = f"++{key}={value}"
             out.append(arg)
         elif positional:
             key = positional.pop(0)

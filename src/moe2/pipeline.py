@@ -97,7 +97,11 @@ def stage_overrides(
             if o.startswith("++"):
                 # `++key=value` sets or adds: give it only to the stages that have the key
                 key = o[2:].partition("=")[0]
-                if OmegaConf.select(stage_cfg, key, default=absent) is not absent:
+                parent = key.rpartition(".")[0]
+                if OmegaConf.select(stage_cfg, key, default=absent) is not absent or (
+                    parent
+                    and isinstance(OmegaConf.select(stage_cfg, parent, default=None), DictConfig)
+                ):
                     user_ok.append(o)
             elif _applies(conf, o, cache):
                 user_ok.append(o)

@@ -144,6 +144,13 @@ class Bundle:
                 from moe2.export.tensorrt.builder import import_tensorrt
 
                 import_tensorrt()  # raises with the install hint
+        if backend == "auto" and engines and not match:
+            built = ", ".join(f"{t} ({e.get('sm_arch')})" for t, e in engines.items())
+            log.warning(
+                "the bundle's TensorRT engines are for %s, this machine's GPU is %s: using ONNX Runtime",
+                built,
+                local or "absent",
+            )
         if match and available("tensorrt"):
             import tensorrt
 

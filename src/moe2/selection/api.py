@@ -16,7 +16,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from moe2.data.tables import OutcomeData, load_outcomes
-from moe2.errors import ConfigError, DataError
+from moe2.errors import BudgetInfeasibleError, ConfigError, DataError
 from moe2.gating.logits import read_logits
 from moe2.profiling.profile import CostProfile
 from moe2.selection.budgets import BudgetModel, Budgets
@@ -137,6 +137,13 @@ def run_select(cfg: DictConfig) -> dict[str, Any]:
     method = str(_sel(cfg, "method", "monotonic"))
     bm = budget_model(cfg.budget, inp.profile, inp.val.k)
     sel = select_with(inp, bm, method, cfg)
+    if sel["subset"] is None:
+        # only a method that answers one fixed subset (all_experts) can come back empty here:
+        # the exact and search methods raise BudgetInfeasibleError before
+        raise BudgetInfeasibleError(
+            f"selection.method={method}: {sel.get('note') or 'no feasible answer'}; loosen the "
+            "budgets (budget=none drops them) or use selection.method=monotonic"
+        )
     mask = np.array([e in sel["subset"] for e in inp.data.experts], dtype=bool)
     nb = neighbours(inp.val, bm, mask)
     experts = inp.data.experts

@@ -38,11 +38,22 @@ def run_stage(name: str, fn: Callable[[DictConfig], Any], cfg: DictConfig) -> An
     """Run one stage with seeding, timing and clean errors."""
     seed_everything(int(cfg.get("seed", 0)))
     start = time.perf_counter()
+    from omegaconf.errors import MissingMandatoryValue
+
     try:
         result = fn(cfg)
     except Moe2Error as exc:
         log.error("%s failed: %s", name, exc)
         raise SystemExit(exc.exit_code) from None
+    except MissingMandatoryValue as exc:
+        key = getattr(exc, "full_key", None) or str(exc)
+        log.error(
+            "%s failed: the config value '%s' is required; add %s=... to the command",
+            name,
+            key,
+            key,
+        )
+        raise SystemExit(2) from None
     except KeyboardInterrupt:
         log.error("%s interrupted; completed work is kept and the stage can be run again", name)
         raise SystemExit(130) from None
