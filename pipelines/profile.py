@@ -33,6 +33,7 @@ def main(cfg: DictConfig) -> Path:
         prompts_per_category=int(p.prompts_per_category),
         repeats=int(p.repeats),
         min_energy_s=float(p.min_energy_s),
+        allow_target_mismatch=bool(p.get("allow_target_mismatch", False)),
         config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
     )
     log.info(

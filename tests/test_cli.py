@@ -116,3 +116,28 @@ def test_import_shared_llmrouter_command(llmrouter_dir: Path, tmp_path: Path) ->
     )
     assert out.returncode == 0, out.stderr
     assert "5,608 prompts x 9 experts, 14 categories" in out.stdout
+
+
+def test_hydra_flags_keep_their_values() -> None:
+    from moe2.cli import STAGES, to_overrides
+
+    assert to_overrides(STAGES["train"], ["--cfg", "job", "trainer.max_epochs=2"]) == [
+        "--cfg",
+        "job",
+        "trainer.max_epochs=2",
+    ]
+    assert to_overrides(STAGES["verify"], ["--cfg", "job", "some/bundle"]) == [
+        "--cfg",
+        "job",
+        "bundle.path='some/bundle'",
+    ]
+
+
+def test_free_text_with_an_equals_sign_is_a_positional_argument() -> None:
+    from moe2.cli import STAGES, to_overrides
+
+    assert to_overrides(STAGES["ask"], ["b", "Is 1+1=2 true?", "k=1"]) == [
+        "bundle.path='b'",
+        "prompt='Is 1+1=2 true?'",
+        "k=1",
+    ]

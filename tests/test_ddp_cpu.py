@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import lightning as L
@@ -29,8 +30,9 @@ class RecordIndices(L.Callback):
 
 
 def test_ddp_cpu_shards_and_trains(
-    tiny_artifacts: Path, tiny_encoder_dir: Path, tmp_path: Path
+    tiny_artifacts: Path, tiny_encoder_dir: Path, tmp_path: Path, monkeypatch
 ) -> None:
+    monkeypatch.delenv("MASTER_PORT", raising=False)  # restored (or removed) after the test
     from moe2.gating.datamodule import OutcomeDataModule
     from moe2.gating.module import GateModule
     from moe2.gating.net import GatingNet
@@ -77,7 +79,10 @@ def test_ddp_cpu_shards_and_trains(
     assert set(r0) | set(r1) == train_idx
     assert len(set(r0) & set(r1)) <= n % 2  # only the sampler's padding repeats
 
-    # 2) the full stage under ddp_spawn: outputs written once, by the main process
+    # 2) the full stage under ddp_spawn: outputs written once, by the main process.
+    # Lightning kept the first run's MASTER_PORT in the environment; a second process group on the
+    # same port can find it still held (a flaky "address already in use"): take a fresh one.
+    os.environ.pop("MASTER_PORT", None)
     metrics = train_gate(cfg)
     assert metrics["timing"]["world_size"] == 2
     assert (tiny_artifacts / "gating" / "logits.parquet").is_file()

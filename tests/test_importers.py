@@ -420,3 +420,67 @@ def test_routerbench_files_with_different_models(tmp_path: Path) -> None:
     assert data.experts == ["gpt-x", "claude-y", "new-z"]
     assert np.isnan(data.scores[4:, 1]).all() and np.isnan(data.scores[:4, 2]).all()
     assert any("files differ in their models" in n and "new-z" in n for n in res.summary["notes"])
+
+
+def test_routerbench_non_numeric_score_is_an_error(tmp_path: Path) -> None:
+    # a model column without a '|' companion used to vanish silently when one cell was text
+    cfg = {"format": "routerbench", "path": str(tmp_path / "r.csv")}
+    df = _rb_frame(4, models=("gpt-x",))
+    df["bare-model"] = [1.0, 0.0, 1.0, 1.0]
+    df["bare-model"] = df["bare-model"].astype(object)
+    df.loc[2, "bare-model"] = "yes"
+    df.to_csv(tmp_path / "r.csv", index=False)
+    with pytest.raises(
+        DataError,
+        match=r"r\.csv row 4, column 'bare-model': score 'yes' is not a number; scores must be "
+        r"numbers in \[0,1\] or empty.*data\.ignore_columns=\[bare-model\]",
+    ):
+        import_outcomes(cfg, tmp_path / "o")
+    # declared not a model: skipped (and known metadata / a written index never are models)
+    df.drop(columns=["gpt-x|total_cost"]).to_csv(tmp_path / "r.csv")  # with the index column
+    t, _, _, _ = read_source({**cfg, "ignore_columns": ["bare-model"]})
+    assert t.experts["name"].tolist() == ["gpt-x"]
+    # a bare numeric model column is a model
+    df.loc[2, "bare-model"] = 0.0
+    df.drop(columns=["gpt-x|total_cost"]).to_csv(tmp_path / "r.csv", index=False)
+    t, _, _, _ = read_source(cfg)
+    assert t.experts["name"].tolist() == ["gpt-x", "bare-model"]
+
+
+def test_routerbench_costs_all_or_nothing(tmp_path: Path) -> None:
+    cfg = {"format": "routerbench", "path": str(tmp_path / "r.csv")}
+    df = _rb_frame(4)
+    df.drop(columns=["claude-y|total_cost"]).to_csv(tmp_path / "r.csv", index=False)
+    with pytest.raises(
+        DataError,
+        match=r"r\.csv: no '<model>\|total_cost' column for model\(s\) \['claude-y'\].*"
+        r"remove every '\|total_cost' column",
+    ):
+        import_outcomes(cfg, tmp_path / "o")
+    # a cost column whose model has no scores
+    df.drop(columns=["claude-y"]).to_csv(tmp_path / "r.csv", index=False)
+    with pytest.raises(
+        DataError, match=r"r\.csv: column 'claude-y\|total_cost' has no score column 'claude-y'"
+    ):
+        import_outcomes(cfg, tmp_path / "o")
+    # no costs at all: imported without costs
+    df.drop(columns=["gpt-x|total_cost", "claude-y|total_cost"]).to_csv(
+        tmp_path / "r.csv", index=False
+    )
+    t, _, _, _ = read_source(cfg)
+    assert t.outcomes["cost"].isna().all()
+    # one file with costs, one without
+    _rb_frame(3, offset=50).to_csv(tmp_path / "b.csv", index=False)
+    with pytest.raises(DataError, match=r"\['.*r\.csv'\]: no '<model>\|total_cost' columns while"):
+        import_outcomes({**cfg, "path": [cfg["path"], str(tmp_path / "b.csv")]}, tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_llmrouter_duplicate_error_names_the_file(tmp_path: Path) -> None:
+    items = _items(3)
+    items.append(dict(items[0]))
+    cfg = _write_llmrouter(tmp_path, items, queries=False, prices=False)
+    with pytest.raises(
+        DataError, match=r"train\.json item 3 repeats the prompt of .*train\.json item 0"
+    ):
+        import_outcomes({**cfg, "on_duplicate": "error"}, tmp_path / "o")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +19,7 @@ from moe2.experts.registry import (
     load_device,
     load_model_card,
     load_pool,
+    model_card_from_dict,
 )
 from moe2.profiling.analytic import memory_bytes
 
@@ -167,3 +170,138 @@ def test_pool_from_a_composed_config() -> None:
     cfg = compose("import", ["+experts=llmrouter9", "data.path=x.json"])
     pool = load_pool(cfg.experts)
     assert len(pool) == 9
+
+
+INLINE = {
+    "name": "my-llm",
+    "params": 7e9,
+    "n_layers": 32,
+    "hidden_size": 4096,
+    "n_kv_heads": 8,
+    "head_dim": 128,
+    "context_length": 8192,
+    "backend": "openai",
+    "source": {"endpoint": "http://127.0.0.1:8000/v1", "model": "my-llm"},
+}
+
+
+def test_inline_model_card_in_a_pool() -> None:
+    pool = load_pool(
+        {
+            "name": "mine",
+            "members": [
+                {
+                    "name": "mine@4090",
+                    "model": dict(INLINE),
+                    "device": "rtx4090",
+                    "precision": "fp16",
+                },
+                {
+                    "name": "q",
+                    "model": "qwen2.5-7b-instruct",
+                    "device": "rtx4090",
+                    "precision": "fp16",
+                },
+            ],
+        }
+    )
+    card = pool[0].model
+    assert (card.name, card.params, card.backend) == ("my-llm", 7_000_000_000, "openai")
+    assert card.source == INLINE["source"] and pool[0].weight_bytes == 14_000_000_000
+    assert experts_table(pool)["model"].tolist() == ["my-llm", "qwen2.5-7b-instruct"]
+    # validated like a card file: same checks, messages name the member
+    bad = {k: v for k, v in INLINE.items() if k != "head_dim"}
+    with pytest.raises(
+        ConfigError, match=r"pool p: member 0 model: missing model card field\(s\) \['head_dim'\]"
+    ):
+        load_pool({"name": "p", "members": [{"model": bad, "device": "cpu", "precision": "fp32"}]})
+    with pytest.raises(ConfigError, match="member 0 model: model my-llm: backend must be"):
+        model_card_from_dict({**INLINE, "backend": "vllm"}, "experts pool p: member 0 model")
+    with pytest.raises(ConfigError, match=r"n_layers must be a positive integer, got 'many'"):
+        model_card_from_dict({**INLINE, "n_layers": "many"}, "x")
+    # two members, one name, two different cards: refused (stages load one model per card name)
+    with pytest.raises(ConfigError, match="member 1 describes model 'my-llm' differently"):
+        load_pool(
+            {
+                "name": "p",
+                "members": [
+                    {"name": "a", "model": dict(INLINE), "device": "rtx4090", "precision": "fp16"},
+                    {
+                        "name": "b",
+                        "model": {**INLINE, "n_layers": 40},
+                        "device": "rtx4090",
+                        "precision": "fp16",
+                    },
+                ],
+            }
+        )
+
+
+def test_inline_card_through_a_composed_config_and_load_expert() -> None:
+    from moe2.experts import _card_of
+    from moe2.utils.stage import compose
+
+    member = (
+        "{name: mine, device: rtx4090, precision: fp16, model: {name: my-llm, params: 7e9, n_layers: 32, "
+        "hidden_size: 4096, n_kv_heads: 8, head_dim: 128, context_length: 8192, backend: openai, "
+        "source: {endpoint: 'http://127.0.0.1:8000/v1', model: my-llm}}}"
+    )
+    cfg = compose("profile", [f"experts.members=[{member}]"])
+    (spec,) = load_pool(cfg.experts)
+    assert spec.model.source["endpoint"] == "http://127.0.0.1:8000/v1"
+    assert _card_of(spec) is spec.model  # load_expert uses the spec's card, never a lookup by name
+    assert _card_of(dict(INLINE)) == spec.model  # a dict goes through the same validation
+
+
+def test_model_cards_from_env_directories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    mine.mkdir()
+    other.mkdir()
+    (mine / "my-llm.yaml").write_text(yaml.safe_dump(INLINE))
+    # a card of the package's name in an env directory wins (searched first)
+    qwen = load_model_card("qwen2.5-7b-instruct")
+    (other / "qwen2.5-7b-instruct.yaml").write_text(
+        yaml.safe_dump({**INLINE, "name": "qwen2.5-7b-instruct", "params": 1e9})
+    )
+    monkeypatch.setenv("MOE2_MODEL_CARDS", f"{mine}{os.pathsep}{other}")
+    assert load_model_card("my-llm").params == 7_000_000_000
+    assert load_model_card("qwen2.5-7b-instruct").params == 1_000_000_000 != qwen.params
+    assert {"my-llm", "codegemma-7b"} <= set(list_model_cards())
+    (spec,) = load_pool(
+        {"name": "p", "members": [{"model": "my-llm", "device": "rtx4090", "precision": "fp16"}]}
+    )
+    assert spec.name == "my-llm" and spec.model.backend == "openai"
+    (mine / "broken.yaml").write_text(yaml.safe_dump({**INLINE, "name": "broken", "params": None}))
+    with pytest.raises(
+        ConfigError, match=r"broken\.yaml: missing model card field\(s\) \['params'\]"
+    ):
+        load_model_card("broken")
+    with pytest.raises(ConfigError, match="MOE2_MODEL_CARDS"):
+        load_model_card("nobody")
+    monkeypatch.setenv("MOE2_MODEL_CARDS", str(tmp_path / "absent"))
+    with pytest.raises(ConfigError, match="absent'.*not a directory"):
+        load_model_card("my-llm")
+
+
+def test_inline_openai_card_answers_through_load_expert() -> None:
+    # the whole path a stage takes: pool file -> ExpertSpec with the inline card -> a live expert
+    pytest.importorskip("httpx")
+    from _completions_server import CompletionsServer
+
+    from moe2.experts import load_expert
+    from moe2.utils.stage import compose
+
+    with CompletionsServer(model="my-llm", favored={"Paris"}) as srv:
+        member = (
+            "{name: mine, device: rtx4090, precision: fp16, model: {name: my-llm, params: 1000, "
+            "n_layers: 1, hidden_size: 8, n_kv_heads: 1, head_dim: 8, context_length: 64, "
+            f"backend: openai, chat_template: false, source: {{endpoint: '{srv.url}', "
+            "model: my-llm, max_retries: 1, timeout_s: 5}}}"
+        )
+        (spec,) = load_pool(compose("harvest", [f"experts.members=[{member}]"]).experts)
+        ex = load_expert(spec)
+        (res,) = ex.score_choices_detailed(["Capital of France?"], [["Rome", "Paris"]])
+        assert res.argmax == 1
+        ex.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -142,12 +143,56 @@ def usage() -> str:
     return "\n".join(lines) + "\n"
 
 
+#: the key of a ``key=value`` override (anything else with a ``=`` is free text, e.g. a prompt)
+_OVERRIDE_KEY = re.compile(r"^[+~]{0,2}[A-Za-z_][\w.\-/@]*$")
+
+#: Hydra's command-line flags that take the next argument as their value
+_VALUE_FLAGS = frozenset(
+    {
+        "--cfg",
+        "-c",
+        "--package",
+        "-p",
+        "--config-name",
+        "-cn",
+        "--config-path",
+        "-cp",
+        "--config-dir",
+        "-cd",
+        "--experimental-rerun",
+    }
+)
+
+
 def to_overrides(stage: Stage, args: Sequence[str]) -> list[str]:
-    """Map positional arguments and aliases of ``stage`` to Hydra overrides."""
+    """Map positional arguments and aliases of ``stage`` to Hydra arguments (flags first)."""
+    flags, overrides = split_args(stage, args)
+    return [*flags, *overrides]
+
+
+def split_args(stage: Stage, args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Hydra flags (with their values) and overrides of ``stage``'s command line.
+
+    Flags go first on the command line Hydra parses: its parser takes no override after a flag.
+    """
+    flags: list[str] = []
     out: list[str] = []
     positional = list(stage.positional)
+    takes_value = False
     for arg in args:
-        if arg.startswith("-") or "=" in arg:
+        if takes_value:
+            # the value of a Hydra flag (``--cfg job``, ``--package trainer``)
+            flags.append(arg)
+            takes_value = False
+            continue
+        if arg in _VALUE_FLAGS:
+            flags.append(arg)
+            takes_value = True
+            continue
+        if arg.startswith("-"):
+            flags.append(arg)
+            continue
+        if "=" in arg and _OVERRIDE_KEY.match(arg.partition("=")[0]):
             key, sep, value = arg.partition("=")
             if sep and key in stage.aliases:
                 arg = f"{stage.aliases[key]}={value}"
@@ -165,7 +210,7 @@ def to_overrides(stage: Stage, args: Sequence[str]) -> list[str]:
             raise ConfigError(
                 f"moe2 {stage.name}: unexpected argument '{arg}'; overrides look like key=value"
             )
-    return out
+    return flags, out
 
 
 def _quote(value: str) -> str:
@@ -232,13 +277,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"moe2: unknown stage '{name}'. Stages: {known}. See: moe2 --help\n")
         return 2
     try:
-        overrides = to_overrides(stage, args[1:])
+        flags, overrides = split_args(stage, args[1:])
     except Moe2Error as exc:
         sys.stderr.write(f"error: {exc}\n")
         return exc.exit_code
     saved = sys.argv
     real = [saved[0] if saved else "moe2", *args] if argv is None else None
-    sys.argv = [f"moe2 {stage.name}", f"hydra.job.name={stage.name}", *overrides]
+    sys.argv = [f"moe2 {stage.name}", *flags, f"hydra.job.name={stage.name}", *overrides]
     try:
         hydra_app(stage, real)()
     finally:

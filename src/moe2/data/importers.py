@@ -8,7 +8,10 @@ Three formats (the ``data`` config group picks one with ``format``):
   (``{model: {input_price, output_price, size, model}}``, USD per million tokens).
 - ``routerbench``: RouterBench CSV, ``sample_id, prompt, eval_name, <model>...`` (0/1 or NaN),
   optional ``<model>|total_cost`` (USD per call) and ``<model>|model_response``; several files are
-  concatenated; ``eval_name`` is the category.
+  concatenated; ``eval_name`` is the category. Every column besides those, ``split``,
+  ``oracle_model_to_route_to`` and ``data.ignore_columns`` is a model (a non-numeric score is an
+  error); costs are all or nothing: either every model of every file has ``<model>|total_cost`` or
+  none has.
 - ``parquet``: our own tables (a directory holding ``outcomes/`` or the three Parquet files).
 
 Cost per call (LLMRouter with prices): ``prompt_tokens * input_price / 1e6 + output_tokens *
@@ -72,6 +75,7 @@ DEFAULTS: dict[str, Any] = {
     "chars_per_token": 4,
     "on_all_nan": "drop",
     "on_duplicate": "dedupe",
+    "ignore_columns": [],
 }
 
 _SPLIT_ALIASES = {
@@ -240,7 +244,7 @@ def _parse_choices(raw: Any, truth: Any, metric: Any) -> tuple[list[str] | None,
     return None, answer, False
 
 
-def _source_splits(values: Sequence[Any], rows: Sequence[str], where: str) -> np.ndarray:
+def _source_splits(values: Sequence[Any], rows: Sequence[str]) -> np.ndarray:
     out = np.empty(len(values), dtype=object)
     for i, (v, r) in enumerate(zip(values, rows, strict=True)):
         key = (
@@ -250,7 +254,7 @@ def _source_splits(values: Sequence[Any], rows: Sequence[str], where: str) -> np
         )
         if key not in _SPLIT_ALIASES:
             raise DataError(
-                f"{where} {r}: split {v!r} is not one of {SPLITS}; fix the value or set data.keep_splits=false "
+                f"{r}: split {v!r} is not one of {SPLITS}; fix the value or set data.keep_splits=false "
                 "to assign splits by hash"
             )
         out[i] = _SPLIT_ALIASES[key]
@@ -413,13 +417,13 @@ def _read_llmrouter(s: dict[str, Any], inputs: dict[str, str]) -> _Raw:
             "category": categories,
             "choices": choices,
             "answer": answers,
-            "row": [f"item {i}" for i in range(len(items))],
+            # the file is part of the label: errors raised after reading (duplicates, all-missing
+            # scores) name it like RouterBench's "<file> row N"
+            "row": [f"{path} item {i}" for i in range(len(items))],
         }
     )
     if s["keep_splits"] and any("split" in it for it in items):
-        prompts["split"] = _source_splits(
-            [it.get("split") for it in items], list(prompts["row"]), str(path)
-        )
+        prompts["split"] = _source_splits([it.get("split") for it in items], list(prompts["row"]))
 
     experts = pd.DataFrame({"name": models, "model": models})
     experts["device"] = None
@@ -480,6 +484,9 @@ def _read_llmrouter(s: dict[str, Any], inputs: dict[str, str]) -> _Raw:
 
 
 _RB_META = ("sample_id", "prompt", "eval_name")
+#: columns of the RouterBench release (and ours) that are not models
+_RB_KNOWN_META = frozenset({"split", "oracle_model_to_route_to"})
+_RB_INDEX = re.compile(r"^Unnamed: \d+$")
 
 
 def _unwrap_prompt(value: Any) -> str:
@@ -513,26 +520,50 @@ def _read_routerbench_file(path: Path, s: dict[str, Any]) -> tuple[pd.DataFrame,
         )
     if len(df) == 0:
         raise DataError(f"{path}: no rows; nothing to import")
-    with_suffix = {c.split("|", 1)[0] for c in df.columns if "|" in c}
+    ignored = {str(c) for c in (s.get("ignore_columns") or [])}
     models = []
     for c in df.columns:
-        if c in _RB_META or "|" in c or c == "split":
+        if c in _RB_META or c in _RB_KNOWN_META or c in ignored or "|" in c:
             continue
+        if _RB_INDEX.match(str(c)):
+            continue  # the index a DataFrame.to_csv without index=False writes
+        # every other column is a model: a cell that is not a number is an error, never a reason
+        # to drop the column silently
         numeric = pd.to_numeric(df[c], errors="coerce")
         bad = df[c].notna() & numeric.isna()
         if bad.any():
-            if c in with_suffix:
-                r = int(np.flatnonzero(bad.to_numpy())[0])
-                raise DataError(
-                    f"{path} row {r + 2}, column {c!r}: score {df[c].iloc[r]!r} is not a number; model columns hold 0/1 "
-                    "(or a score in [0, 1]) or are empty"
-                )
-            continue  # a text column that is not a model (e.g. oracle_model_to_route_to)
+            r = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(
+                f"{path} row {r + 2}, column {c!r}: score {df[c].iloc[r]!r} is not a number; scores must be "
+                f"numbers in [0,1] or empty (every column besides {list(_RB_META)} and "
+                f"{sorted(_RB_KNOWN_META)} is a model; if {c!r} is not a model, set "
+                f"data.ignore_columns=[{c}])"
+            )
         models.append(c)
     if not models:
         raise DataError(
             f"{path}: no model columns (numeric 0/1 columns besides {_RB_META}); nothing to import"
         )
+    # <model>|total_cost must belong to a model column, and costs are all-or-nothing per file
+    # (as LLMRouter's prices file must price every expert): a model without costs would otherwise
+    # look free to the cost budget
+    cost_cols = [c for c in df.columns if str(c).endswith("|total_cost")]
+    for c in cost_cols:
+        m = str(c)[: -len("|total_cost")]
+        if m not in models:
+            raise DataError(
+                f"{path}: column {c!r} has no score column {m!r}; add the scores of {m!r} or remove "
+                f"the cost column"
+            )
+    if cost_cols:
+        no_cost = [m for m in models if f"{m}|total_cost" not in df.columns]
+        if no_cost:
+            raise DataError(
+                f"{path}: no '<model>|total_cost' column for model(s) {no_cost} while "
+                f"{len(cost_cols)} other model(s) have one; add '|total_cost' columns for them "
+                f"(USD per call; empty cells are allowed) or remove every '|total_cost' column to "
+                f"import without costs"
+            )
     return df, models
 
 
@@ -552,6 +583,16 @@ def _read_routerbench(s: dict[str, Any], inputs: dict[str, str]) -> _Raw:
         frames.append(df)
         per_file_models[str(path)] = ms
         models += [m for m in ms if m not in models]
+    with_cost = {
+        p: any(str(c).endswith("|total_cost") for c in f.columns)
+        for p, f in zip(paths, frames, strict=True)
+    }
+    if any(with_cost.values()) and not all(with_cost.values()):
+        raise DataError(
+            f"{[str(p) for p, c in with_cost.items() if not c]}: no '<model>|total_cost' columns while "
+            f"{[str(p) for p, c in with_cost.items() if c]} have them; add the cost columns (USD per call; "
+            "empty cells are allowed) or import the files without costs (remove every '|total_cost' column)"
+        )
     notes: list[str] = []
     if len(paths) > 1 and any(set(ms) != set(models) for ms in per_file_models.values()):
         gaps = {
@@ -611,7 +652,7 @@ def _read_routerbench(s: dict[str, Any], inputs: dict[str, str]) -> _Raw:
         }
     )
     if s["keep_splits"] and "split" in df.columns:
-        prompts["split"] = _source_splits(df["split"].tolist(), rows, "")
+        prompts["split"] = _source_splits(df["split"].tolist(), rows)
     experts = pd.DataFrame(
         {
             "name": models,

@@ -16,7 +16,7 @@ from moe2.experts.base import ChoiceScores, Expert, ExpertStats, Generation, Tem
 
 
 def _card_of(spec_or_card: Any) -> Any:
-    from moe2.experts.registry import ModelCard, load_model_card
+    from moe2.experts.registry import ModelCard, load_model_card, model_card_from_dict
 
     if isinstance(spec_or_card, str):
         return load_model_card(spec_or_card)
@@ -24,8 +24,7 @@ def _card_of(spec_or_card: Any) -> Any:
     if isinstance(card, ModelCard):
         return card
     if isinstance(card, dict):
-        fields = {k: card[k] for k in card if k in ModelCard.__dataclass_fields__}
-        return ModelCard(**fields)
+        return model_card_from_dict(card, "load_expert card")
     raise ConfigError(
         f"load_expert needs an ExpertSpec, a ModelCard or a card name, got {type(spec_or_card).__name__}"
     )

@@ -1,8 +1,9 @@
 """Device and expert registries: one YAML per entry under ``conf/`` (data, not code).
 
 - ``conf/hardware/<device>.yaml`` -> :class:`DeviceSpec` (:func:`load_device`, :func:`list_devices`)
-- ``conf/experts/models/<model>.yaml`` -> :class:`ModelCard` (:func:`load_model_card`,
-  :func:`list_model_cards`)
+- ``conf/experts/models/<model>.yaml`` (and directories of ``$MOE2_MODEL_CARDS``, searched first)
+  -> :class:`ModelCard` (:func:`load_model_card`, :func:`list_model_cards`); a pool member may
+  also give its ``model`` inline as a mapping of card fields (:func:`model_card_from_dict`)
 - ``conf/experts/<pool>.yaml`` (the Hydra group ``experts``) -> a list of :class:`ExpertSpec`
   (:func:`load_pool`), one per member ``{name, model, device, precision, instance?, power_mode?}``.
 
@@ -15,6 +16,7 @@ placement is ``device#<expert name>``).
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,10 +184,20 @@ def load_device(name: str) -> DeviceSpec:
 
 @dataclass(frozen=True)
 class ModelCard:
-    """An LLM's architecture and source (``conf/experts/models/<name>.yaml``).
+    """An LLM's architecture and source.
 
     ``params``, ``n_layers``, ``n_kv_heads``, ``head_dim`` size the weights and the KV cache
     (``2 * n_layers * n_kv_heads * head_dim`` values per token).
+
+    A card comes from one of three places, all validated by :func:`model_card_from_dict`:
+
+    - ``<dir>/<name>.yaml`` in a directory of the environment variable ``MOE2_MODEL_CARDS``
+      (``os.pathsep``-separated, searched first, in order): your own models without editing the
+      installed package;
+    - ``conf/experts/models/<name>.yaml`` of the package;
+    - inline in a pool file: a member's ``model`` given as a mapping of these fields instead of a
+      card name (e.g. an OpenAI-compatible endpoint: ``backend: openai``,
+      ``source: {endpoint: http://127.0.0.1:8000/v1, model: my-llm}``).
     """
 
     name: str
@@ -217,35 +229,126 @@ class ModelCard:
 
 
 _CARD_FIELDS = {f.name for f in dataclasses.fields(ModelCard)}
+_CARD_REQUIRED = (
+    "name",
+    "params",
+    "n_layers",
+    "hidden_size",
+    "n_kv_heads",
+    "head_dim",
+    "context_length",
+)
+_CARD_INTS = ("params", "n_layers", "hidden_size", "n_kv_heads", "head_dim", "context_length")
+#: environment variable: extra model card directories (os.pathsep-separated), searched first
+CARDS_ENV = "MOE2_MODEL_CARDS"
+
+
+def model_card_dirs() -> list[Path]:
+    """Where model cards are looked up, in order: ``$MOE2_MODEL_CARDS`` entries, then the package's.
+
+    Raises:
+        ConfigError: an entry of ``MOE2_MODEL_CARDS`` is not a directory.
+    """
+    dirs = []
+    for entry in os.environ.get(CARDS_ENV, "").split(os.pathsep):
+        if not entry.strip():
+            continue
+        d = Path(entry).expanduser()
+        if not d.is_dir():
+            raise ConfigError(
+                f"{CARDS_ENV} lists {entry!r}, which is not a directory; fix or unset {CARDS_ENV} "
+                f"(directories of <model>.yaml cards, separated by {os.pathsep!r})"
+            )
+        dirs.append(d)
+    return [*dirs, _conf() / "experts" / "models"]
 
 
 def list_model_cards() -> list[str]:
-    """Names of the model cards in ``conf/experts/models/``."""
-    return sorted(p.stem for p in (_conf() / "experts" / "models").glob("*.yaml"))
+    """Names of the model cards in ``$MOE2_MODEL_CARDS`` directories and ``conf/experts/models/``."""
+    return sorted({p.stem for d in model_card_dirs() for p in d.glob("*.yaml")})
+
+
+def _as_int(value: Any, key: str, where: str) -> int:
+    # YAML reads 7e9 as a string (YAML 1.1 needs 7.0e9): accept any integral number or numeral
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        f = float(value) if isinstance(value, (str, float)) else value
+        if isinstance(f, float) and not f.is_integer():
+            raise ValueError
+        return int(f)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {key} must be a positive integer, got {value!r}") from None
+
+
+def model_card_from_dict(data: Any, where: str) -> ModelCard:
+    """Validate the fields of a model card (a card file's or an inline pool member's ``model``).
+
+    Args:
+        data: a mapping with ``name, params, n_layers, hidden_size, n_kv_heads, head_dim,
+            context_length`` and optionally ``backend, source, chat_template, description``
+            (other fields are kept in ``extra``). A DictConfig is accepted.
+        where: what the data came from, for messages (a file, ``experts pool X: member 2 model``).
+
+    Raises:
+        ConfigError: not a mapping, a missing field, a non-integer size or an unknown backend.
+    """
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(data, DictConfig):
+            data = OmegaConf.to_container(data, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a base dependency
+        pass
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{where}: a model card must be a mapping of fields, got {type(data).__name__}"
+        )
+    data = dict(data)
+    missing = [k for k in _CARD_REQUIRED if data.get(k) is None]
+    if missing:
+        raise ConfigError(
+            f"{where}: missing model card field(s) {missing} (a card needs {list(_CARD_REQUIRED)})"
+        )
+    data["extra"] = {k: data.pop(k) for k in sorted(set(data) - _CARD_FIELDS)}
+    for k in _CARD_INTS:
+        data[k] = _as_int(data[k], k, where)
+    source = data.get("source") or {}
+    if not isinstance(source, dict):
+        raise ConfigError(
+            f"{where}: source must be a mapping (e.g. {{hf_id: ...}} or {{endpoint: ..., model: ...}}), "
+            f"got {source!r}"
+        )
+    data["source"] = dict(source)
+    data["name"] = str(data["name"])
+    if "chat_template" in data:
+        data["chat_template"] = bool(data["chat_template"])
+    if data.get("description") is None:
+        data.pop("description", None)
+    try:
+        return ModelCard(**data)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def load_model_card(name: str) -> ModelCard:
-    """Load ``conf/experts/models/<name>.yaml``.
+    """Load ``<name>.yaml`` from the first card directory that has it.
+
+    The directories are those of the environment variable ``MOE2_MODEL_CARDS`` (``os.pathsep``-
+    separated, in order), then the package's ``conf/experts/models/`` (:func:`model_card_dirs`).
 
     Raises:
         ConfigError: unknown model (the message lists the known ones) or a malformed card.
     """
-    path = _conf() / "experts" / "models" / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(
-            f"unknown model {name!r}; known model cards: {', '.join(list_model_cards())} (conf/experts/models/)"
-        )
-    data = _read_yaml(path, "model card")
-    _require(
-        data,
-        ("name", "params", "n_layers", "hidden_size", "n_kv_heads", "head_dim", "context_length"),
-        path,
+    for d in model_card_dirs():
+        path = d / f"{name}.yaml"
+        if path.is_file():
+            return model_card_from_dict(_read_yaml(path, "model card"), str(path))
+    raise ConfigError(
+        f"unknown model {name!r}; known model cards: {', '.join(list_model_cards())} "
+        f"(searched {', '.join(str(d) for d in model_card_dirs())}); add <name>.yaml to a directory "
+        f"listed in {CARDS_ENV}, or give the member's model inline as a mapping of card fields"
     )
-    data["extra"] = {k: data.pop(k) for k in sorted(set(data) - _CARD_FIELDS)}
-    for k in ("params", "n_layers", "hidden_size", "n_kv_heads", "head_dim", "context_length"):
-        data[k] = int(data[k])
-    data["source"] = dict(data.get("source") or {})
-    return ModelCard(**data)
 
 
 @dataclass(frozen=True)
@@ -340,6 +443,7 @@ def load_pool(experts_cfg: Any) -> list[ExpertSpec]:
             f"experts pool {pool_name}: 'members' is empty; list {{name, model, device, precision}}"
         )
     devices: dict[str, DeviceSpec] = {}
+    cards: dict[str, ModelCard] = {}
     pool: list[ExpertSpec] = []
     for i, m in enumerate(members):
         if not isinstance(m, dict):
@@ -356,7 +460,17 @@ def load_pool(experts_cfg: Any) -> list[ExpertSpec]:
         if dev_name not in devices:
             devices[dev_name] = load_device(dev_name)
         device = devices[dev_name].with_power_mode(m.get("power_mode"))
-        card = load_model_card(str(m["model"]))
+        if isinstance(m["model"], dict):  # an inline card: the pool file describes the model
+            card = model_card_from_dict(m["model"], f"experts pool {pool_name}: member {i} model")
+        else:
+            card = load_model_card(str(m["model"]))
+        # stages key loaded models by card name (one load per model): one name, one card
+        other = cards.setdefault(card.name, card)
+        if other != card:
+            raise ConfigError(
+                f"experts pool {pool_name}: member {i} describes model {card.name!r} differently from "
+                "an earlier member; give the inline card another name or make the two identical"
+            )
         inst = m.get("instance")
         pool.append(
             ExpertSpec(

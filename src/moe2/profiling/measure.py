@@ -422,6 +422,42 @@ def _timed(fn: Callable[[], None], device: torch.device, meter: Any) -> tuple[fl
     return dt, meter.stop()
 
 
+def aggregate_repeats(
+    prefill_s: Sequence[float],
+    decode_s_per_token: Sequence[float],
+    prefill_j: Sequence[float | None],
+    decode_j_per_token: Sequence[float | None],
+) -> tuple[float, float, float | None, float | None]:
+    """Combine the figures of repeated timed regions into one request's figures.
+
+    Times: the minimum over repeats, the standard robust estimator of a timing: interference
+    (other processes on a shared CPU, clock ramps) only ever adds time, so the fastest repeat is the
+    closest to the cost of the work itself; a median still carries contention when most repeats
+    are disturbed. Prefill and decode are minimised separately.
+
+    Energy: the median over repeats of the energy read over the same prefill / decode regions. An
+    energy counter integrates power over the region, and its coarse update period (NVML: a few ms)
+    makes single readings noisy in both directions, so the minimum would be biased low; the median
+    is not. ``None`` when any repeat had no reading.
+
+    Args:
+        prefill_s: seconds per prefill, one per repeat.
+        decode_s_per_token: seconds per decoded token, one per repeat.
+        prefill_j: joules per prefill (``None``: no counter), one per repeat.
+        decode_j_per_token: joules per decoded token (``None``: no counter), one per repeat.
+
+    Returns:
+        ``(prefill_s, decode_s_per_token, prefill_j, decode_j_per_token)``.
+    """
+    if not prefill_s or len(prefill_s) != len(decode_s_per_token):
+        raise ValueError("aggregate_repeats needs one prefill and one decode time per repeat")
+    ep = None if any(x is None for x in prefill_j) else float(np.median(prefill_j))  # type: ignore[arg-type]
+    ed = (
+        None if any(x is None for x in decode_j_per_token) else float(np.median(decode_j_per_token))
+    )  # type: ignore[arg-type]
+    return float(min(prefill_s)), float(min(decode_s_per_token)), ep, ed
+
+
 def measure_request(
     decoder: Any,
     prompt_ids: Sequence[int] | torch.Tensor,
@@ -432,12 +468,16 @@ def measure_request(
 ) -> RequestFigures:
     """Prefill and decode latency (best of ``repeats``) and energy of one request shape.
 
+    Latencies (prefill, decode per token, and the request latency built from them) are the minimum
+    over ``repeats``; energies are the median over the same repeats of the energy read over the
+    same timed regions (see :func:`aggregate_repeats` for why).
+
     Args:
         decoder: an :class:`EagerDecoder` or :class:`GraphDecoder` around the model.
         prompt_ids: the prompt token ids.
         output_tokens: tokens to decode after the prompt.
         meter: an energy meter (:func:`energy_meter`).
-        repeats: timed repetitions; the median is reported.
+        repeats: timed repetitions; the fastest is reported (energy: the median).
         min_energy_s: repeat the region until it lasts this long when reading energy, so that a
             coarse counter (NVML updates every few ms) still gives a meaningful per-request figure.
     """
@@ -471,9 +511,7 @@ def measure_request(
         dec.append(t_dec / n_dec / max(1, output_tokens))
         e_pre.append(None if j_pre is None else j_pre / n_pre)
         e_dec.append(None if j_dec is None else j_dec / n_dec / max(1, output_tokens))
-    prefill_s, decode_s = float(np.median(pre)), float(np.median(dec))
-    ep = None if any(x is None for x in e_pre) else float(np.median(e_pre))  # type: ignore[arg-type]
-    ed = None if any(x is None for x in e_dec) else float(np.median(e_dec))  # type: ignore[arg-type]
+    prefill_s, decode_s, ep, ed = aggregate_repeats(pre, dec, e_pre, e_dec)
     energy = None if ep is None or ed is None else ep + ed * output_tokens
     n_prompt = ids.shape[1]
     return RequestFigures(
@@ -515,6 +553,59 @@ def detect_target(device: str) -> str:
     )
 
 
+def check_target(target: str, device: str, allow_mismatch: bool = False) -> str | None:
+    """Refuse to label measurements of one kind of processor with a target of another kind.
+
+    A target whose ``conf/hardware`` entry has an ``sm_arch`` is a GPU: measuring it on the CPU
+    (or measuring a CPU target on CUDA) would write timings that selection then uses for the
+    target's experts.
+
+    Args:
+        target: the ``conf/hardware`` name the profile is written for.
+        device: the compute device measured (``cpu``, ``cuda``, ``cuda:N``).
+        allow_mismatch: ``profile.allow_target_mismatch``: warn and go on instead of refusing.
+
+    Returns:
+        ``None`` when the kinds match; else the mismatch, in words (only with ``allow_mismatch``).
+
+    Raises:
+        ConfigError: the kinds differ and ``allow_mismatch`` is false (or the target is unknown).
+    """
+    from moe2.experts.registry import load_device
+
+    spec = load_device(target)
+    target_gpu = spec.sm_arch is not None
+    measured_gpu = device.startswith("cuda")
+    if target_gpu == measured_gpu:
+        if measured_gpu:
+            try:
+                here = detect_target(device)
+            except ConfigError:
+                here = None
+            if here is not None and here != target:
+                # same kind, another GPU model (e.g. measuring an Orin's stand-in): allowed, flagged
+                log.warning("profile.target=%s but this GPU looks like a %s", target, here)
+        return None
+    what = (
+        f"profile.target={target} is a GPU ({spec.sm_arch}) but this run measures the CPU"
+        if target_gpu
+        else f"profile.target={target} is a CPU target but this run measures {device}"
+    )
+    if not allow_mismatch:
+        fix = (
+            f"run `moe2 profile profile.target={target}` on the {target} itself, or profile this "
+            f"machine with profile.target=cpu"
+            if target_gpu
+            else "leave profile.target unset (the GPU is detected) or use profile.device=cpu"
+        )
+        raise ConfigError(
+            f"{what}: its timings would be written as profiles/{target}.json and used for the "
+            f"{target} experts; {fix} (profile.allow_target_mismatch=true writes it anyway)"
+        )
+    log.warning("%s; writing profiles/%s.json anyway (allow_target_mismatch)", what, target)
+    return what
+
+
 def run_profile(
     pool: Sequence[Any],
     prompts: Any,
@@ -530,6 +621,7 @@ def run_profile(
     repeats: int = 3,
     min_energy_s: float = 0.0,
     config: dict[str, Any] | None = None,
+    allow_target_mismatch: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """Measure every model of ``pool`` on this machine and write ``DIR/profiles/<target>.json``.
 
@@ -539,8 +631,14 @@ def run_profile(
     tokens, in each decode mode; the main figures come from the fastest mode measured, and every
     mode's figures are kept under ``modes``.
 
+    ``target`` must be the kind of processor measured (see :func:`check_target`) unless
+    ``allow_target_mismatch``; the profile then records the mismatch under ``target_mismatch``.
+
     Returns:
         ``(path, profile dict)``.
+
+    Raises:
+        ConfigError: the target is unknown, or a GPU target measured on the CPU (or the reverse).
     """
     from pathlib import Path
 
@@ -551,6 +649,7 @@ def run_profile(
 
     dev = resolve_device(device)
     target = target or detect_target(dev)
+    mismatch = check_target(target, dev, allow_target_mismatch)
     modes = list(modes or (["eager", "graph"] if dev.startswith("cuda") else ["eager"]))
     if any(m == "graph" for m in modes) and not dev.startswith("cuda"):
         log.warning("graph mode needs CUDA; profiling eager only on %s", dev)
@@ -677,6 +776,7 @@ def run_profile(
         "energy_counter": meter.name,
         "energy_note": meter.reason,
         "output_tokens": output_tokens,
+        **({"target_mismatch": mismatch, "allow_target_mismatch": True} if mismatch else {}),
         **run_metadata("profile", config=config or {}),
         "experts": experts_out,
     }
