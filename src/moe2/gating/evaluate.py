@@ -98,13 +98,7 @@ def evaluate_gate(
             write_json(tmp / "metrics.json", metrics)
             write_logits(
                 tmp / "logits.parquet",
-                GateLogits(
-                    data.prompt_ids,
-                    data.splits,
-                    np.asarray(data.categories, dtype=object)[data.category_idx],
-                    experts,
-                    logits,
-                ),
+                GateLogits.for_data(data, logits, experts),
             )
             write_json(
                 tmp / "meta.json",

@@ -11,12 +11,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from moe2.errors import DataError
+
+if TYPE_CHECKING:
+    from moe2.data.tables import OutcomeData
 from moe2.utils.io import atomic_path
 
 _META_KEY = b"moe2.experts"
@@ -31,6 +35,19 @@ class GateLogits:
     categories: np.ndarray  # [P] object
     experts: list[str]  # [E]
     logits: np.ndarray  # [P, E] float32
+
+    @classmethod
+    def for_data(
+        cls, data: OutcomeData, logits: np.ndarray, experts: Sequence[str] | None = None
+    ) -> GateLogits:
+        """Logits ``[P, E]`` of every prompt of ``data`` (experts: the gate's order, default the table's)."""
+        return cls(
+            prompt_ids=data.prompt_ids,
+            splits=data.splits,
+            categories=np.asarray(data.categories, dtype=object)[data.category_idx],
+            experts=list(data.experts if experts is None else experts),
+            logits=logits,
+        )
 
     def align(self, prompt_ids: Sequence[str], experts: Sequence[str]) -> np.ndarray:
         """Logits ``[len(prompt_ids), len(experts)]`` in the given orders; error if any are missing."""

@@ -380,13 +380,7 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
         write_json(tmp / "metrics.json", metrics)
         write_logits(
             tmp / "logits.parquet",
-            GateLogits(
-                data.prompt_ids,
-                data.splits,
-                np.asarray(data.categories, dtype=object)[data.category_idx],
-                data.experts,
-                logits,
-            ),
+            GateLogits.for_data(data, logits, data.experts),
         )
         np.savez_compressed(
             tmp / "knn.npz",
