@@ -178,21 +178,7 @@ def packed_logliks(
             rq += preds
             tg += it.option_ids[j]
             owner += [(i, j)] * n
-    lps = (
-        _head_logprobs(
-            head,
-            cap,
-            hidden[torch.tensor(rb, device=device), torch.tensor(rq, device=device)],
-            torch.tensor(tg, device=device),
-        )
-        .double()
-        .cpu()
-        .numpy()
-    )  # [N]
-    out = [np.zeros(len(it.option_ids), dtype=np.float64) for it in items]
-    for (i, j), v in zip(owner, lps, strict=False):
-        out[i][j] += v
-    return out
+    return _sum_option_logprobs(head, cap, hidden, rb, rq, tg, owner, items)
 
 
 @torch.inference_mode()
@@ -226,21 +212,7 @@ def pairs_logliks(
         rq += list(range(lp - 1, lp - 1 + n))
         tg += rows[r][lp : lp + n]
         owner += [(i, j)] * n
-    lps = (
-        _head_logprobs(
-            head,
-            cap,
-            hidden[torch.tensor(rb, device=device), torch.tensor(rq, device=device)],
-            torch.tensor(tg, device=device),
-        )
-        .double()
-        .cpu()
-        .numpy()
-    )
-    out = [np.zeros(len(it.option_ids), dtype=np.float64) for it in items]
-    for (i, j), v in zip(owner, lps, strict=False):
-        out[i][j] += v
-    return out
+    return _sum_option_logprobs(head, cap, hidden, rb, rq, tg, owner, items)
 
 
 @torch.inference_mode()
@@ -342,3 +314,36 @@ def grade(pred: str, answer: str, method: GradeMethod = "auto") -> float:
             return float(numeric_match(pred, answer))
         return float(normalized_match(pred, answer))
     raise DataError(f"unknown grading method {method!r}; use auto, exact, numeric or normalized")
+
+
+def _sum_option_logprobs(
+    head: Any,
+    cap: Any,
+    hidden: torch.Tensor,
+    rb: list[int],
+    rq: list[int],
+    tg: list[int],
+    owner: list[tuple[int, int]],
+    items: Sequence[MCItem],
+) -> list[np.ndarray]:
+    """Sum per-token log-probs into one log-likelihood per (item, option).
+
+    ``hidden[rb[n], rq[n]]`` is the hidden state that predicts target token ``tg[n]`` of option
+    ``owner[n] = (item, option)``; the LM head runs on those N positions only.
+    """
+    device = hidden.device
+    lps = (
+        _head_logprobs(
+            head,
+            cap,
+            hidden[torch.tensor(rb, device=device), torch.tensor(rq, device=device)],
+            torch.tensor(tg, device=device),
+        )
+        .double()
+        .cpu()
+        .numpy()
+    )  # [N]
+    out = [np.zeros(len(it.option_ids), dtype=np.float64) for it in items]
+    for (i, j), v in zip(owner, lps, strict=False):
+        out[i][j] += v
+    return out
