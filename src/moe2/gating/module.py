@@ -7,6 +7,7 @@ binary cross-entropy ``BCE(h(x)_e, s[x,e])``.
 
 from __future__ import annotations
 
+import atexit
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -120,6 +121,22 @@ def soft_target_loss_np(logits: np.ndarray, scores: np.ndarray, tau: float) -> f
 # --------------------------------------------------------------------------- module
 
 
+_GLOO_EXIT_HOOK = False
+
+
+def _destroy_gloo_group_at_exit() -> None:
+    global _GLOO_EXIT_HOOK
+    import torch.distributed as dist
+
+    if _GLOO_EXIT_HOOK or not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_backend() == "gloo":
+        from lightning.fabric.utilities.distributed import _destroy_dist_connection
+
+        atexit.register(_destroy_dist_connection)
+        _GLOO_EXIT_HOOK = True
+
+
 class GateModule(L.LightningModule):
     """Trains a :class:`GatingNet` on outcome batches.
 
@@ -153,6 +170,15 @@ class GateModule(L.LightningModule):
         self.bce_weight = float(bce_weight)
         self.categories = list(categories)
         self._buffers: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+
+    def setup(self, stage: str) -> None:
+        """In each worker: make sure a gloo process group is torn down before the process exits.
+
+        Lightning destroys NCCL groups at exit but not gloo ones (CPU DDP); a gloo group left to
+        interpreter shutdown can abort a spawned worker ("terminate called without an active
+        exception") after training has finished.
+        """
+        _destroy_gloo_group_at_exit()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits ``[B, E]`` of a batch."""
