@@ -422,6 +422,35 @@ def _timed(fn: Callable[[], None], device: torch.device, meter: Any) -> tuple[fl
     return dt, meter.stop()
 
 
+def _timed_mean(
+    fn: Callable[[], None],
+    device: torch.device,
+    meter: Any,
+    min_s: float,
+    setup: Callable[[], None] | None = None,
+) -> tuple[float, float | None]:
+    """Mean seconds and joules of ``fn`` over runs repeated until ``min_s`` has passed (>= 1 run).
+
+    ``setup`` runs untimed before each run. Energy is ``None`` if any run had no reading.
+    """
+    total_s, total_j, runs = 0.0, 0.0, 0
+    have_energy = True
+    start = time.perf_counter()
+    while True:
+        if setup is not None:
+            setup()
+        dt, j = _timed(fn, device, meter)
+        total_s += dt
+        if j is None:
+            have_energy = False
+        else:
+            total_j += j
+        runs += 1
+        if time.perf_counter() - start >= min_s:
+            break
+    return total_s / runs, (total_j / runs if have_energy else None)
+
+
 def aggregate_repeats(
     prefill_s: Sequence[float],
     decode_s_per_token: Sequence[float],
@@ -485,32 +514,21 @@ def measure_request(
     device = decoder.device
     decoder.prefill(ids)  # warm-up (and graph capture)
     decoder.decode(min(output_tokens, 4))
+    per_token = max(1, output_tokens)
     pre, dec, e_pre, e_dec = [], [], [], []
     for _ in range(max(1, repeats)):
-        n_pre, n_dec = 0, 0
-        t_pre, j_pre = 0.0, 0.0
-        t_start = time.perf_counter()
-        while True:  # prefill, repeated to reach min_energy_s
-            dt, j = _timed(lambda: decoder.prefill(ids), device, meter)
-            t_pre += dt
-            j_pre = (j_pre + j) if j is not None else None  # type: ignore[operator]
-            n_pre += 1
-            if time.perf_counter() - t_start >= min_energy_s:
-                break
-        t_dec, j_dec = 0.0, 0.0
-        t_start = time.perf_counter()
-        while True:
-            decoder.prefill(ids)
-            dt, j = _timed(lambda: decoder.decode(output_tokens), device, meter)
-            t_dec += dt
-            j_dec = (j_dec + j) if j is not None else None  # type: ignore[operator]
-            n_dec += 1
-            if time.perf_counter() - t_start >= min_energy_s:
-                break
-        pre.append(t_pre / n_pre)
-        dec.append(t_dec / n_dec / max(1, output_tokens))
-        e_pre.append(None if j_pre is None else j_pre / n_pre)
-        e_dec.append(None if j_dec is None else j_dec / n_dec / max(1, output_tokens))
+        t, j = _timed_mean(lambda: decoder.prefill(ids), device, meter, min_energy_s)
+        pre.append(t)
+        e_pre.append(j)
+        t, j = _timed_mean(
+            lambda: decoder.decode(output_tokens),
+            device,
+            meter,
+            min_energy_s,
+            setup=lambda: decoder.prefill(ids),
+        )
+        dec.append(t / per_token)
+        e_dec.append(None if j is None else j / per_token)
     prefill_s, decode_s, ep, ed = aggregate_repeats(pre, dec, e_pre, e_dec)
     energy = None if ep is None or ed is None else ep + ed * output_tokens
     n_prompt = ids.shape[1]
