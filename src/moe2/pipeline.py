@@ -123,6 +123,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         ``{"stages": {name: {"seconds": s, "result": ...}}, "summary": {...}}``.
     """
     from moe2.cli import STAGES
+    from moe2.utils.lock import stage_guard
     from moe2.utils.stage import seed_everything
 
     stages = list(cfg.pipeline.stages)
@@ -142,7 +143,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         seed_everything(int(scfg.get("seed", 0)))
         entry = importlib.import_module(f"moe2.pipelines.{stage.module}")
         start = time.perf_counter()
-        result = entry.main(scfg)
+        with stage_guard(name, scfg):  # the stage's own lock, as when it runs alone
+            result = entry.main(scfg)
         timings[name] = {"seconds": round(time.perf_counter() - start, 2), "result": result}
         log.info("── stage %s done in %.1f s", name, timings[name]["seconds"])
     summary = summarize(Path(str(cfg.paths.artifacts)), timings, time.perf_counter() - total)

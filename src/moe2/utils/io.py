@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -60,7 +61,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    # the pid in the name lets the next run tell a killed writer's leftovers from a live one's
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     target = tmp / path.name
     try:
         yield target
@@ -84,6 +86,76 @@ def replace(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(src, dst)
+
+
+#: ``.NAME.tmp-PID-XXXX`` (atomic_path), ``.NAME.old-PID`` (replace); legacy ``.NAME.tmp-XXXX``
+_TEMP_NAME = re.compile(r"^\..+\.(?:tmp-(?:(?P<tpid>\d+)-)?[\w]+|old-(?P<opid>\d+))$")
+
+#: age after which a temporary entry without a pid (written before pids were recorded) is stale
+LEGACY_TEMP_AGE_S = 6 * 3600.0
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
+
+
+def remove_stale_temps(root: str | os.PathLike[str], max_depth: int = 4) -> list[Path]:
+    """Remove temporary siblings that killed runs left under ``root`` (atomic writes' leftovers).
+
+    An entry named ``.NAME.tmp-PID-*`` or ``.NAME.old-PID`` is removed when process PID is gone
+    (on this host); one without a pid when it is older than :data:`LEGACY_TEMP_AGE_S`. Entries
+    of live processes (a concurrent stage writing beside this one) are left alone.
+
+    Args:
+        root: the directory to clean (an artifacts directory); missing is fine.
+        max_depth: how deep below ``root`` to look (``harvest/shards/<model>/`` is 3 deep).
+
+    Returns:
+        The paths removed.
+    """
+    import time
+
+    root = Path(root)
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    now = time.time()
+    base_depth = len(root.parts)
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        if len(here.parts) - base_depth >= max_depth:
+            dirnames[:] = []
+        for name in [*dirnames, *filenames]:
+            m = _TEMP_NAME.match(name)
+            if m is None:
+                continue
+            entry = here / name
+            pid = m.group("tpid") or m.group("opid")
+            if pid is not None:
+                stale = not _pid_alive(int(pid))
+            else:
+                try:
+                    stale = now - entry.lstat().st_mtime > LEGACY_TEMP_AGE_S
+                except FileNotFoundError:
+                    continue
+            if not stale:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+            removed.append(entry)
+        dirnames[:] = [d for d in dirnames if (here / d) not in removed]
+    return removed
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
