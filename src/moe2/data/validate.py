@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from moe2.errors import DataError
@@ -31,7 +32,7 @@ def _utf8_problem(text: str) -> str | None:
 
 
 def check_prompt(
-    text: Any, choices: Sequence[Any] | None = None, where: str = "the prompt"
+    text: Any, choices: Sequence[Any] | None = None, where: str = "prompt"
 ) -> None:
     """Refuse a prompt no expert should be asked.
 
@@ -104,3 +105,38 @@ def check_prompts(prompts: pd.DataFrame, where: str = "prompt dataset") -> None:
                     f"{name}: the answer {answer!r} is not one of its options {list(choices)}, "
                     "so every expert would score 0"
                 )
+
+
+def check_choosable(
+    scores: np.ndarray, experts: Sequence[str], rows: np.ndarray, where: str = "the outcome table"
+) -> None:
+    """Refuse a table on which choosing experts means nothing: 1 expert, or no score differs.
+
+    Args:
+        scores: ``[P, E]`` scores (NaN: missing).
+        experts: the ``E`` expert names.
+        rows: ``[P]`` bool, the prompts the choice is made on (e.g. the validation split).
+        where: how the message names the table and split.
+
+    Raises:
+        DataError: fewer than 2 experts, no recorded score, or every expert scoring the same on
+            every prompt (e.g. an all-zero table).
+    """
+    if len(experts) < 2:
+        raise DataError(
+            f"{where}: has {len(experts)} expert ({list(experts)}); choosing a subset needs at "
+            "least 2. Harvest or import outcomes of more experts."
+        )
+    s = np.asarray(scores, dtype=np.float64)[np.asarray(rows, dtype=bool)]
+    finite = np.isfinite(s)
+    if not finite.any():
+        raise DataError(f"{where}: no recorded scores on these prompts")
+    hi = np.where(finite, s, -np.inf).max(axis=1)
+    lo = np.where(finite, s, np.inf).min(axis=1)
+    if not (hi > lo).any():
+        values = np.unique(s[finite])
+        raise DataError(
+            f"{where}: every expert scores the same on every prompt (scores {values[:3].tolist()}), "
+            "so no subset is better than another; check the import/harvest (a correct answer "
+            "scores 1)"
+        )

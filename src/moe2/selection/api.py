@@ -20,6 +20,7 @@ from moe2.errors import BudgetInfeasibleError, ConfigError, DataError
 from moe2.gating.logits import read_logits
 from moe2.profiling.profile import CostProfile
 from moe2.selection.budgets import BudgetModel, Budgets
+from moe2.data.validate import check_choosable
 from moe2.selection.objective import SelectionObjective, build_objective
 from moe2.selection.optimizer import BASELINES, neighbours, solve
 from moe2.selection.report import describe_change, markdown_report, placement, result_figures
@@ -82,6 +83,7 @@ def load_inputs(cfg: DictConfig) -> SelectionInputs:
         raise DataError(
             f"the outcome table has no '{split}' prompts; set selection.split to a split that has prompts"
         )
+    check_choosable(data.scores, data.experts, rows, f"{cfg.paths.outcomes} ('{split}' split)")
     val = build_objective(data.scores, logits, rows, **kw)
     test = None
     if report_split:
