@@ -92,24 +92,34 @@ class StorageError(Moe2Error):
 _TORCH_WRITE_FAILURES = ("basic_ios::clear", "PytorchStreamWriter failed", "file write failed")
 
 
-def from_os_error(exc: BaseException) -> Moe2Error | None:
+def from_os_error(exc: BaseException, context: str | None = None) -> Moe2Error | None:
     """The moe2 error for a file-system failure, or ``None`` when ``exc`` is not one.
 
     Disk full, read-only file systems and missing permissions become :class:`StorageError`; a
     directory where a file was expected (``data.path=DIR``), a missing file and a file where a
-    directory was expected become :class:`DataError`. Anything else is left alone (a bug).
+    directory was expected, and undecodable (non-UTF-8) input become :class:`DataError`. Anything
+    else is left alone (a bug).
 
     Args:
         exc: the exception a stage raised.
+        context: where the stage writes (its artifacts directory), named when ``exc`` names no
+            file (pyarrow's write errors do not).
     """
     if isinstance(exc, RuntimeError) and any(s in str(exc) for s in _TORCH_WRITE_FAILURES):
         return StorageError(
-            f"writing a file failed ({str(exc).splitlines()[0][:120]}): the disk is probably full; "
+            f"{f'writing under {context}: ' if context else ''}writing a file failed ({str(exc).splitlines()[0][:120]}): the disk is probably full; "
             "free space or point paths.artifacts at a bigger disk (nothing half-written was kept)"
+        )
+    if isinstance(exc, UnicodeDecodeError):
+        bad = exc.object[exc.start : exc.end].hex(" ") if exc.object else "?"
+        return DataError(
+            f"an input file (data.path?) is not valid UTF-8 (byte(s) 0x{bad} at offset "
+            f"{exc.start}); re-encode it as UTF-8"
         )
     if not isinstance(exc, OSError):
         return None
-    where = exc.filename or "a file"
+    # a failed rename or copy names its destination second: that is the file being written
+    where = exc.filename2 or exc.filename or (f"writing under {context}" if context else "a file")
     code = exc.errno
     if code in (errno.ENOSPC, errno.EDQUOT):
         return StorageError(

@@ -162,8 +162,8 @@ def stage_guard(name: str, cfg: Any) -> Iterator[None]:
                 if removed:
                     log.info("removed %d stale temporary file(s) of killed runs", len(removed))
             yield
-    except (OSError, RuntimeError) as exc:
-        err = from_os_error(exc)
+    except (OSError, RuntimeError, UnicodeDecodeError) as exc:
+        err = from_os_error(exc, None if artifacts is None else str(artifacts))
         if err is None:
             raise
         raise err from exc
