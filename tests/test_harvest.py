@@ -150,9 +150,11 @@ def test_expert_failing_midway_is_reported_and_retried(
     prompts = _prompts(4)  # 20 prompts, shards of 4 -> the server breaks during the 2nd shard
     opts = _opts(tmp_path, shard_size=4, batch_size=2)
     # without allow_partial the harvest refuses to write the incomplete table
-    with CompletionsServer(favored={"Paris"}, fail_after=3) as srv:
-        with pytest.raises(IncompleteHarvestError, match=r"remote@cpu \(model remote-toy"):
-            run_harvest([tiny_pool[0], remote(srv.url)], prompts, tmp_path / "strict", opts)
+    with (
+        CompletionsServer(favored={"Paris"}, fail_after=3) as srv,
+        pytest.raises(IncompleteHarvestError, match=r"remote@cpu \(model remote-toy"),
+    ):
+        run_harvest([tiny_pool[0], remote(srv.url)], prompts, tmp_path / "strict", opts)
     assert not (tmp_path / "strict" / "outcomes").exists()
     partial = _opts(tmp_path, shard_size=4, batch_size=2, allow_partial=True)
     with CompletionsServer(favored={"Paris"}, fail_after=3) as srv:

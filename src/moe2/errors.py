@@ -135,7 +135,9 @@ def from_os_error(exc: BaseException, context: str | None = None) -> Moe2Error |
             f"{where}: permission denied; fix the permissions or use another paths.artifacts"
         )
     if code == errno.EISDIR:
-        return DataError(f"{where}: is a directory, but a file is expected here; give the file's path")
+        return DataError(
+            f"{where}: is a directory, but a file is expected here; give the file's path"
+        )
     if code == errno.ENOTDIR:
         return DataError(f"{where}: is a file, but a directory is expected here")
     if code == errno.ENOENT:

@@ -172,7 +172,6 @@ class OutcomeTables:
                 "rescale scores to [0, 1]"
             )
 
-
     def _check_types(self, where: str) -> None:
         """Required columns hold no nulls, text columns hold text and number columns numbers."""
         for name, schema in SCHEMAS.items():

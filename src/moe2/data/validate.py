@@ -31,9 +31,7 @@ def _utf8_problem(text: str) -> str | None:
     return None
 
 
-def check_prompt(
-    text: Any, choices: Sequence[Any] | None = None, where: str = "prompt"
-) -> None:
+def check_prompt(text: Any, choices: Sequence[Any] | None = None, where: str = "prompt") -> None:
     """Refuse a prompt no expert should be asked.
 
     Args:
@@ -66,7 +64,9 @@ def check_prompt(
     seen: set[str] = set()
     for o in options:
         if o in seen:
-            raise DataError(f"{where}: option {o!r} is given twice in {options}; options must differ")
+            raise DataError(
+                f"{where}: option {o!r} is given twice in {options}; options must differ"
+            )
         seen.add(o)
     for o in options:
         problem = _utf8_problem(o)

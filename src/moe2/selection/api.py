@@ -16,11 +16,11 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from moe2.data.tables import OutcomeData, load_outcomes
+from moe2.data.validate import check_choosable
 from moe2.errors import BudgetInfeasibleError, ConfigError, DataError
 from moe2.gating.logits import read_logits
 from moe2.profiling.profile import CostProfile
 from moe2.selection.budgets import BudgetModel, Budgets
-from moe2.data.validate import check_choosable
 from moe2.selection.objective import SelectionObjective, build_objective
 from moe2.selection.optimizer import BASELINES, neighbours, solve
 from moe2.selection.report import describe_change, markdown_report, placement, result_figures

@@ -86,9 +86,7 @@ def _limits(value: Any, categories: list[str], name: str) -> np.ndarray | None:
         )
     else:
         if isinstance(value, (list, tuple)):
-            raise ConfigError(
-                f"budget.{name}={value!r} is not a number or a per-category mapping"
-            )
+            raise ConfigError(f"budget.{name}={value!r} is not a number or a per-category mapping")
         out = np.full(len(categories), budget_number(value, f"budget.{name}"))
     if np.any(out <= 0):
         raise ConfigError(f"budget.{name} must be positive (got {value!r})")
