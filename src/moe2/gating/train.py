@@ -320,9 +320,8 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("gating.monitor is required (e.g. val/router_acc)")
     data = load_outcomes(cfg.paths.outcomes)
     check_gating_data(data, str(cfg.paths.outcomes))
-    run_dir = (
-        Path(cfg.paths.artifacts) / "logs" / "gating" / run_id()
-    )  # checkpoints of this run only
+    # checkpoints of this run only: concurrent or earlier runs keep theirs
+    run_dir = Path(cfg.paths.artifacts) / "logs" / "gating" / run_id()
     loggers = build_loggers(cfg.get("logger"))
     for lg in loggers:
         if hasattr(lg, "log_hyperparams"):
