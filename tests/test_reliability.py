@@ -11,7 +11,6 @@ no traceback-worthy exception escaped. RELIABILITY.md lists the same cases with 
 from __future__ import annotations
 
 import errno
-import importlib
 import json
 import logging
 import os
@@ -212,14 +211,13 @@ CASES: list[Case] = [
 
 def run_case(stage: str, args: list[str], caplog: pytest.LogCaptureFixture) -> tuple[int, str]:
     """Run a stage as ``moe2 <stage> args`` does, in-process; return (exit code, logged text)."""
-    from moe2.cli import STAGES
+    from moe2.stages import STAGES
 
     st = STAGES[stage]
-    entry = importlib.import_module(f"moe2.pipelines.{st.module}")
     caplog.clear()
     with caplog.at_level(logging.INFO):
         try:
-            run_stage(stage, entry.main, compose(st.config_name, args))
+            run_stage(stage, st.load(), compose(st.config_name, args))
             code = 0
         except SystemExit as exc:
             code = int(exc.code)
