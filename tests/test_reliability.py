@@ -474,14 +474,21 @@ def test_stale_temp_dirs_are_removed_at_the_next_run(
 ) -> None:
     art = tmp_path / "art"
     art.mkdir()
+    from moe2.utils.io import writer_tag
+
     dead = _dead_pid()
+    host = writer_tag().partition("@")[2]
     stale = [
-        art / f".bundle.tmp-{dead}-abc123",
-        art / f".bundle.old-{dead}",
+        art / f".bundle.tmp-{dead}@{host}-abc123",
+        art / f".bundle.old-{dead}",  # the names of issue 15 (no host tag)
         art / f".outcomes.tmp-{dead}-x_9k",
-        art / "harvest" / "shards" / "m-1" / f".part-0000001-aa.parquet.tmp-{dead}-q1",
+        art / "harvest" / "shards" / "m-1" / f".part-0000001-aa.parquet.tmp-{dead}@{host}-q1",
     ]
-    live = [art / f".gating.tmp-{os.getpid()}-live", art / f".bundle.old-{os.getppid()}"]
+    live = [
+        art / f".gating.tmp-{writer_tag()}-live",
+        art / f".bundle.old-{os.getppid()}",
+        art / f".selection.tmp-{dead}@0a0b0c-x",  # another host's: its pid means nothing here
+    ]
     for d in stale + live:
         (d / "payload").mkdir(parents=True)
     legacy_old, legacy_new = art / ".selection.tmp-k3j_2x", art / ".profiles.tmp-zz9"
@@ -497,6 +504,13 @@ def test_stale_temp_dirs_are_removed_at_the_next_run(
     assert all(d.exists() for d in live) and legacy_new.exists()  # a live writer's are kept
     assert "removed 5 stale temporary" in text
     assert (art / "outcomes" / "prompts.parquet").is_file()
+    # the names atomic writes use are recognised, and kept while their writer lives
+    from moe2.utils.io import atomic_path, remove_stale_temps
+
+    with atomic_path(art / "report.md") as tmp:
+        tmp.write_text("x")
+        assert remove_stale_temps(art) == [] and tmp.parent.name.startswith(".report.md.tmp-")
+        assert f"{os.getpid()}@{host}" in tmp.parent.name
 
 
 # ── file systems: full, read-only ────────────────────────────────────────────────────────────
