@@ -12,7 +12,6 @@ column per expert). ``moe2 evaluate`` reads it to
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -22,16 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from moe2.data.tables import text_sha256
 from moe2.errors import DataError
 
 RECORD = "train_prompts.parquet"
 _META_KEY = b"moe2.experts"
 _FIXED = ("text_sha256", "prompt_id", "split", "category")
-
-
-def text_sha256(text: str) -> str:
-    """The sha256 (hex) of a prompt's UTF-8 text: the key prompts are matched on across tables."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass
