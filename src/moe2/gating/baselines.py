@@ -503,7 +503,7 @@ def report_table(report: Mapping[str, Any], title: str = "quality on the same pr
     for k in acc_cols:
         t.add_column(k.replace("_", " "), justify="right")
     for k in vs_cols:
-        t.add_column(f"router − {k.replace('_', ' ')}", justify="left")
+        t.add_column(f"router − {k.replace('_', ' ')}", justify="left", no_wrap=True)
 
     def row(label: str, blk: Mapping[str, Any], style: str | None = None) -> None:
         a = blk.get("accuracy") or {}
@@ -535,7 +535,11 @@ def print_report(
     """Print :func:`report_table` and the warnings to ``console`` (default: stdout)."""
     from rich.console import Console
 
-    con = console or Console(width=max(120, Console().width))
+    if console is None:
+        probe = Console()
+        # a pipe or a log file gets the full table; a terminal keeps its own width
+        console = probe if probe.is_terminal else Console(width=220)
+    con = console
     con.print(report_table(report, title))
     for w in report.get("warnings") or []:
         con.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
