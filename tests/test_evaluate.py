@@ -207,3 +207,68 @@ def test_too_few_prompts_per_category_warn(trained: Path) -> None:
     assert any("no interval" in w for w in rep["warnings"])
     assert any("best single expert instead" in w for w in rep["warnings"])
     assert isinstance(pd.DataFrame(rep["per_category"]).T, pd.DataFrame)
+
+
+def test_oof_logits_and_selection_on_them(
+    trained: Path, tmp_path: Path, tiny_encoder_dir: Path
+) -> None:
+    from moe2.gating.crossfit import OOF_FILE, fold_of
+    from moe2.gating.train import train_gate
+    from moe2.selection.api import run_select
+
+    # without the file: one clear error naming the fix
+    with pytest.raises(DataError, match="oof.folds=5"):
+        run_select(
+            compose("select", [f"paths.artifacts={trained}", "experts=tiny", "selection.split=oof"])
+        )
+    write_tables(make_tables(n_prompts=120, experts=TINY, seed=2), tmp_path / "outcomes")
+    cfg = compose(
+        "train",
+        [
+            f"paths.artifacts={tmp_path}",
+            f"paths.cache={tmp_path}/cache",
+            f"gating.net.encoder={tiny_encoder_dir}",
+            "trainer.max_epochs=1",
+            "oof.folds=2",
+            *FAST,
+        ],
+    )
+    m = train_gate(cfg)
+    assert m["oof"]["folds"] == 2 and len(m["oof"]["epochs"]) == 2
+    data = load_outcomes(tmp_path)
+    oof = read_logits(tmp_path / "gating" / OOF_FILE)
+    trval = set(data.prompt_ids[data.split_mask("train") | data.split_mask("val")])
+    assert set(oof.prompt_ids) == trval and np.isfinite(oof.logits).all()
+    # OOF logits differ from the full gate's (each prompt scored by a gate that never saw it)
+    full = read_logits(tmp_path / "gating").align(list(oof.prompt_ids), data.experts)
+    assert not np.allclose(full, oof.logits)
+    f = fold_of(np.asarray(sorted(trval), dtype=object), 2)
+    assert set(f.tolist()) == {0, 1} and np.array_equal(
+        f, fold_of(np.asarray(sorted(trval), dtype=object), 2)
+    )
+    sel = run_select(
+        compose(
+            "select",
+            [
+                f"paths.artifacts={tmp_path}",
+                "experts=tiny",
+                "budget=none",
+                "selection.split=oof",
+                "selection.n_boot=100",
+            ],
+        )
+    )
+    assert sel["split"] == "oof" and sel["optimal"]
+    assert sel["quality"]["selection"]["n"] == len(trval)
+    with pytest.raises(Exception, match="overlaps"):
+        run_select(
+            compose(
+                "select",
+                [
+                    f"paths.artifacts={tmp_path}",
+                    "experts=tiny",
+                    "selection.split=oof",
+                    "selection.report_split=val",
+                ],
+            )
+        )

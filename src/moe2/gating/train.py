@@ -354,6 +354,15 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
 
     quality = split_quality(data, logits, knn, seed=int(cfg.get("seed", 0)))
     metrics["quality"] = quality
+    oof = None
+    folds = int(OmegaConf.select(cfg, "oof.folds", default=0) or 0)
+    if folds:
+        from moe2.gating.crossfit import oof_logits
+
+        oof_rows, oof_z, metrics["oof"] = oof_logits(
+            data, cfg, res.base_embeddings, folds, int(OmegaConf.select(cfg, "oof.seed", default=0))
+        )
+        oof = GateLogits.for_data(data.select(oof_rows), oof_z, data.experts)
     per_epoch = float(np.median(res.epoch_seconds)) if res.epoch_seconds else None
     timing = {
         "fit_seconds": res.fit_seconds,
@@ -395,6 +404,10 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
         )
         write_logits(tmp / "knn_scores.parquet", GateLogits.for_data(data, knn, data.experts))
         write_record(tmp / RECORD, TrainingRecord.of(data))
+        if oof is not None:
+            from moe2.gating.crossfit import OOF_FILE
+
+            write_logits(tmp / OOF_FILE, oof)
         np.savez_compressed(
             tmp / "knn.npz",
             embeddings=res.base_embeddings[train_rows].astype(np.float16),

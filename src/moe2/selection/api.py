@@ -80,12 +80,20 @@ def load_inputs(cfg: DictConfig) -> SelectionInputs:
         "answer_idx": data.answer_idx,
         "backend": str(_sel(cfg, "backend", "auto")),
     }
-    rows = data.split_mask(split)
+    if split == "oof":
+        rows, sel_logits = _oof_rows(logits_path.parent, data, logits)
+        if report_split in ("train", "val"):
+            raise ConfigError(
+                f"selection.split=oof uses the train and val prompts; selection.report_split="
+                f"{report_split} overlaps them (use test)"
+            )
+    else:
+        rows, sel_logits = data.split_mask(split), logits
     if not rows.any():
         raise DataError(
             f"the outcome table has no '{split}' prompts; set selection.split to a split that has prompts"
         )
-    val = build_objective(data.scores, logits, rows, **kw)
+    val = build_objective(data.scores, sel_logits, rows, **kw)
     test = None
     if report_split:
         t_rows = data.split_mask(str(report_split))
@@ -109,6 +117,26 @@ def load_inputs(cfg: DictConfig) -> SelectionInputs:
         test_rows=None if test is None else t_rows,
         knn=knn,
     )
+
+
+def _oof_rows(
+    gating_dir: Path, data: OutcomeData, logits: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and logits for ``selection.split=oof``: the out-of-fold logits of train+val prompts."""
+    from moe2.gating.crossfit import OOF_FILE
+
+    path = gating_dir / OOF_FILE
+    if not path.is_file():
+        raise DataError(
+            f"{path}: not found; selection.split=oof needs out-of-fold gate logits: run "
+            "`moe2 train oof.folds=5` (one extra gate per fold), or use selection.split=val"
+        )
+    oof = read_logits(path)
+    have = set(str(p) for p in oof.prompt_ids)
+    rows = np.array([str(p) in have for p in data.prompt_ids], dtype=bool)
+    out = np.array(logits, copy=True)
+    out[rows] = oof.align(list(data.prompt_ids[rows]), data.experts)
+    return rows, out
 
 
 def rule_quality(
