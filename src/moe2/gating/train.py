@@ -360,7 +360,13 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
         from moe2.gating.crossfit import oof_logits
 
         oof_rows, oof_z, metrics["oof"] = oof_logits(
-            data, cfg, res.base_embeddings, folds, int(OmegaConf.select(cfg, "oof.seed", default=0))
+            data,
+            cfg,
+            res.base_embeddings,
+            folds,
+            int(OmegaConf.select(cfg, "oof.seed", default=0)),
+            fit=fit_gate,
+            predict=predict_logits,
         )
         oof = GateLogits.for_data(data.select(oof_rows), oof_z, data.experts)
     per_epoch = float(np.median(res.epoch_seconds)) if res.epoch_seconds else None

@@ -22,7 +22,13 @@ from moe2.profiling.profile import CostProfile
 from moe2.selection.budgets import BudgetModel, Budgets
 from moe2.selection.objective import SelectionObjective, build_objective
 from moe2.selection.optimizer import BASELINES, neighbours, solve
-from moe2.selection.report import describe_change, markdown_report, placement, result_figures
+from moe2.selection.report import (
+    describe_change,
+    markdown_report,
+    placement,
+    result_figures,
+    rule_quality,
+)
 from moe2.utils.io import read_json, sha256_file, write_json, write_text_atomic
 from moe2.utils.meta import run_metadata
 
@@ -137,60 +143,6 @@ def _oof_rows(
     out = np.array(logits, copy=True)
     out[rows] = oof.align(list(data.prompt_ids[rows]), data.experts)
     return rows, out
-
-
-def rule_quality(
-    inp: SelectionInputs,
-    mask: np.ndarray,
-    bm: BudgetModel,
-    *,
-    n_boot: int = 2000,
-    seed: int = 0,
-    per_category: bool = True,
-) -> dict[str, Any]:
-    """The two-level rule (subset ``mask`` + gate) beside the baselines on the same prompts.
-
-    Baselines (:mod:`moe2.gating.baselines`) are chosen on the table's ``train`` split and respect
-    the deployment: lookup, kNN, random and oracle route within the subset; best single is the best
-    expert among those that fit the budgets alone. One report per split: the selection split and
-    the report split (``selection.report_split``, the held-out figure).
-    """
-    from moe2.gating.baselines import BaselineRouters, compare
-
-    d = inp.data
-    cats = np.asarray(d.categories, dtype=object)[d.category_idx]
-    train = d.split_mask("train")
-    alone = bm.feasible(np.eye(d.n_experts, dtype=bool))
-    routers = BaselineRouters.fit(
-        d.scores[train],
-        cats[train],
-        d.experts,
-        allowed=mask,
-        best_allowed=alone if alone.any() else mask,
-    )
-    out: dict[str, Any] = {}
-    for key, obj, rows in (
-        ("selection", inp.val, inp.val_rows),
-        ("report", inp.test, inp.test_rows),
-    ):
-        if obj is None or rows is None:
-            continue
-        router = obj.prompt_values(np.asarray(mask, dtype=bool)[None])[0]
-        knn = None if inp.knn is None else np.where(mask[None], inp.knn[rows], -np.inf)
-        out[key] = compare(
-            router,
-            obj.scores,
-            cats[rows],
-            routers,
-            knn=knn,
-            n_boot=n_boot,
-            seed=seed,
-            allowed=mask,
-            per_category=per_category,
-            name=f"two-level rule on the {key} split",
-            log_warnings=not out,
-        )
-    return out
 
 
 def budget_model(cfg_budget: Any, profile: CostProfile, k: int) -> BudgetModel:
@@ -324,7 +276,7 @@ def run_sweep(cfg: DictConfig) -> dict[str, Any]:
     from moe2.selection.sweep import sweep
 
     inp = load_inputs(cfg)
-    result = sweep(inp, cfg)
+    result = sweep(inp, cfg, select_with)
     _write_meta(
         Path(cfg.paths.selection),
         "sweep",
