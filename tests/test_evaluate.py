@@ -29,19 +29,23 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) ->
     from moe2.gating.train import train_gate
 
     root = tmp_path_factory.mktemp("gate")
-    write_tables(make_tables(n_prompts=240, experts=TINY, seed=0), root / "outcomes")
-    cfg = compose(
+    train_gate(_train_cfg(root, tiny_encoder_dir, 240, 0, "trainer.max_epochs=2"))
+    return root
+
+
+def _train_cfg(root: Path, encoder: Path, n: int, seed: int, *extra: str):
+    """Write a generated table over the tiny pool to ``root`` and compose a fast train config."""
+    write_tables(make_tables(n_prompts=n, experts=TINY, seed=seed), root / "outcomes")
+    return compose(
         "train",
         [
             f"paths.artifacts={root}",
             f"paths.cache={root}/cache",
-            f"gating.net.encoder={tiny_encoder_dir}",
-            "trainer.max_epochs=2",
+            f"gating.net.encoder={encoder}",
             *FAST,
+            *extra,
         ],
     )
-    train_gate(cfg)
-    return root
 
 
 def _other(root: Path, n: int, seed: int, shared: int = 0) -> Path:
@@ -221,18 +225,7 @@ def test_oof_logits_and_selection_on_them(
         run_select(
             compose("select", [f"paths.artifacts={trained}", "experts=tiny", "selection.split=oof"])
         )
-    write_tables(make_tables(n_prompts=120, experts=TINY, seed=2), tmp_path / "outcomes")
-    cfg = compose(
-        "train",
-        [
-            f"paths.artifacts={tmp_path}",
-            f"paths.cache={tmp_path}/cache",
-            f"gating.net.encoder={tiny_encoder_dir}",
-            "trainer.max_epochs=1",
-            "oof.folds=2",
-            *FAST,
-        ],
-    )
+    cfg = _train_cfg(tmp_path, tiny_encoder_dir, 120, 2, "trainer.max_epochs=1", "oof.folds=2")
     m = train_gate(cfg)
     assert m["oof"]["folds"] == 2 and len(m["oof"]["epochs"]) == 2
     data = load_outcomes(tmp_path)

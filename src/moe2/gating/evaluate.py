@@ -278,7 +278,7 @@ def _evaluate_rule(
     seed: int,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
     """The selection's two-level rule on ``data`` beside baselines within the same deployment."""
-    from moe2.selection.objective import SelectionObjective
+    from moe2.selection.objective import objective_on_table
 
     path = Path(selection_dir)
     path = path / "selection.json" if path.is_dir() else path
@@ -295,18 +295,7 @@ def _evaluate_rule(
         )
     k = int(sel.get("k", 1))
     agg = str(sel.get("aggregation", "top1"))
-    obj = SelectionObjective(
-        experts=experts,
-        logits=logits,
-        scores=data.scores,
-        category_idx=data.category_idx,
-        categories=data.categories,
-        aggregation=agg,
-        k=k,
-        metric="accuracy",
-        option_logprobs=data.option_logprobs,
-        answer_idx=data.answer_idx,
-    )
+    obj = objective_on_table(data, logits, aggregation=agg, k=k, metric="accuracy")
     mask = np.array([e in subset for e in experts], dtype=bool)
     router = obj.prompt_values(mask[None])[0]
     topk, _ = obj._topk(mask[None])
