@@ -6,7 +6,8 @@ split; we compare ``F_sel(S*)`` with ``F_test(S*)`` (the full gate's logits on t
 split). Two selection splits, on the same gate and table:
 
 - ``val``: the val split alone (today's default);
-- ``oof``: out-of-fold logits of every train+val prompt (``moe2 train oof.folds=5``).
+- ``oof``: out-of-fold logits of every train+val prompt (``moe2 train oof.folds=5``);
+- ``oof+prefer_smaller``: the same F, and the smallest subset not significantly below the optimum.
 
 Usage (artifacts from ``moe2 import`` + ``moe2 train oof.folds=5``)::
 
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 
-def run(artifacts: str, overrides: list[str], split: str, out: Path) -> dict[str, Any]:
+def run(artifacts: str, overrides: list[str], split: str, out: Path, *extra: str) -> dict[str, Any]:
     from moe2.selection.api import run_sweep
     from moe2.utils.stage import compose
 
@@ -43,6 +44,7 @@ def run(artifacts: str, overrides: list[str], split: str, out: Path) -> dict[str
             f"selection.split={split}",
             "selection.n_boot=500",
             "sweep.baselines=[best_single]",
+            *extra,
             *overrides,
         ],
     )
@@ -56,8 +58,12 @@ def main(argv: list[str]) -> int:
     artifacts, overrides = argv[0], argv[1:]
     rows: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for split in ("val", "oof"):
-            res = run(artifacts, overrides, split, Path(tmp) / split)
+        for name, split, extra in (
+            ("val", "val", ()),
+            ("oof", "oof", ()),
+            ("oof+prefer_smaller", "oof", ("selection.prefer_smaller=true",)),
+        ):
+            res = run(artifacts, overrides, split, Path(tmp) / name, *extra)
             pts = []
             for p in res["points"]:
                 if not p.get("feasible"):
@@ -82,7 +88,7 @@ def main(argv: list[str]) -> int:
                         .get("best_single"),
                     }
                 )
-            rows[split] = pts
+            rows[name] = pts
     from moe2.gating.baselines import interval_text
 
     for split, pts in rows.items():

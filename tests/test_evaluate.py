@@ -265,3 +265,42 @@ def test_oof_logits_and_selection_on_them(
                 ],
             )
         )
+
+
+@pytest.mark.parametrize("extra_right,expect_pair", [(2, False), (100, True)])
+def test_prefer_smaller_keeps_the_optimum_only_when_its_gain_is_significant(
+    extra_right: int, expect_pair: bool
+) -> None:
+    from moe2.profiling.profile import CostProfile
+    from moe2.selection.api import prefer_smaller
+    from moe2.selection.budgets import BudgetModel, Budgets
+    from moe2.selection.objective import SelectionObjective
+    from moe2.selection.optimizer import solve
+
+    p = 200
+    scores = np.zeros((p, 3))
+    scores[:100, 0] = 1.0  # e0: right on the first half
+    scores[100 : 100 + extra_right, 1] = 1.0  # e1: right on a few (or all) of the rest
+    logits = np.where(scores[:, [1]] > 0, [0.0, 1.0, -1.0], [1.0, 0.0, -1.0])
+    obj = SelectionObjective(["e0", "e1", "e2"], logits, scores, np.zeros(p, int), ["a"])
+    prof = CostProfile(
+        experts=["e0", "e1", "e2"],
+        categories=["a"],
+        devices=["d0", "d1", "d2"],
+        latency_ms=np.full((3, 1), 10.0),
+        energy_j=np.full((3, 1), 1.0),
+        memory_bytes=np.ones(3),
+        capacity_bytes={"d0": 10.0, "d1": 10.0, "d2": 10.0},
+        source=np.full((3, 1), "analytic", dtype=object),
+    )
+    bm = BudgetModel(prof, Budgets(), k=1)
+    res = solve(obj, bm, "monotonic")
+    assert res.optimal and list(np.flatnonzero(res.mask)) == [0, 1]
+    out, info = prefer_smaller(obj, bm, res, n_boot=1000)
+    if expect_pair:
+        assert out is res and not info["applied"]
+    else:
+        assert info["applied"] and info["exact_optimum"] == ["e0", "e1"]
+        assert list(np.flatnonzero(out.mask)) == [0] and out.optimal is False
+        assert out.value == pytest.approx(0.5) and "prefer_smaller" in out.note
+        assert info["tried"][0]["optimum_minus_it"]["significant"] is False

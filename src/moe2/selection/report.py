@@ -162,6 +162,15 @@ def markdown_report(sel: dict[str, Any]) -> str:
         f"- routing: top-{sel['k']}, aggregation `{sel['aggregation']}`, metric `{sel.get('metric', 'accuracy')}`",
         f"- objective F on `{sel.get('split', 'val')}`: **{_fmt(sel['objective'])}**; on test: {_fmt(sel['test_objective'])}",
         f"- subset ({len(sel['subset'])} of {len(sel['experts'])}): {', '.join(sel['subset'])}",
+        *(
+            [
+                f"- rule `selection.prefer_smaller`: {sel['note']}; the exact optimum of F is "
+                f"{', '.join(sel['prefer_smaller']['exact_optimum'])} "
+                f"(F = {_fmt(sel['prefer_smaller']['exact_objective'])})"
+            ]
+            if (sel.get("prefer_smaller") or {}).get("applied")
+            else []
+        ),
         "",
         "## Placement and costs",
         "",
