@@ -182,6 +182,16 @@ def test_select_and_sweep_carry_baselines_and_heldout_front(trained: Path) -> No
     assert "beside routing baselines" in report and "router − lookup" in report
 
     other = _other(trained, 60, seed=8, shared=5)
+    # the selection's rule on the other table, with its cost profile's energy and latency
+    from moe2.gating.evaluate import evaluate_gate
+
+    ev = evaluate_gate(
+        trained / "gating", other, selection_dir=trained / "selection", cache_dir=trained / "cache"
+    )
+    assert ev["selection"]["subset"] == sel["subset"] and "cost_profile" not in ev["selection"]
+    e = ev["costs"]["profile_energy_j"]
+    assert e["router"] > 0 and e["best_single"] > 0 and not e["categories_not_in_profile"]
+    assert ev["quality"]["n"] == 55
     res = run_sweep(compose("sweep", [*base, "sweep.points=3", f"eval.outcomes={other}"]))
     assert res["heldout"]["n_prompts"] == 55 and res["heldout"]["exclusion"]["n_excluded"] == 5
     feasible = [p for p in res["points"] if p["feasible"]]
