@@ -356,6 +356,10 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
     metrics["quality"] = quality
     oof = None
     folds = int(OmegaConf.select(cfg, "oof.folds", default=0) or 0)
+    if folds and res.world_size > 1:
+        # the fold gates would need every rank again; this process is rank 0 alone now
+        log.warning("oof.folds=%d skipped: out-of-fold logits need a single-process run", folds)
+        folds = 0
     if folds:
         from moe2.gating.crossfit import oof_logits
 
