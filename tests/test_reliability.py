@@ -120,6 +120,14 @@ def work(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -> Pa
     gdir = w / "evil_gate"
     gdir.mkdir()
     (gdir / "meta.json").write_text(json.dumps({"gate": spec, "experts": list(TINY)}))
+    from moe2.gating.heldout import RECORD, TrainingRecord, write_record
+
+    other = make_tables(n_prompts=60, experts=TINY, seed=7)  # prompts the evaluation holds out
+    other.prompts["prompt_id"] = "q" + other.prompts["prompt_id"]
+    other.prompts["text"] = "other " + other.prompts["text"]
+    other.outcomes["prompt_id"] = "q" + other.outcomes["prompt_id"]
+    write_tables(other, w / "other" / "outcomes")
+    write_record(gdir / RECORD, TrainingRecord.of(load_outcomes(w / "other" / "outcomes")))
     with open(gdir / "model.pt", "wb") as f:
         pickle.dump({"x": _Payload(str(w / "PWNED"))}, f)
     return w
