@@ -30,6 +30,7 @@ def usage() -> str:
         "usage: moe2 <stage> [hydra overrides...]   e.g. moe2 train trainer.max_epochs=5",
         "       moe2 <stage> --help                 the stage's config groups and options",
         "       moe2 <stage> --cfg job              print the composed config and exit",
+        "       moe2 <stage> -v ...                 debug output (or hydra.verbose=true)",
         "",
         "stages:",
     ]
@@ -284,6 +285,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Moe2Error as exc:
         sys.stderr.write(f"error: {exc}\n")
         return exc.exit_code
+    if any(f in ("-v", "--verbose") for f in flags):
+        # moe2's own debug lines and every third-party notice (hydra.verbose=true: all at DEBUG)
+        flags = [f for f in flags if f not in ("-v", "--verbose")]
+        overrides = [*overrides, "hydra.verbose=[moe2]"]
     saved = sys.argv
     real = [saved[0] if saved else "moe2", *args] if argv is None else None
     sys.argv = [f"moe2 {stage.name}", *flags, f"hydra.job.name={stage.name}", *overrides]

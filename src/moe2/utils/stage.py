@@ -51,8 +51,12 @@ def run_stage(
 
     from moe2.errors import ConfigError
     from moe2.utils import sweep
+    from moe2.utils.console import configure_console
     from moe2.utils.tracking import finish_trackers
 
+    if HydraConfig.initialized():
+        # logging is Hydra's (conf/hydra/default.yaml); -v / hydra.verbose keeps every line
+        configure_console(verbose=bool(HydraConfig.get().verbose))
     multirun = sweep.in_multirun()
     job_dir = Path(HydraConfig.get().runtime.output_dir) if multirun else None
     if job_dir is not None:
