@@ -50,9 +50,8 @@ def run_stage(
     from omegaconf.errors import MissingMandatoryValue
 
     from moe2.errors import ConfigError
-    from moe2.utils import sweep
+    from moe2.utils import sweep, tracking
     from moe2.utils.console import configure_console
-    from moe2.utils.tracking import finish_trackers
 
     if HydraConfig.initialized():
         # logging is Hydra's (conf/hydra/default.yaml); -v / hydra.verbose keeps every line
@@ -66,8 +65,10 @@ def run_stage(
     start = time.perf_counter()
     status, error, result, code = "failed", None, None, 1
     try:
+        tracking.resolve_inputs(cfg)  # paths.*=wandb:ENTITY/PROJECT/NAME:ALIAS
         result = fn(cfg)
         status, code = "ok", 0
+        tracking.log_stage(name, cfg)
     except Moe2Error as exc:
         error, code = str(exc), exc.exit_code
         log.error("%s failed: %s", name, exc)
@@ -89,7 +90,7 @@ def run_stage(
         error = f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        finish_trackers(code)
+        tracking.finish_trackers(code)
         if job_dir is not None:
             hc = HydraConfig.get()
             summary = sweep.record_job(
