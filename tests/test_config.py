@@ -126,3 +126,46 @@ def test_group_option_composes(group: str, option: str) -> None:
         except Exception as exc:  # noqa: BLE001 - try the next primary, report all failures
             errors.append(f"{primary} [{override}]: {type(exc).__name__}: {exc}")
     pytest.fail(f"{group}/{option}.yaml composes with no primary config:\n" + "\n".join(errors))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("selection.k=two", "could not be converted to Integer"),
+        ("selection.methd=greedy", "Key 'methd' not in 'SelectionCfg'"),
+        ("paths.artefacts=x", "Key 'artefacts' not in 'PathsCfg'"),
+        ("selection.max_nodes=[1]", "selection.max_nodes"),
+    ],
+)
+def test_typed_groups_fail_at_compose_with_hydras_message(override: str, message: str) -> None:
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as info:
+        compose("select", [override])
+    text = f"{info.value} {info.value.__cause__}"
+    assert message in text, text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["selection.method=optimal"], "selection.method='optimal'; use one of monotonic"),
+        (["selection.metric=loglik"], "loglik needs selection.aggregation=mixture"),
+        (["selection.k=0"], "selection.k=0; it must be at least 1"),
+        (["selection.split=test"], "cannot also report it"),
+    ],
+)
+def test_cross_field_rules_run_before_the_stage(overrides: list[str], message: str) -> None:
+    from moe2.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        compose("select", overrides)
+
+
+def test_typed_defaults_are_the_yaml_defaults() -> None:
+    from moe2.config.schema import SelectionCfg
+
+    cfg = compose("select", [])
+    assert OmegaConf.get_type(cfg.selection) is SelectionCfg
+    assert cfg.selection.max_nodes is None and cfg.selection.k == 1
+    assert compose("select", ["selection.k=2", "selection.aggregation=vote"]).selection.k == 2

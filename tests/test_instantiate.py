@@ -20,7 +20,7 @@ from moe2.utils.instantiate import instantiate
         ("moe2.utils.io.write_text_atomic", "resolves to moe2.utils.io.write_text_atomic"),
         # module-level imports reachable under an allowed prefix
         ("moe2.utils.io.shutil.rmtree", "resolves to shutil.rmtree"),
-        ("moe2.gating.loggers.os.makedirs", "resolves to os.makedirs"),
+        ("moe2.utils.tracking.os.makedirs", "resolves to os.makedirs"),
         ("moe2.utils.io.os.replace", "not a class or function"),
         ("torch.optim.optimizer.torch.save", "resolves to torch.serialization.save"),
         ("lightning.pytorch.loggers.csv_logs.os.remove", "not a class or function"),

@@ -121,8 +121,10 @@ def hydra_app(stage: Stage, argv: Sequence[str] | None = None) -> Callable[[], A
     import hydra
     from omegaconf import DictConfig
 
+    from moe2.config.schema import register_configs, validate
     from moe2.utils.stage import run_stage
 
+    register_configs()
     entry = stage.load()
 
     def task(cfg: DictConfig) -> Any:
@@ -136,6 +138,7 @@ def hydra_app(stage: Stage, argv: Sequence[str] | None = None) -> Callable[[], A
             sys.argv = list(argv)
         try:
             check_choices(dict(HydraConfig.get().runtime.choices))
+            validate(cfg)
             result = run_stage(stage.name, entry, cfg, writes=stage.writes)
             metric = cfg.get("optimized_metric")
             if metric and sweep.in_multirun():
@@ -222,6 +225,9 @@ def stage_help(stage: Stage, overrides: Sequence[str]) -> str:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
+    from moe2.config.schema import register_configs
+
+    register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         cfg = compose(stage.config_name, overrides=list(overrides), return_hydra_config=True)
@@ -229,7 +235,10 @@ def stage_help(stage: Stage, overrides: Sequence[str]) -> str:
         choices = {
             g: c for g, c in cfg.hydra.runtime.choices.items() if not str(g).startswith("hydra")
         }
-        options = {g: loader.get_group_options(g) for g in choices}
+        # `_schema` options are the typed schemas (moe2.config.schema), not choices
+        options = {
+            g: [o for o in loader.get_group_options(g) if not o.startswith("_")] for g in choices
+        }
     GlobalHydra.instance().clear()
     OmegaConf.set_struct(cfg, False)
     del cfg["hydra"]

@@ -118,7 +118,9 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
 
     from moe2.config import check_choices, conf_dir
+    from moe2.config.schema import register_configs, validate
 
+    register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         cfg = _compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
@@ -129,4 +131,5 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
     OmegaConf.set_struct(cfg, False)
     del cfg["hydra"]
     OmegaConf.set_struct(cfg, True)
+    validate(cfg)
     return cfg
