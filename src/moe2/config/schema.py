@@ -67,6 +67,8 @@ class SelectionCfg:
     max_nodes: Optional[int] = None  # noqa: UP045 - OmegaConf needs Optional
     time_limit_s: Optional[float] = None  # noqa: UP045
     seed: int = 0
+    n_boot: int = 2000
+    prefer_smaller: bool = False
 
     def __post_init__(self) -> None:
         _choice("selection", "method", self.method, SELECTION_METHODS)
