@@ -106,6 +106,18 @@ for _stage in (
         positional=("bundle.path", "prompt"),
     ),
     Stage(
+        "serve",
+        "Serve a bundle as an OpenAI-compatible router (gate, route, fail over, aggregate).",
+        "serve",
+        positional=("bundle.path",),
+    ),
+    Stage(
+        "serve-expert",
+        "Serve one bundle expert as an OpenAI-compatible endpoint with measured latency/energy.",
+        "serve_expert",
+        positional=("bundle.path",),
+    ),
+    Stage(
         "pipeline",
         "Run every stage in order on the embedded default (offline).",
         "pipeline",
