@@ -165,7 +165,7 @@ class Router:
                 400,
                 "the prompt is empty; send text to answer",
                 param="messages" if req.kind == "chat" else "prompt",
-            )
+            , code="empty_prompt")
         return req
 
     def route_request(self, body: RouteRequest, session: str | None) -> Request:
@@ -528,10 +528,12 @@ class Router:
                 it: AsyncIterator[str | Reply] = it,
                 expert: str = expert,
             ) -> AsyncIterator[str | Reply]:
+                done = False
                 try:
                     item = first
                     while True:
                         if isinstance(item, Reply):
+                            done = True
                             self._ok(expert, item, req)
                             yield item
                             return
@@ -541,7 +543,8 @@ class Router:
                     self._failed(f)
                     raise
                 except (asyncio.CancelledError, GeneratorExit):
-                    self.metrics.record_call(expert, "cancelled")
+                    if not done:
+                        self.metrics.record_call(expert, "cancelled")
                     raise
                 finally:
                     await it.aclose()  # type: ignore[attr-defined]
