@@ -83,7 +83,12 @@ class ServerProcess:
             f"paths.artifacts={self.dir / 'artifacts'}",
             *self.overrides,
         ]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         return self
@@ -95,7 +100,9 @@ class ServerProcess:
         deadline = time.monotonic() + self.startup_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ExpertError(f"moe2 {self.stage} exited with {self.proc.returncode}: {self.tail()}")
+                raise ExpertError(
+                    f"moe2 {self.stage} exited with {self.proc.returncode}: {self.tail()}"
+                )
             if ready.is_file():
                 try:
                     self.info = json.loads(ready.read_text())
@@ -105,7 +112,9 @@ class ServerProcess:
                     pass  # being written
             time.sleep(0.1)
         self.stop()
-        raise ExpertError(f"moe2 {self.stage} did not listen within {self.startup_s:g} s: {self.tail()}")
+        raise ExpertError(
+            f"moe2 {self.stage} did not listen within {self.startup_s:g} s: {self.tail()}"
+        )
 
     def tail(self, n: int = 2000) -> str:
         """The end of the server's output."""

@@ -165,7 +165,8 @@ class Router:
                 400,
                 "the prompt is empty; send text to answer",
                 param="messages" if req.kind == "chat" else "prompt",
-            , code="empty_prompt")
+                code="empty_prompt",
+            )
         return req
 
     def route_request(self, body: RouteRequest, session: str | None) -> Request:
