@@ -1,47 +1,34 @@
-"""Deployable bundles (DESIGN.md §4): layout, manifest, atomic writing, verification.
+"""Writing deployable bundles: export the gate and experts, plan the engines, seal atomically.
 
-Layout::
-
-    bundle/
-      manifest.json          format + version, moe2 version, git commit, time, toolchain, selection,
-                             experts with placement, budgets, objective, every file's sha256, parity
-      config.yaml            the resolved export config
-      meta.json              run metadata of the export
-      routing.json           expert order, k, aggregation, cost profile
-      parity.json            every parity record (also in the manifest)
-      gate/                  model.onnx (+ model.int8.onnx), tokenizer/, gate.json, export_spec.json
-      experts/<model>/       model.onnx (+ model.onnx.data), tokenizer/, generation.json, export_spec.json
-      plans/<target>.json    TensorRT build plan per target
-      engines/<target>/      *.engine + timing.cache, after `moe2 build-engines` on the target
-
-A bundle is written into a temporary sibling directory and renamed into place, so a crashed export
-never leaves a partial bundle under the final name. :func:`verify_bundle` (also run by every load)
-checks the manifest, every file's size and sha256, that nothing unrecorded was added, and that every
-parity record passed; it names the first problem.
+The layout, manifest schema and verification are the bundle format's (:mod:`moe2.format.manifest`),
+shared with the runtime. A bundle is written into a temporary sibling directory and renamed into
+place, so a crashed export never leaves a partial bundle under the final name.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from moe2.export.parity import describe, failed
+from moe2.export.tensorrt.plan import ONNX_PRECISIONS
 
 from moe2.errors import BundleError, ConfigError, DataError
-from moe2.utils.io import atomic_path, dumps_json, read_json, sha256_file, write_json
+from moe2.format.manifest import (
+    AGGREGATIONS,
+    FORMAT,
+    FORMAT_VERSION,
+    seal,
+    slug,
+    verify_bundle,
+)
+from moe2.format.parity import describe, failed
+from moe2.utils.io import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
-
-FORMAT = "moe2-bundle"
-#: bump when the layout or manifest changes incompatibly; readers refuse newer versions
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-AGGREGATIONS = ("top1", "mixture", "vote")
 
 
 @dataclass
@@ -77,11 +64,6 @@ class ExpertSource:
         return self.model_key or str(self.card.get("name") or self.name)
 
 
-def slug(name: str) -> str:
-    """A file-system-safe directory name for an expert or model."""
-    return re.sub(r"[^A-Za-z0-9._@+-]", "_", name)
-
-
 # --------------------------------------------------------------------------------------- write
 
 
@@ -113,7 +95,7 @@ def _routing(
 
 
 def write_bundle(
-    path: str | os.PathLike[str],
+    path: str | PathLike[str],
     gate: GateSource,
     experts: Sequence[ExpertSource],
     selection: dict[str, Any],
@@ -131,8 +113,9 @@ def write_bundle(
         experts: the selected experts, in subset order.
         selection: ``selection.json`` of the selection stage (subset, k, aggregation, budgets,
             objective, cost_profile, ...).
-        options: export options (``opset``, ``parity.prompts``, ``parity.max_new_tokens``,
-            ``quantize.gate_int8``, ``quantize.max_drop_points``, ``targets``, ``tensorrt``...).
+        options: export options (``opset``, ``precision``, ``parity.prompts``,
+            ``parity.max_new_tokens``, ``quantize.gate_int8``, ``quantize.max_drop_points``,
+            ``targets``, ``tensorrt``...).
         config: the resolved config to store as ``config.yaml``.
         routing_texts: prompts for the int8 gate's routing check.
         routing_scores: their outcome scores ``[P, E]`` in gate expert order (optional).
@@ -142,7 +125,7 @@ def write_bundle(
         The bundle path.
     """
     from moe2.export.causal_lm import export_causal_lm
-    from moe2.export.gate import export_gate, quantize_gate
+    from moe2.export.gate import export_gate, quantize_gate, to_fp16
 
     from moe2.utils.meta import git_commit, now_iso, run_metadata, versions
 
@@ -154,6 +137,12 @@ def write_bundle(
     max_new = int(parity_opts.get("max_new_tokens", 16))
     opset = int(options.get("opset", 18))
     threads = options.get("threads")
+    precision = str(options.get("precision", "fp32"))
+    if precision not in ONNX_PRECISIONS:
+        raise ConfigError(
+            f"export.precision={precision!r}; use one of {list(ONNX_PRECISIONS)} (the precision of "
+            "the shipped ONNX graphs, which strongly typed TensorRT builds keep)"
+        )
     subset = [str(e) for e in selection.get("subset", [])]
     names = [e.name for e in experts]
     if sorted(names) != sorted(subset):
@@ -189,6 +178,9 @@ def write_bundle(
                 )
             )
             gate_info = read_json(tmp / "gate" / "gate.json")
+        if precision == "fp16":
+            records.append(to_fp16(tmp / "gate", gate.module, prompts, threads))
+            gate_info = read_json(tmp / "gate" / "gate.json")
 
         exported: dict[str, dict[str, Any]] = {}
         expert_entries = []
@@ -206,6 +198,7 @@ def write_bundle(
                     chat_template=ex.chat_template,
                     generation={"max_new_tokens": int(options.get("max_new_tokens", 64))},
                     threads=threads,
+                    precision=precision,
                 )
                 exported[ex.key] = info
                 records += recs
@@ -219,6 +212,7 @@ def write_bundle(
                     "placement": ex.placement or ex.device,
                     "dir": rel,
                     "family": exported[ex.key]["family"],
+                    "onnx_precision": precision,
                     **ex.extra,
                 }
             )
@@ -257,6 +251,7 @@ def write_bundle(
                 "experts": gate.experts,
                 "onnx": "gate/model.onnx",
                 "int8": f"gate/{gate_info['int8']}" if gate_info.get("int8") else None,
+                "precision": gate_info.get("precision", "fp32"),
             },
             "targets": plans,
             "engines": {},
@@ -270,7 +265,7 @@ def write_bundle(
             raise BundleError(
                 "parity failed, bundle not written: " + "; ".join(describe(r) for r in bad)
             )
-        _seal(tmp, manifest)
+        seal(tmp, manifest)
         verify_bundle(tmp)
     log.info("bundle written to %s", path)
     return path
@@ -284,35 +279,31 @@ def write_plans(
     gate_max_len: int,
 ) -> list[str]:
     """Write ``plans/<target>.json`` for every target in ``options['targets']``; returns the targets."""
-    from moe2.export.specs import ExportSpec
     from moe2.export.tensorrt.plan import ShapeLimits, make_plan
 
     from moe2.experts.registry import load_device
+    from moe2.format.specs import spec_from_file
 
     trt_opts = dict(options.get("tensorrt", {}))
     shapes = dict(trt_opts.get("shapes", {}))
     shapes.setdefault("gate_max_seq", gate_max_len)
     shapes["gate_opt_seq"] = min(int(shapes.get("gate_opt_seq", 64)), int(shapes["gate_max_seq"]))
     limits = ShapeLimits(**shapes)
-    precisions = dict(trt_opts.get("precisions", {}))
     targets = [str(t) for t in options.get("targets", [])]
-    gate_spec = ExportSpec.from_dict(read_json(root / "gate" / "export_spec.json"))
+    gate_spec = spec_from_file(root / "gate" / "export_spec.json")
     for target in targets:
         device = load_device(target)
         on_target = [e for e in experts if e["device"] == target] or list(experts)
         graphs = [("gate", "gate/model.onnx", gate_spec)]
         for dir_ in dict.fromkeys(e["dir"] for e in on_target):
-            spec = ExportSpec.from_dict(read_json(root / dir_ / "export_spec.json"))
+            spec = spec_from_file(root / dir_ / "export_spec.json")
             graphs.append((f"expert:{dir_}", f"{dir_}/model.onnx", spec))
-        requested = [str(p) for p in precisions.get(target, precisions.get("default", ["fp16"]))]
         plan = make_plan(
             device,
             graphs,
-            requested,
             limits,
             workspace_fraction=float(trt_opts.get("workspace_fraction", 0.25)),
             workspace_max_gb=float(trt_opts.get("workspace_max_gb", 8.0)),
-            calibration_batches=int(trt_opts.get("calibration_batches", 8)),
         )
         write_json(root / "plans" / f"{target}.json", plan.to_dict())
     return targets
@@ -322,24 +313,6 @@ def _yaml(config: dict[str, Any]) -> str:
     import yaml
 
     return yaml.safe_dump(config, sort_keys=False)
-
-
-def _walk(root: Path) -> list[str]:
-    out = []
-    for dirpath, _dirs, files in os.walk(root):
-        for f in files:
-            out.append((Path(dirpath) / f).relative_to(root).as_posix())
-    return sorted(out)
-
-
-def _seal(root: Path, manifest: dict[str, Any]) -> None:
-    """Record every file's size and sha256 in the manifest and write it (atomically)."""
-    manifest["files"] = {
-        rel: {"sha256": sha256_file(root / rel), "bytes": (root / rel).stat().st_size}
-        for rel in _walk(root)
-        if rel != MANIFEST and not rel.startswith(".")
-    }
-    write_json(root / MANIFEST, manifest)
 
 
 def record_engines(
@@ -363,110 +336,4 @@ def record_engines(
         if not (r["hop"].endswith("tensorrt") and r.get("target") == target)
     ]
     manifest["parity"] += [{**r, "target": target} for r in records]
-    _seal(bundle_dir, manifest)
-
-
-# -------------------------------------------------------------------------------------- verify
-
-
-def read_manifest(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and check a bundle's manifest header (no checksums)."""
-    root = Path(bundle_dir)
-    if not root.is_dir():
-        raise BundleError(
-            f"{root}: no bundle here (not a directory); create one with `moe2 export`"
-        )
-    mpath = root / MANIFEST
-    if not mpath.is_file():
-        raise BundleError(
-            f"{root}: missing {MANIFEST}: a partial or unfinished bundle; rerun `moe2 export`"
-        )
-    try:
-        manifest = read_json(mpath)
-    except DataError as exc:
-        raise BundleError(f"{MANIFEST} is corrupt: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"{mpath}: not a moe2 bundle manifest (format is not '{FORMAT}')")
-    version = manifest.get("format_version")
-    if not isinstance(version, int):
-        raise BundleError(f"{mpath}: format_version is missing or not an integer")
-    if version > FORMAT_VERSION:
-        raise BundleError(
-            f"{mpath}: bundle format version {version} is newer than this moe2 reads ({FORMAT_VERSION}); "
-            "upgrade moe2 on this machine"
-        )
-    for key in ("files", "experts", "gate", "parity"):
-        if key not in manifest:
-            raise BundleError(
-                f"{mpath}: manifest lacks '{key}'; the bundle is incomplete, re-export it"
-            )
-    return manifest
-
-
-def verify_bundle(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Check a bundle end to end; return its manifest or raise naming the first problem.
-
-    Checks: manifest header and version; the required files are recorded; every recorded file
-    exists with its size and sha256; no unrecorded file was added; every parity record passed.
-
-    Raises:
-        BundleError: the first problem found (missing file, modified file, newer format, ...).
-    """
-    root = Path(bundle_dir)
-    manifest = read_manifest(root)
-    files: dict[str, dict[str, Any]] = manifest["files"]
-    required = [
-        "routing.json",
-        "config.yaml",
-        "parity.json",
-        manifest["gate"]["onnx"],
-        "gate/gate.json",
-    ]
-    required += [f"{e['dir']}/model.onnx" for e in manifest["experts"]]
-    required += [f"{e['dir']}/generation.json" for e in manifest["experts"]]
-    required += [f"plans/{t}.json" for t in manifest.get("targets", [])]
-    for rel in required:
-        if rel not in files:
-            raise BundleError(
-                f"{rel}: required file is not recorded in {MANIFEST}; re-export the bundle"
-            )
-    for rel in sorted(files):
-        p = (root / rel).resolve()
-        if Path(rel).is_absolute() or ".." in Path(rel).parts or root.resolve() not in p.parents:
-            raise BundleError(f"{MANIFEST} lists a file outside the bundle: {rel}")
-        if not p.is_file():
-            raise BundleError(
-                f"{rel}: missing file (partial bundle); re-export or copy the complete bundle"
-            )
-        rec = files[rel]
-        if p.stat().st_size != int(rec["bytes"]) or sha256_file(p) != rec["sha256"]:
-            raise BundleError(
-                f"{rel}: file was modified (sha256 does not match the manifest); the bundle is tampered or corrupt"
-            )
-    extra = [rel for rel in _walk(root) if rel != MANIFEST and rel not in files]
-    if extra:
-        raise BundleError(f"{extra[0]}: file is not recorded in {MANIFEST} (added after export)")
-    bad = failed(manifest["parity"])
-    if bad:
-        raise BundleError(f"parity record failed: {describe(bad[0])}")
-    return manifest
-
-
-def summary(manifest: dict[str, Any]) -> dict[str, Any]:
-    """A short description of a verified bundle (for `moe2 verify`)."""
-    return {
-        "format_version": manifest["format_version"],
-        "moe2_version": manifest.get("moe2_version"),
-        "created": manifest.get("created"),
-        "experts": [e["name"] for e in manifest["experts"]],
-        "files": len(manifest["files"]),
-        "bytes": sum(int(f["bytes"]) for f in manifest["files"].values()),
-        "parity_records": len(manifest["parity"]),
-        "targets": manifest.get("targets", []),
-        "engines": sorted(manifest.get("engines", {})),
-    }
-
-
-def dumps_manifest(manifest: dict[str, Any]) -> str:
-    """The manifest as JSON text."""
-    return dumps_json(manifest)
+    seal(bundle_dir, manifest)

@@ -89,7 +89,7 @@ for _stage in (
     ),
     Stage(
         "build-engines",
-        "Build TensorRT engines for a bundle on its target (needs tensorrt).",
+        "Build TensorRT engines for a bundle (rtx4090: anywhere x86-64 with tensorrt_rtx; orin_agx: on the device).",
         "build_engines",
         positional=("bundle.path",),
     ),

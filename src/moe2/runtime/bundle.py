@@ -79,13 +79,14 @@ class Bundle:
         threads: int | None = None,
         int8_gate: bool = True,
     ):
-        from moe2.export.onnx_export import ort_session
-        from moe2.runtime.onnx_models import OrtGate, load_tokenizer
+        from moe2.format.sessions import OrtGate, load_tokenizer, ort_session
 
         self.path = path
         self.manifest = manifest
         self.routing = read_json(path / "routing.json")
         self.threads = threads
+        #: why the bundle runs on ONNX Runtime although it has engines (shown with every answer)
+        self.notes: list[str] = []
         gate_info = read_json(path / "gate" / "gate.json")
         self.engine_target = self._engine_target(backend)
         self.backend = "tensorrt" if self.engine_target else "onnxruntime"
@@ -96,9 +97,9 @@ class Bundle:
         )
         session: Any
         if self.engine_target:
-            from moe2.export.tensorrt.runner import TrtEngine, TrtSession
+            from moe2.format.engines import TrtEngine, TrtSession
 
-            session = TrtSession(TrtEngine(path / self._engine_file("gate")))
+            session = TrtSession(TrtEngine(path / self._engine_file("gate"), self._engine_module))
         else:
             session = ort_session(gate_file, threads)
         self.gate = OrtGate(
@@ -120,49 +121,37 @@ class Bundle:
 
     # ------------------------------------------------------------------ backends
     def _engine_target(self, backend: Backend) -> str | None:
+        """The target whose engines run here, or ``None`` for ONNX Runtime.
+
+        ``auto`` takes engines built for this GPU's architecture when their builder module imports
+        at the version that built them, and otherwise says why (a note on every answer) and uses
+        ONNX Runtime; ``tensorrt`` raises instead.
+        """
         if backend not in ("auto", "onnxruntime", "tensorrt"):
             raise ConfigError(f"backend must be auto, onnxruntime or tensorrt, got {backend!r}")
         if backend == "onnxruntime":
             return None
-        from moe2.export.tensorrt.arch import local_sm_arch
-        from moe2.utils.deps import available
+        from moe2.format.arch import local_sm_arch
 
         engines = self.manifest.get("engines", {})
-        local = local_sm_arch() if engines else None
-        match = [t for t, e in engines.items() if e.get("sm_arch") == local]
-        if backend == "tensorrt":
-            if not engines:
+        if not engines:
+            if backend == "tensorrt":
                 raise BundleError(
-                    "this bundle has no TensorRT engines; run `moe2 build-engines BUNDLE target=<target>` on the target"
+                    "this bundle has no TensorRT engines; run `moe2 build-engines BUNDLE target=<target>`"
                 )
-            if not match:
-                built = ", ".join(f"{t} ({e.get('sm_arch')})" for t, e in engines.items())
-                raise BundleError(
-                    f"engines were built for {built}, but this GPU is {local or 'absent'}; they cannot run here"
-                )
-            if not available("tensorrt"):
-                from moe2.export.tensorrt.builder import import_tensorrt
+            return None
+        try:
+            return engine_target_for(engines, local_sm_arch())
+        except BundleError as exc:
+            if backend == "tensorrt":
+                raise
+            self.notes.append(f"{exc}; using ONNX Runtime")
+            log.warning("%s; using ONNX Runtime", exc)
+            return None
 
-                import_tensorrt()  # raises with the install hint
-        if backend == "auto" and engines and not match:
-            built = ", ".join(f"{t} ({e.get('sm_arch')})" for t, e in engines.items())
-            log.warning(
-                "the bundle's TensorRT engines are for %s, this machine's GPU is %s: using ONNX Runtime",
-                built,
-                local or "absent",
-            )
-        if match and available("tensorrt"):
-            import tensorrt
-
-            target = match[0]
-            if engines[target].get("tensorrt") != tensorrt.__version__:
-                msg = f"engines of {target} were built with TensorRT {engines[target].get('tensorrt')}, this is {tensorrt.__version__}"
-                if backend == "tensorrt":
-                    raise BundleError(msg + "; rebuild them with `moe2 build-engines`")
-                log.warning("%s; using ONNX Runtime", msg)
-                return None
-            return target
-        return None
+    @property
+    def _engine_module(self) -> str:
+        return str(self.manifest["engines"][self.engine_target]["builder"]["module"])
 
     def _engine_file(self, component: str) -> str:
         entry = self.manifest["engines"][self.engine_target]
@@ -172,18 +161,19 @@ class Bundle:
         raise BundleError(f"no {component} engine for {self.engine_target} in the manifest")
 
     def _lm(self, expert: str) -> tuple[Any, Any, dict[str, Any]]:
-        from moe2.export.onnx_export import ort_session
-        from moe2.runtime.onnx_models import OrtCausalLM, load_tokenizer, spec_from_file
+        from moe2.format.sessions import OrtCausalLM, load_tokenizer, ort_session
+        from moe2.format.specs import spec_from_file
 
         rel = self.routing["expert_dirs"][expert]
         if rel not in self._lms:
             d = self.path / rel
             spec = spec_from_file(d / "export_spec.json")
             if self.engine_target:
-                from moe2.export.tensorrt.runner import TrtCausalLM, TrtEngine
+                from moe2.format.engines import TrtCausalLM, TrtEngine
 
                 self._lms[rel] = TrtCausalLM(
-                    TrtEngine(self.path / self._engine_file(f"expert:{rel}")), spec
+                    TrtEngine(self.path / self._engine_file(f"expert:{rel}"), self._engine_module),
+                    spec,
                 )
             else:
                 self._lms[rel] = OrtCausalLM(ort_session(d / "model.onnx", self.threads), spec)
@@ -225,14 +215,6 @@ class Bundle:
         return float(np.nanmean(lat)), float(np.nanmean(en))
 
     # ------------------------------------------------------------------ answering
-    def _prompt_ids(self, tok: Any, gen: dict[str, Any], prompt: str) -> list[int]:
-        if gen.get("chat_template") and getattr(tok, "chat_template", None):
-            ids = tok.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
-            )
-            return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-        return list(tok(prompt)["input_ids"])
-
     def ask(
         self,
         prompt: str,
@@ -254,13 +236,15 @@ class Bundle:
         """
         import time
 
+        from moe2.format.tokenize import option_ids, prompt_ids
+
         start = time.perf_counter()
         agg = aggregation or self.aggregation
-        from moe2.export.bundle import AGGREGATIONS
+        from moe2.format.manifest import AGGREGATIONS
 
         if agg not in AGGREGATIONS:
             raise ConfigError(f"aggregation {agg!r} is not one of {AGGREGATIONS}")
-        notes: list[str] = []
+        notes: list[str] = list(self.notes)
         weights = self.gate_weights(prompt)
         routed = self.route(prompt, k)
         if agg == "top1":
@@ -269,18 +253,11 @@ class Bundle:
         uses: list[ExpertUse] = []
         for name, w in routed:
             lm, tok, gen = self._lm(name)
-            ids = self._prompt_ids(tok, gen, prompt)
+            ids = prompt_ids(tok, prompt, bool(gen.get("chat_template")))
             t0 = time.perf_counter()
             logprobs = None
             if choices:
-                logprobs = [
-                    lm.continuation_logprob(
-                        ids,
-                        tok(" " + c, add_special_tokens=False)["input_ids"]
-                        or tok(c, add_special_tokens=False)["input_ids"],
-                    )
-                    for c in choices
-                ]
+                logprobs = [lm.continuation_logprob(ids, option_ids(tok, c)) for c in choices]
                 text = choices[int(np.argmax(logprobs))]
                 n_tokens = 0
             else:
@@ -347,6 +324,47 @@ class Bundle:
         return first[best], None
 
 
+def engine_target_for(engines: dict[str, Any], local: str | None) -> str:
+    """The target of ``engines`` (the manifest's) that can run on a GPU of arch ``local``.
+
+    Raises:
+        BundleError: no GPU here, no engines for this GPU's compute capability, the builder
+            module is not installed (with its install command), or it has another version than
+            the one that built the engines.
+    """
+    from moe2.format.engines import BUILDERS
+
+    built = ", ".join(
+        f"{t} ({e.get('sm_arch')}, {e.get('builder', {}).get('module')})"
+        for t, e in engines.items()
+    )
+    match = [t for t, e in engines.items() if e.get("sm_arch") == local]
+    if not match:
+        raise BundleError(
+            f"the bundle's engines are for {built}, but this machine's GPU is {local or 'absent'}: "
+            "engines run only on the compute capability they were built for"
+        )
+    target = match[0]
+    builder = engines[target]["builder"]
+    module = str(builder["module"])
+    try:
+        import importlib
+
+        trt = importlib.import_module(module)
+    except ImportError as exc:
+        hint = BUILDERS.get(module, {}).get("install", f"pip install {module}")
+        raise BundleError(
+            f"the {target} engines need {module}, which is not installed here ({exc}); install it "
+            f"with: {hint}"
+        ) from exc
+    if str(trt.__version__) != str(builder["version"]):
+        raise BundleError(
+            f"the {target} engines were built with {module} {builder['version']}, this machine has "
+            f"{trt.__version__}: rebuild them with `moe2 build-engines BUNDLE target={target}`"
+        )
+    return target
+
+
 def load_bundle(
     path: str | os.PathLike[str],
     backend: Backend = "auto",
@@ -359,7 +377,7 @@ def load_bundle(
         BundleError: a missing or modified file, a newer format, failed parity, or engines that
             cannot run here when ``backend="tensorrt"``.
     """
-    from moe2.export.bundle import verify_bundle
+    from moe2.format.manifest import verify_bundle
 
     root = Path(path)
     manifest = verify_bundle(root)

@@ -19,6 +19,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "onnxscript": ("export", "onnxscript"),
     "pynvml": ("gpu", "nvidia-ml-py"),
     "tensorrt": ("tensorrt", "tensorrt"),
+    "tensorrt_rtx": ("engines", "tensorrt-rtx-cu13"),
     "jtop": ("jetson", "jetson-stats"),
     "wandb": ("wandb", "wandb"),
     "httpx": ("openai", "httpx"),

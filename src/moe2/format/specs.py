@@ -1,14 +1,17 @@
 """Declarative export specs: what each model family's ONNX graph looks like.
 
 A spec names the graph's inputs and outputs, their dtypes and dynamic axes, the opset and the
-parity tolerance. :mod:`moe2.export.onnx_export` turns a spec into ``torch.onnx.export`` arguments;
-:mod:`moe2.export.tensorrt.plan` turns the same axes into TensorRT optimization profiles. Nothing
-here imports torch, so plans can be made (and tested) anywhere.
+parity tolerance. The exporter (``moe2.export.onnx_export``) turns a spec into ``torch.onnx.export``
+arguments, the engine planner (``moe2.export.tensorrt.plan``) turns the same axes into TensorRT
+optimization profiles, and the runtime reads it back from ``export_spec.json``. Nothing here
+imports torch, so plans can be made (and tested) anywhere.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from moe2.errors import ConfigError
@@ -49,7 +52,9 @@ class ExportSpec:
         opset: ONNX opset.
         atol: absolute tolerance of the logits parity checks.
         rtol: relative tolerance of the logits parity checks.
-        meta: family facts the runtime needs (layer count, KV heads, head dim, ...).
+        meta: family facts the runtime needs (layer count, KV heads, head dim, ...), the
+            precision of the graph's weights and compute (``precision``: ``fp32`` unless given)
+            and the longest sequence it accepts (``max_position_embeddings``), when known.
     """
 
     family: str
@@ -126,6 +131,14 @@ CAUSAL_LM_FAMILIES: dict[str, dict[str, float]] = {
 }
 
 
+#: FP16 graphs against the FP32 PyTorch reference. FP16 keeps ~3 significant digits per op and
+#: the error grows with depth, so logits get an absolute bound of 0.25 (a few tenths of a logit on
+#: logit ranges of ~10-30) and 5% relative; greedy generations may part at a near-tie and are then
+#: free to diverge, so half of the tokens, averaged over prompts, must come before the first
+#: mismatch (the FP32 hops stay exact).
+FP16_TOLERANCE: dict[str, float] = {"atol": 0.25, "rtol": 0.05, "min_prefix_fraction": 0.5}
+
+
 def past_names(n_layers: int) -> list[str]:
     """Names of the past key/value inputs, ``past_key_values.{i}.key|value`` per layer."""
     return [f"past_key_values.{i}.{kv}" for i in range(n_layers) for kv in ("key", "value")]
@@ -177,7 +190,7 @@ def causal_lm_spec(
     if family not in CAUSAL_LM_FAMILIES:
         raise ConfigError(
             f"no export spec for model family '{family}'; known: {sorted(CAUSAL_LM_FAMILIES)}. "
-            "Add it to moe2.export.specs.CAUSAL_LM_FAMILIES with its parity tolerance."
+            "Add it to moe2.format.specs.CAUSAL_LM_FAMILIES with its parity tolerance."
         )
     tol = CAUSAL_LM_FAMILIES[family]
     kv = ("batch", n_kv_heads, "past", head_dim)
@@ -216,7 +229,7 @@ def spec_for_hf_config(config: Any, opset: int = 18) -> ExportSpec:
     heads = int(text.num_attention_heads)
     head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
     kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
-    return causal_lm_spec(
+    spec = causal_lm_spec(
         family,
         n_layers=int(text.num_hidden_layers),
         n_kv_heads=kv_heads,
@@ -224,3 +237,14 @@ def spec_for_hf_config(config: Any, opset: int = 18) -> ExportSpec:
         vocab_size=int(text.vocab_size),
         opset=opset,
     )
+    ctx = getattr(text, "max_position_embeddings", None)
+    if ctx:
+        spec.meta["max_position_embeddings"] = int(ctx)
+    return spec
+
+
+def spec_from_file(path: str | os.PathLike[str]) -> ExportSpec:
+    """Read an ``export_spec.json`` written beside an ONNX file."""
+    from moe2.utils.io import read_json
+
+    return ExportSpec.from_dict(read_json(Path(path)))

@@ -1,15 +1,67 @@
-"""Running built engines (TensorRT >= 10 name-based I/O, CUDA buffers from torch)."""
+"""Running built engines (TensorRT >= 10 name-based I/O, CUDA buffers from torch).
+
+The builder (``moe2.export.tensorrt``) checks its engines with these sessions and the runtime
+serves with them; both import TensorRT through :func:`import_trt`, by the module that the plan
+and the manifest name (``tensorrt_rtx`` for GeForce RTX targets, JetPack's ``tensorrt`` on the Orin).
+"""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from moe2.export.specs import ExportSpec
-from moe2.export.tensorrt.builder import import_tensorrt, make_logger
 
-from moe2.runtime.onnx_models import OrtCausalLM
+from moe2.errors import BundleError
+from moe2.format.sessions import OrtCausalLM
+from moe2.format.specs import ExportSpec
+
+#: the TensorRT builds moe2 knows: import name -> how to get it and what it targets
+BUILDERS: dict[str, dict[str, Any]] = {
+    "tensorrt_rtx": {
+        "package": "tensorrt-rtx-cu13",
+        "install": "pip install tensorrt-rtx-cu13  (included in: pip install 'moe2[all]')",
+        # compiles ahead of time for a named compute capability, with or without a GPU
+        "ahead_of_time": True,
+    },
+    "tensorrt": {
+        "package": "tensorrt",
+        "install": (
+            "on Jetson it comes with JetPack (sudo apt install python3-libnvinfer); "
+            "elsewhere: pip install 'moe2[tensorrt]' (or: pip install tensorrt)"
+        ),
+        # builds for the GPU of the machine it runs on
+        "ahead_of_time": False,
+    },
+}
+
+
+def import_trt(module: str = "tensorrt") -> Any:
+    """Import a TensorRT builder/runtime module (``tensorrt_rtx`` or ``tensorrt``).
+
+    Raises:
+        BundleError: an unknown module, or a missing one, with its install command.
+    """
+    if module not in BUILDERS:
+        raise BundleError(f"unknown TensorRT module {module!r}; known: {sorted(BUILDERS)}")
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise BundleError(
+            f"TensorRT is not installed here: no module {module} ({exc}); install it with: "
+            f"{BUILDERS[module]['install']}"
+        ) from exc
+
+
+def import_tensorrt() -> Any:
+    """``import tensorrt`` (JetPack / full TensorRT) or a BundleError with the install command."""
+    return import_trt("tensorrt")
+
+
+def make_logger(trt: Any, verbose: bool = False) -> Any:
+    """A TensorRT logger (warnings, or everything when ``verbose``)."""
+    return trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
 
 
 class TrtEngine:
@@ -17,18 +69,17 @@ class TrtEngine:
 
     Args:
         path: the ``.engine`` file.
+        module: the TensorRT module that built it (``tensorrt_rtx`` or ``tensorrt``).
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, module: str = "tensorrt"):
         import torch
 
-        self.trt = trt = import_tensorrt()
+        self.trt = trt = import_trt(module)
         self.torch = torch
         self.runtime = trt.Runtime(make_logger(trt))
         self.engine = self.runtime.deserialize_cuda_engine(Path(path).read_bytes())
         if self.engine is None:
-            from moe2.errors import BundleError
-
             raise BundleError(
                 f"{path}: TensorRT cannot load this engine (built by another TensorRT version or GPU?)"
             )
@@ -65,8 +116,6 @@ class TrtEngine:
             outs.append((t, shape))
             self.context.set_tensor_address(name, int(t.data_ptr()))
         if not self.context.execute_async_v3(self.stream.cuda_stream):
-            from moe2.errors import BundleError
-
             raise BundleError("TensorRT execution failed")
         self.stream.synchronize()
         return [t[: int(np.prod(shape))].reshape(shape).float().cpu().numpy() for t, shape in outs]
