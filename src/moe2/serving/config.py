@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from moe2.errors import ConfigError
-from moe2.export.bundle import AGGREGATIONS
+from moe2.format.manifest import AGGREGATIONS
 
 
 @dataclass
@@ -173,7 +173,7 @@ def build(cls: type, data: Any, where: str) -> Any:
         kw[name] = value
     try:
         return cls(**kw)
-    except TypeError as exc:
+    except (TypeError, ConfigError) as exc:
         raise ConfigError(f"{where}: {exc}") from exc
 
 

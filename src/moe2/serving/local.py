@@ -69,9 +69,15 @@ class ExpertTokens:
         self.context_length = context_length
 
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        """Prompt ids of a conversation: the chat template when the expert has one, else the
-        message texts one per line."""
-        if self.gen.get("chat_template") and getattr(self.tok, "chat_template", None):
+        """Prompt ids of a conversation. One user turn follows the bundle's tokenisation policy
+        (:func:`moe2.format.tokenize.prompt_ids`, as ``moe2 ask``); a longer conversation goes
+        through the chat template when the expert has one, else as its texts one per line."""
+        from moe2.format.tokenize import prompt_ids
+
+        template = bool(self.gen.get("chat_template"))
+        if len(messages) == 1 and messages[0]["role"] == "user":
+            return prompt_ids(self.tok, messages[0]["content"], template)
+        if template and getattr(self.tok, "chat_template", None):
             ids = self.tok.apply_chat_template(
                 list(messages), add_generation_prompt=True, tokenize=True
             )
@@ -79,8 +85,10 @@ class ExpertTokens:
         return self.encode_text("\n".join(m["content"] for m in messages))
 
     def encode_text(self, text: str) -> list[int]:
-        """Prompt ids of a raw prompt."""
-        return list(self.tok(text)["input_ids"])
+        """Prompt ids of a raw prompt (``/v1/completions``: no chat template)."""
+        from moe2.format.tokenize import prompt_ids
+
+        return prompt_ids(self.tok, text, False)
 
     def check_context(self, n_prompt: int, max_tokens: int) -> None:
         """Refuse a prompt that does not fit the context with room for the completion."""
@@ -118,7 +126,7 @@ def manifest_entry(bundle: Any, name: str) -> dict[str, Any]:
 
 def expert_tokens(bundle: Any, name: str, configured: int | None = None) -> ExpertTokens:
     """:class:`ExpertTokens` of a bundle expert, read from the bundle without loading its graph."""
-    from moe2.runtime.onnx_models import load_tokenizer
+    from moe2.format.tokenize import load_tokenizer
     from moe2.utils.io import read_json
 
     d = bundle.path / bundle.routing["expert_dirs"][name]
@@ -275,11 +283,6 @@ class LocalModel(ExpertTokens):
 
     def choice_logprobs(self, ids: Sequence[int], choices: Sequence[str]) -> list[float]:
         """``log p(option | prompt)`` of each option (as :meth:`moe2.runtime.Bundle.ask` scores them)."""
-        out = []
-        for c in choices:
-            cont = (
-                self.tok(" " + c, add_special_tokens=False)["input_ids"]
-                or self.tok(c, add_special_tokens=False)["input_ids"]
-            )
-            out.append(self.lm.continuation_logprob(list(ids), cont))
-        return out
+        from moe2.format.tokenize import option_ids
+
+        return [self.lm.continuation_logprob(list(ids), option_ids(self.tok, c)) for c in choices]
