@@ -79,6 +79,9 @@ def test_cost_book_uses_measurements_after_min_samples() -> None:
     assert book.measured("alpha", "code") == (pytest.approx(20.0), None)  # falls back to "*"
     out = book.export()["alpha"]["categories"]
     assert out["*"]["calls"] == 3 and out["geo"]["energy_measured_calls"] == 2
+    bounded = CostBook(min_samples=1, categories=frozenset({"geo"}))
+    bounded.record("alpha", "made-up", 5.0, None, None, 1, 1)
+    assert set(bounded.export()["alpha"]["categories"]) == {"*"}
 
 
 def test_parse_body_errors() -> None:

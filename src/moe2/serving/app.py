@@ -248,6 +248,18 @@ def _stream_response(
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
+def _completion_routes(app: Any, complete: Callable[[Request, str], Awaitable[Any]]) -> None:
+    """``POST /v1/chat/completions`` and ``/v1/completions``, answered by ``complete(request, kind)``."""
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Any:
+        return await complete(request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        return await complete(request, "completion")
+
+
 # ===================================================================================== router
 def router_app(router: Any, server: ServerCfg) -> Any:
     """The router's FastAPI app (``moe2 serve``)."""
@@ -321,13 +333,7 @@ def router_app(router: Any, server: ServerCfg) -> Any:
 
         return await _respond(request, endpoint, metrics, server, handle)
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> Any:
-        return await complete(request, "chat")
-
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Any:
-        return await complete(request, "completion")
+    _completion_routes(app, complete)
 
     @app.post("/v1/route")
     async def route(request: Request) -> Any:
@@ -502,13 +508,7 @@ def expert_app(backend: LocalBackend, server: ServerCfg, metrics: Metrics) -> An
                "choices": choices, "usage": measured_usage(p, c, ms, joules)}  # fmt: skip
         return JSONResponse(out)
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> Any:
-        return await complete(request, "chat")
-
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Any:
-        return await complete(request, "completion")
+    _completion_routes(app, complete)
 
     @app.get("/v1/models")
     async def models() -> Any:

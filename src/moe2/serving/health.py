@@ -118,6 +118,9 @@ class CostBook:
     """Measured cost of each expert's calls, per category (``"*"``: every call)."""
 
     min_samples: int = 5
+    #: categories kept apart (the bundle's); others count under "*" only, so that request-given
+    #: category names cannot grow this without bound
+    categories: frozenset[str] | None = None
     sums: dict[str, dict[str, _Sums]] = field(default_factory=dict)
     energy_notes: dict[str, str] = field(default_factory=dict)
 
@@ -134,6 +137,8 @@ class CostBook:
     ) -> None:
         """Add one successful call."""
         per = self.sums.setdefault(expert, {})
+        if category is not None and self.categories is not None and category not in self.categories:
+            category = None
         for key in {"*", category or "*"}:
             per.setdefault(key, _Sums()).add(
                 latency_ms, expert_latency_ms, energy_j, prompt_tokens, completion_tokens

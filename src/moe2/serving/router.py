@@ -114,7 +114,8 @@ class Router:
         self.aggregation = str(routing.aggregation or bundle.aggregation)
         self.metrics = metrics
         self.breakers = {e: Breaker(routing.breaker) for e in self.subset}
-        self.costs = CostBook(min_samples=routing.min_samples)
+        cats = (bundle.cost or {}).get("categories") or []
+        self.costs = CostBook(min_samples=routing.min_samples, categories=frozenset(map(str, cats)))
         self._bundle_estimates: dict[tuple[str, str | None], tuple[float | None, float | None]] = {}
         for e in self.subset:
             metrics.breaker_open.labels(e).set(0)
@@ -237,6 +238,13 @@ class Router:
                 )
         if agg == "top1":
             k = 1
+        if req.stream and req.choices:
+            raise APIError(
+                400,
+                "moe2.choices are scored, not generated: send stream=false",
+                param="stream",
+                code="stream_needs_top1",
+            )
         if req.stream and k > 1:
             raise APIError(
                 400,
@@ -379,8 +387,13 @@ class Router:
         while True:
             backend = self.backends[current]
             try:
-                if plan.aggregation == "mixture" and req.choices:
+                if req.choices:
+                    # options are scored, as `moe2 ask` does: the expert's answer is its best option
                     reply = await backend.score(req.call(), req.choices)
+                    lps = reply.choice_logprobs or []
+                    reply.text = (
+                        req.choices[max(range(len(lps)), key=lps.__getitem__)] if lps else ""
+                    )
                 else:
                     reply = await backend.generate(req.call())
             except ExpertFailure as f:
