@@ -150,8 +150,11 @@ def main() -> None:
                 asyncio.run(load(jobs[:48], min(conc, 8)))  # warm-up
                 lat, _, bad = asyncio.run(load(jobs, conc))
                 routed, direct = lat[0::2], lat[1::2]
-                # routed requests only: the router's throughput with every client on it
+                # routed requests only: the router's throughput with every client on it; and
+                # the same requests straight to the experts: what the experts alone sustain here
                 r_lat, wall, r_bad = asyncio.run(load([(rp.url, b) for b in bodies], conc))
+                direct_only = [j for j in jobs[1::2]]
+                _, d_wall, _ = asyncio.run(load(direct_only, conc))
                 row[name] = {
                     "routed_p50_ms": pct(routed, 50),
                     "routed_p99_ms": pct(routed, 99),
@@ -161,6 +164,7 @@ def main() -> None:
                     "overhead_p99_ms": pct(routed, 99) - pct(direct, 99),
                     "paired_overhead_p50_ms": pct(routed - direct, 50),
                     "routed_rps": len(bodies) / wall,
+                    "direct_rps": len(bodies) / d_wall,
                     "routed_only_p50_ms": pct(r_lat, 50),
                     "errors": bad + r_bad,
                 }
