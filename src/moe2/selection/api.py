@@ -217,7 +217,7 @@ def run_sweep(cfg: DictConfig) -> dict[str, Any]:
     from moe2.selection.sweep import sweep
 
     inp = load_inputs(cfg)
-    result = sweep(inp, cfg)
+    result = sweep(inp, cfg, select_with)
     _write_meta(
         Path(cfg.paths.selection),
         "sweep",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,18 +63,17 @@ def _axis_values(axis: str, bm_loose: BudgetModel, points: int) -> list[float]:
     return [float(v) for v in np.unique(np.round(grid, 9))]
 
 
-def sweep(inp: Any, cfg: DictConfig) -> dict[str, Any]:
+def sweep(inp: Any, cfg: DictConfig, select_with: Callable[..., Any]) -> dict[str, Any]:
     """Run the sweep described by ``cfg.sweep`` and write ``pareto.json`` and ``pareto.png``.
 
     Args:
         inp: :class:`~moe2.selection.api.SelectionInputs`.
         cfg: the composed ``sweep`` config.
+        select_with: :func:`moe2.selection.api.select_with` (passed in: api imports this module).
 
     Returns:
         The ``pareto.json`` content.
     """
-    from moe2.selection.api import select_with
-
     sw = OmegaConf.to_container(cfg.sweep, resolve=True) if "sweep" in cfg else {}
     axes = list(sw.get("axes") or ["energy_j", "latency_ms"])
     bad = [a for a in axes if a not in AXES]
