@@ -105,7 +105,7 @@ def export_default_archs(out: Path, experts: list[str]) -> list[tuple[str, str, 
     import torch
     from moe2.export.causal_lm import kv_graph_module
     from moe2.export.onnx_export import export_onnx
-    from moe2.export.precision import convert_fp16
+    from moe2.export.precision import FP32_COMPUTE_FAMILIES, convert_fp16
     from transformers import AutoModelForCausalLM, BertModel
 
     from moe2.format.specs import gate_spec, spec_for_hf_config
@@ -151,7 +151,10 @@ def export_default_archs(out: Path, experts: list[str]) -> list[tuple[str, str, 
         path = out / "experts" / name / "model.onnx"
         export_onnx(kv_graph_module(model, n), spec, example, path, n_positional=3)
         del model
-        convert_fp16(path)
+        # as `moe2 export` does: FP32 compute for families FP16 overflows (Gemma 3)
+        compute = "fp32" if spec.family in FP32_COMPUTE_FAMILIES else "fp16"
+        convert_fp16(path, compute=compute)
+        spec.meta["compute"] = compute
         graphs.append((f"expert:experts/{name}", f"experts/{name}/model.onnx", spec))
     return graphs
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 from moe2.export.onnx_export import export_onnx
-from moe2.export.precision import convert_fp16
+from moe2.export.precision import FP32_COMPUTE_FAMILIES, convert_fp16
 
 from moe2.errors import BundleError
 from moe2.format.parity import compare_arrays, compare_tokens
@@ -194,8 +194,9 @@ def export_causal_lm(
     )
     if precision == "fp16":
         del runner  # release the FP32 session before rewriting its file
-        files = convert_fp16(out_dir / EXPERT_FILE)
-        spec = replace(spec, meta={**spec.meta, "precision": "fp16"})
+        compute = "fp32" if spec.family in FP32_COMPUTE_FAMILIES else "fp16"
+        files = convert_fp16(out_dir / EXPERT_FILE, compute=compute)
+        spec = replace(spec, meta={**spec.meta, "precision": "fp16", "compute": compute})
         write_json(out_dir / "export_spec.json", spec.to_dict())
         runner = OrtCausalLM(ort_session(out_dir / EXPERT_FILE, threads), spec)
         records += ort_parity(

@@ -258,6 +258,22 @@ def test_failed_build_leaves_the_bundle_as_it_was(copy: Path) -> None:
     assert not list(copy.parent.glob(".bundle.engines-*"))
 
 
+def test_edited_plan_beyond_the_context_length_is_refused(copy: Path) -> None:
+    from moe2.export.tensorrt.engines import preflight
+
+    plan_path = copy / "plans" / "rtx4090.json"
+    plan = json.loads(plan_path.read_text())
+    decode = plan["engines"][1]["profiles"][1]["shapes"]["attention_mask"]
+    decode["max"] = [1, 4096]  # the tiny Llama has 256 positions
+    plan_path.write_text(json.dumps(plan))
+    _reseal(copy, _manifest(copy))
+    with pytest.raises(
+        BundleError,
+        match="profile decode lets attention_mask reach 4096 tokens, beyond the model's context length 256",
+    ):
+        preflight(copy, "rtx4090", local_arch="")
+
+
 def test_missing_builder_module_gives_the_install_command(built: tuple[Path, dict]) -> None:
     from moe2.export.tensorrt.engines import preflight
 

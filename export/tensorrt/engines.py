@@ -61,10 +61,31 @@ def preflight(
 
     manifest = verify_bundle(bundle_dir)
     plan = load_plan(bundle_dir, target, manifest)
+    for engine in plan.engines:
+        check_profile_context(engine)
     if not plan.builder_info["ahead_of_time"]:
         check_arch(target, plan.sm_arch, local_arch if local_arch is not None else local_sm_arch())
     trt = import_trt(plan.builder)
     return manifest, plan, trt
+
+
+def check_profile_context(engine: Any) -> None:
+    """Refuse a plan whose profiles reach past the model's context length (an edited plan).
+
+    Raises:
+        BundleError: naming the engine, the profile, the input and the limit.
+    """
+    ctx = engine.context_length
+    if not ctx:
+        return
+    for profile in engine.profiles:
+        for name, shape in profile.shapes.items():
+            if name in ("attention_mask", "input_ids") and shape["max"][-1] > ctx:
+                raise BundleError(
+                    f"{engine.component}: profile {profile.name} lets {name} reach "
+                    f"{shape['max'][-1]} tokens, beyond the model's context length {ctx}; "
+                    "re-export with export.tensorrt.shapes within it"
+                )
 
 
 def _gate_feeds(bundle_dir: Path, prompts: list[str]) -> list[dict[str, np.ndarray]]:

@@ -131,7 +131,7 @@ for _stage in (
     ),
     Stage(
         "build-engines",
-        "Build TensorRT engines for a bundle on its target (needs tensorrt).",
+        "Build TensorRT engines for a bundle (rtx4090: anywhere x86-64 with tensorrt_rtx; orin_agx: on the device).",
         _entry("build_engines"),
         positional=("bundle.path",),
     ),
