@@ -248,6 +248,11 @@ def _stream_response(
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
+#: the metrics endpoint label and the request model of each kind of completion
+_ENDPOINT = {"chat": "chat", "completion": "completions"}
+_BODY: dict[str, Any] = {"chat": ChatRequest, "completion": CompletionRequest}
+
+
 def _completion_routes(app: Any, complete: Callable[[Request, str], Awaitable[Any]]) -> None:
     """``POST /v1/chat/completions`` and ``/v1/completions``, answered by ``complete(request, kind)``."""
 
@@ -271,13 +276,10 @@ def router_app(router: Any, server: ServerCfg) -> Any:
     created = int(time.time())
 
     async def complete(request: Request, kind: str) -> Any:
-        endpoint = "chat" if kind == "chat" else "completions"
-        t0 = time.perf_counter()
+        endpoint, t0 = _ENDPOINT[kind], time.perf_counter()
 
         async def handle(raw: bytes) -> tuple[Any, str]:
-            body = parse_body(
-                raw, ChatRequest if kind == "chat" else CompletionRequest, server.max_body_bytes
-            )
+            body = parse_body(raw, _BODY[kind], server.max_body_bytes)
             req = router.normalise(body, request.headers.get(session_header))
             rid = new_id("chatcmpl" if kind == "chat" else "cmpl")
             if req.stream:
@@ -421,13 +423,10 @@ def expert_app(backend: LocalBackend, server: ServerCfg, metrics: Metrics) -> An
                      energy_note=model.meter.reason, device=model.device)  # fmt: skip
 
     async def complete(request: Request, kind: str) -> Any:
-        endpoint = "chat" if kind == "chat" else "completions"
-        t0 = time.perf_counter()
+        endpoint, t0 = _ENDPOINT[kind], time.perf_counter()
 
         async def handle(raw: bytes) -> tuple[Any, str]:
-            body = parse_body(
-                raw, ChatRequest if kind == "chat" else CompletionRequest, server.max_body_bytes
-            )
+            body = parse_body(raw, _BODY[kind], server.max_body_bytes)
             check_model(body)
             max_tokens = int(getattr(body, "max_completion_tokens", None) or body.max_tokens or 16)
             rid = new_id("chatcmpl" if kind == "chat" else "cmpl")
