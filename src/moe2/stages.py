@@ -148,7 +148,7 @@ for _stage in (
     ),
     Stage(
         "build-engines",
-        "Build TensorRT engines for a bundle on its target (needs tensorrt).",
+        "Build TensorRT engines for a bundle (rtx4090: anywhere x86-64 with tensorrt_rtx; orin_agx: on the device).",
         _entry("build_engines"),
         positional=("bundle.path",),
     ),
@@ -163,6 +163,18 @@ for _stage in (
         "Answer a prompt with a bundle: gate, route, run, aggregate.",
         _entry("ask"),
         positional=("bundle.path", "prompt"),
+    ),
+    Stage(
+        "serve",
+        "Serve a bundle as an OpenAI-compatible router (gate, route, fail over, aggregate).",
+        _entry("serve"),
+        positional=("bundle.path",),
+    ),
+    Stage(
+        "serve-expert",
+        "Serve one bundle expert as an OpenAI-compatible endpoint with measured latency/energy.",
+        _entry("serve_expert"),
+        positional=("bundle.path",),
     ),
     Stage(
         "pipeline",
