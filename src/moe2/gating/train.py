@@ -3,7 +3,11 @@
 ``DIR/gating/`` holds ``model.pt`` (state dict of :class:`~moe2.gating.net.GatingNet`),
 ``config.yaml`` (resolved), ``metrics.json`` (train/val/test routing metrics with the k-NN router
 beside them), ``logits.parquet`` (every prompt × every expert, the input of selection),
-``knn.npz`` (the k-NN baseline's training embeddings, reused by ``moe2 evaluate``) and ``meta.json``.
+``knn.npz`` (the k-NN baseline's training embeddings, reused by ``moe2 evaluate``),
+``knn_scores.parquet`` (the k-NN router's predicted scores of every prompt, the kNN baseline of
+selection), ``train_prompts.parquet`` (what the gate was trained on, :mod:`moe2.gating.heldout`) and
+``meta.json``. ``metrics.json["quality"]`` holds the val and test figures beside every baseline with
+paired bootstrap intervals (:mod:`moe2.gating.baselines`).
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ from omegaconf import DictConfig, OmegaConf
 from moe2.data.tables import SPLITS, OutcomeData, load_outcomes
 from moe2.errors import ConfigError, DataError
 from moe2.gating.datamodule import OutcomeDataModule
+from moe2.gating.heldout import RECORD, TrainingRecord, write_record
 from moe2.gating.knn import knn_scores
 from moe2.gating.logits import GateLogits, write_logits
 from moe2.gating.module import GateModule, routing_metrics
 from moe2.gating.net import GatingNet, build_gate, cached_embeddings
 from moe2.utils.instantiate import instantiate
 from moe2.utils.io import atomic_path, write_json, write_text_atomic
+from moe2.utils.lock import run_id
 from moe2.utils.meta import run_metadata
 
 log = logging.getLogger(__name__)
@@ -179,7 +185,9 @@ def fit_gate(
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     run_dir = (
-        Path(run_dir) if run_dir is not None else Path(cfg.paths.artifacts) / "logs" / "gating"
+        Path(run_dir)
+        if run_dir is not None
+        else Path(cfg.paths.artifacts) / "logs" / "gating" / run_id()  # own dir per run
     )
     ckpt = ModelCheckpoint(
         dirpath=str(run_dir / "checkpoints"),
@@ -215,8 +223,10 @@ def fit_gate(
     fit_seconds = time.perf_counter() - t0
     best_path = ckpt.best_model_path
     best_score = None if ckpt.best_model_score is None else float(ckpt.best_model_score)
+    best_epoch = None
     if best_path and Path(best_path).is_file():
-        state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+        saved = torch.load(best_path, map_location="cpu", weights_only=True)
+        state, best_epoch = saved["state_dict"], int(saved.get("epoch", -1))
         missing, unexpected = module.load_state_dict(state, strict=False)
         bad = [k for k in missing if not (frozen and k.startswith("net.encoder."))]
         if bad or unexpected:
@@ -225,13 +235,6 @@ def fit_gate(
             )
     elif not trainer.fast_dev_run and trainer.is_global_zero:
         log.warning("no checkpoint was saved (is %s logged?); keeping the last weights", monitor)
-    best_epoch = None
-    if best_score is not None:
-        best_epoch = (
-            int(torch.load(best_path, map_location="cpu", weights_only=False).get("epoch", -1))
-            if best_path
-            else None
-        )
     device = str(trainer.strategy.root_device)
     return FitResult(
         net=module.net,
@@ -322,7 +325,8 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("gating.monitor is required (e.g. val/router_acc)")
     data = load_outcomes(cfg.paths.outcomes)
     check_gating_data(data, str(cfg.paths.outcomes))
-    run_dir = Path(cfg.paths.artifacts) / "logs" / "gating"
+    # checkpoints of this run only: concurrent or earlier runs keep theirs
+    run_dir = Path(cfg.paths.artifacts) / "logs" / "gating" / run_id()
     loggers = build_loggers(cfg.get("logger"))
     for lg in loggers:
         if hasattr(lg, "log_hyperparams"):
@@ -345,6 +349,29 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
         k,
     )
     metrics: dict[str, Any] = split_metrics(logits, knn, data)
+    from moe2.gating.baselines import flat_metrics, print_report, split_quality
+
+    quality = split_quality(data, logits, knn, seed=int(cfg.get("seed", 0)))
+    metrics["quality"] = quality
+    oof = None
+    folds = int(OmegaConf.select(cfg, "oof.folds", default=0) or 0)
+    if folds and res.world_size > 1:
+        # the fold gates would need every rank again; this process is rank 0 alone now
+        log.warning("oof.folds=%d skipped: out-of-fold logits need a single-process run", folds)
+        folds = 0
+    if folds:
+        from moe2.gating.crossfit import oof_logits
+
+        oof_rows, oof_z, metrics["oof"] = oof_logits(
+            data,
+            cfg,
+            res.base_embeddings,
+            folds,
+            int(OmegaConf.select(cfg, "oof.seed", default=0)),
+            fit=fit_gate,
+            predict=predict_logits,
+        )
+        oof = GateLogits.for_data(data.select(oof_rows), oof_z, data.experts)
     per_epoch = float(np.median(res.epoch_seconds)) if res.epoch_seconds else None
     timing = {
         "fit_seconds": res.fit_seconds,
@@ -369,6 +396,8 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
     if res.world_size == 1:
         for lg in loggers:
             lg.log_metrics({f"final/{k2}": v for k2, v in metrics.items() if isinstance(v, float)})
+            for split, rep in quality.items():
+                lg.log_metrics(flat_metrics(rep, f"final/{split}"))
             lg.finalize("success")
 
     gating_dir = Path(cfg.paths.gating)
@@ -382,6 +411,12 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
             tmp / "logits.parquet",
             GateLogits.for_data(data, logits, data.experts),
         )
+        write_logits(tmp / "knn_scores.parquet", GateLogits.for_data(data, knn, data.experts))
+        write_record(tmp / RECORD, TrainingRecord.of(data))
+        if oof is not None:
+            from moe2.gating.crossfit import OOF_FILE
+
+            write_logits(tmp / OOF_FILE, oof)
         np.savez_compressed(
             tmp / "knn.npz",
             embeddings=res.base_embeddings[train_rows].astype(np.float16),
@@ -415,4 +450,6 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
         metrics.get("test/knn_acc", float("nan")),
         metrics.get("test/oracle_acc", float("nan")),
     )
+    for split, rep in quality.items():
+        print_report(rep, f"gate on the {split} split (baselines fitted on train)")
     return metrics
