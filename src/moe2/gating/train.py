@@ -132,6 +132,16 @@ def fit_rows(data: OutcomeData, fit_on: str) -> np.ndarray:
     return rows | data.split_mask("val") if fit_on == "train+val" else rows
 
 
+def cv_folds(prompt_ids: np.ndarray, k: int, seed: int = 1) -> np.ndarray:
+    """``[P]`` fold index in ``0..k-1`` of each prompt: a seeded hash of its id (stable, like splits)."""
+    from moe2.data.tables import _split_uniform
+
+    if k < 2:
+        raise ConfigError(f"cross-validation needs at least 2 folds, got {k}")
+    u = np.array([_split_uniform(str(p), seed) for p in prompt_ids])
+    return np.minimum((u * k).astype(np.int64), k - 1)
+
+
 def _refit_view(data: OutcomeData) -> OutcomeData:
     """``data`` with its val prompts relabelled train (a refit on train + val has no val split)."""
     return dataclasses.replace(data, splits=np.where(data.splits == "val", "train", data.splits))
@@ -144,6 +154,7 @@ def fit_gate(
     run_dir: str | Path | None = None,
     loggers: list[Any] | None = None,
     progress: bool | None = None,
+    callbacks: list[Any] | None = None,
 ) -> FitResult:
     """Train a gate on ``data`` with the ``gating`` and ``trainer`` config of ``cfg``.
 
@@ -161,6 +172,7 @@ def fit_gate(
         run_dir: Lightning's ``default_root_dir`` (checkpoints go to ``run_dir/checkpoints``).
         loggers: Lightning loggers (``None``: no logging).
         progress: show the progress bar (default: the trainer config's setting).
+        callbacks: extra Lightning callbacks (e.g. a probe of held-out accuracy per epoch).
     """
     g = cfg.gating
     check_gating_data(data)
@@ -226,11 +238,12 @@ def fit_gate(
         enable_version_counter=False,
     )
     timer = EpochTimer()
-    callbacks: list[Any] = [timer] if refit else [ckpt, timer]
+    callbacks_: list[Any] = [timer] if refit else [ckpt, timer]
+    callbacks_ += list(callbacks or [])
     if g.get("patience") and not refit:
-        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=int(g.patience)))
+        callbacks_.append(EarlyStopping(monitor=monitor, mode=mode, patience=int(g.patience)))
     extra: dict[str, Any] = {
-        "callbacks": callbacks,
+        "callbacks": callbacks_,
         "logger": loggers or False,
         "default_root_dir": str(run_dir),
     }
