@@ -1,4 +1,4 @@
-"""``moe2 evaluate gating=DIR/gating outcomes=DIR``: score a trained gate on another outcome table."""
+"""``moe2 evaluate gating=DIR/gating [selection=DIR/selection] outcomes=DIR``: score on another table."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 
 def main(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate ``eval.gating_dir`` on ``eval.outcomes_dir`` and return the metrics."""
+    """Evaluate ``eval.gating_dir`` (or ``eval.selection_dir``'s rule) on ``eval.outcomes_dir``."""
     from moe2.gating.evaluate import evaluate_gate
 
     e = cfg.eval
@@ -19,4 +19,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         batch_size=int(e.batch_size),
         device=str(e.device),
         cache_dir=cfg.paths.cache,
+        selection_dir=e.get("selection_dir"),
+        n_boot=int(e.get("n_boot", 2000)),
+        seed=int(cfg.get("seed", 0)),
     )

@@ -17,6 +17,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 SHARED_LLMROUTER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "llmrouter"
+SHARED_ROUTERBENCH = SHARED_LLMROUTER.parent / "routerbench"
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +26,15 @@ def llmrouter_dir() -> Path:
     path = Path(os.environ.get("MOE2_LLMROUTER_DIR", SHARED_LLMROUTER))
     if not (path / "train.json").is_file():
         pytest.skip(f"shared LLMRouter data not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def routerbench_dir() -> Path:
+    """``../shared/data/routerbench`` beside the checkout; the test skips when it is absent."""
+    path = Path(os.environ.get("MOE2_ROUTERBENCH_DIR", SHARED_ROUTERBENCH))
+    if not sorted(path.glob("*.csv")):
+        pytest.skip(f"shared RouterBench data not found at {path}")
     return path
 
 

@@ -484,3 +484,85 @@ def test_llmrouter_duplicate_error_names_the_file(tmp_path: Path) -> None:
         DataError, match=r"train\.json item 3 repeats the prompt of .*train\.json item 0"
     ):
         import_outcomes({**cfg, "on_duplicate": "error"}, tmp_path / "o")
+
+
+# ------------------------------------------------------------------------ repeated ids, exclude
+
+
+def test_repeated_id_with_other_text_rename_first_error(tmp_path: Path) -> None:
+    df = _rb_frame(6)
+    # RouterBench's defect: a sample_id reused for a row that holds the prompt twice, scored by
+    # another model than the first row
+    rep = df.iloc[[1]].copy()
+    rep["prompt"] = "Question 1? Question 1?"
+    rep["gpt-x"] = np.nan
+    df = pd.concat([df, rep], ignore_index=True)
+    df.to_csv(tmp_path / "r.csv", index=False)
+    cfg = {"format": "routerbench", "path": str(tmp_path / "r.csv")}
+    res = import_outcomes(cfg, tmp_path / "o1")
+    data = load_outcomes(tmp_path / "o1")
+    assert data.n_prompts == 7 and "s1#2" in list(data.prompt_ids)
+    kinds = {r["kind"]: r["count"] for r in res.repairs}
+    assert kinds == {"repeated_id_renamed": 1}
+    assert data.texts[list(data.prompt_ids).index("s1#2")] == "Question 1? Question 1?"
+    res = import_outcomes({**cfg, "on_id_conflict": "first"}, tmp_path / "o2")
+    assert load_outcomes(tmp_path / "o2").n_prompts == 6
+    assert {r["kind"] for r in res.repairs} == {"repeated_id_dropped"}
+    with pytest.raises(
+        DataError, match=r"row 8 repeats the prompt of .*row 3.*on_id_conflict=rename"
+    ):
+        import_outcomes({**cfg, "on_id_conflict": "error"}, tmp_path / "o3")
+    with pytest.raises(ConfigError, match="on_id_conflict"):
+        import_outcomes({**cfg, "on_id_conflict": "merge"}, tmp_path / "o4")
+    # the same text with other scores stays a contradiction, unless first
+    rep["prompt"] = df.loc[1, "prompt"]
+    rep["gpt-x"] = 1.0 - df.loc[1, "gpt-x"]
+    pd.concat([_rb_frame(6), rep], ignore_index=True).to_csv(tmp_path / "r.csv", index=False)
+    with pytest.raises(DataError, match="different scores or category.*on_id_conflict=first"):
+        import_outcomes(cfg, tmp_path / "o5")
+    assert (
+        import_outcomes({**cfg, "on_id_conflict": "first"}, tmp_path / "o6").summary["n_prompts"]
+        == 6
+    )
+
+
+def test_exclude_prompts_of_another_table(tmp_path: Path) -> None:
+    a = _rb_frame(10)
+    a.to_csv(tmp_path / "a.csv", index=False)
+    import_outcomes(
+        {"format": "routerbench", "path": str(tmp_path / "a.csv")}, tmp_path / "A" / "outcomes"
+    )
+    # b shares 4 prompts (by text; other ids) with a
+    b = _rb_frame(8, offset=6)
+    b["sample_id"] = [f"other{i}" for i in range(len(b))]
+    b.to_csv(tmp_path / "b.csv", index=False)
+    cfg = {"format": "routerbench", "path": str(tmp_path / "b.csv"), "exclude": str(tmp_path / "A")}
+    res = import_outcomes(cfg, tmp_path / "B" / "outcomes")
+    data = load_outcomes(tmp_path / "B")
+    assert data.n_prompts == 4 and not set(data.texts) & set(load_outcomes(tmp_path / "A").texts)
+    ex = [r for r in res.repairs if r["kind"] == "excluded_prompts"]
+    assert ex and ex[0]["count"] == 4
+    assert read_json(tmp_path / "B" / "outcomes" / "meta.json")["repairs"][-1]["count"] == 4
+    # a Parquet file with a text column works too; so does a list of sources
+    pd.DataFrame({"text": ["Question 12?"]}).to_parquet(tmp_path / "t.parquet")
+    res = import_outcomes(
+        {**cfg, "exclude": [str(tmp_path / "A"), str(tmp_path / "t.parquet")]}, tmp_path / "C"
+    )
+    assert res.summary["n_prompts"] == 3
+    # everything excluded, or a missing source: one clear error each
+    with pytest.raises(DataError, match="nothing is left to import"):
+        import_outcomes({**cfg, "path": str(tmp_path / "a.csv")}, tmp_path / "D")
+    with pytest.raises(DataError, match="data.exclude"):
+        import_outcomes({**cfg, "exclude": str(tmp_path / "nope")}, tmp_path / "E")
+
+
+@pytest.mark.shared_data
+def test_routerbench_shared_files_import(routerbench_dir: Path, tmp_path: Path) -> None:
+    files = sorted(str(p) for p in routerbench_dir.glob("*_train.csv"))
+    res = import_outcomes({"format": "routerbench", "path": files}, tmp_path / "outcomes")
+    data = load_outcomes(tmp_path)
+    assert data.n_experts == 11 and len(data.categories) == 3
+    assert data.n_prompts == res.summary["n_prompts"] >= 2000
+    renamed = [r for r in res.repairs if r["kind"] == "repeated_id_renamed"]
+    assert renamed and renamed[0]["count"] >= 1  # the source's reused sample_ids
+    assert np.isfinite(data.cost[np.isfinite(data.scores)]).all()

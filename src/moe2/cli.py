@@ -61,9 +61,13 @@ for _stage in (
     Stage("train", "Train the gating network once over all experts.", "train"),
     Stage(
         "evaluate",
-        "Score a trained gate on another outcome table (gating=DIR outcomes=DIR).",
+        "Score a gate (or a selection) on another outcome table (gating=DIR [selection=DIR] outcomes=DIR).",
         "evaluate",
-        aliases={"gating": "eval.gating_dir", "outcomes": "eval.outcomes_dir"},
+        aliases={
+            "gating": "eval.gating_dir",
+            "outcomes": "eval.outcomes_dir",
+            "selection": "eval.selection_dir",
+        },
     ),
     Stage(
         "check-preserving",

@@ -105,6 +105,11 @@ def prompt_id_for_text(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
+def text_sha256(text: str) -> str:
+    """The sha256 (hex) of a prompt's UTF-8 text: how prompts are matched across tables."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 @dataclass
 class OutcomeTables:
     """The three tables as pandas DataFrames, plus import metadata."""

@@ -216,6 +216,8 @@ class BaselineRouters:
     train_counts: dict[str, int]
     min_prompts: int = MIN_LOOKUP_PROMPTS
     warnings: list[str] = field(default_factory=list)
+    #: where the lookup routes a category it has no entry for (the best allowed expert)
+    fallback: int | None = None
 
     @classmethod
     def fit(
@@ -225,6 +227,8 @@ class BaselineRouters:
         experts: Sequence[str],
         *,
         min_prompts: int = MIN_LOOKUP_PROMPTS,
+        allowed: np.ndarray | None = None,
+        best_allowed: np.ndarray | None = None,
     ) -> BaselineRouters:
         """Fit on training prompts.
 
@@ -233,6 +237,9 @@ class BaselineRouters:
             categories: ``[P]`` category name of each training prompt.
             experts: the ``n`` expert names.
             min_prompts: a category with fewer training prompts uses ``best_single``.
+            allowed: ``[n]`` bool, the experts the lookup may route to (``None``: all).
+            best_allowed: ``[n]`` bool, the experts ``best_single`` is chosen from (default:
+                ``allowed``), e.g. every expert that fits the budgets alone.
         """
         s = np.asarray(scores, dtype=np.float64)
         cats = np.asarray([str(c) for c in categories], dtype=object)
@@ -247,7 +254,17 @@ class BaselineRouters:
                 "no training prompts to fit the best-single and lookup baselines on; the gate's "
                 "training table needs prompts in its 'train' split"
             )
-        best = _argmax_finite(_expert_means(s))
+        n = s.shape[1]
+        keep = np.ones(n, bool) if allowed is None else np.asarray(allowed, dtype=bool)
+        keep_best = keep if best_allowed is None else np.asarray(best_allowed, dtype=bool)
+        if not keep.any() or not keep_best.any():
+            raise ValueError("no expert is allowed for the baselines")
+
+        def pick(m: np.ndarray, ok: np.ndarray) -> int:
+            return _argmax_finite(np.where(ok, m, -np.inf))
+
+        best = pick(_expert_means(s), keep_best)
+        best_lookup = pick(_expert_means(s), keep)
         lookup: dict[str, int] = {}
         counts: dict[str, int] = {}
         warns: list[str] = []
@@ -258,19 +275,20 @@ class BaselineRouters:
             if counts[c] < min_prompts:
                 small.append(f"{c} ({counts[c]})")
                 continue
-            lookup[c] = _argmax_finite(_expert_means(s[rows]))
+            lookup[c] = pick(_expert_means(s[rows]), keep)
         if small:
             warns.append(
                 f"lookup: {len(small)} category(ies) have fewer than {min_prompts} training prompts "
                 f"and use the best single expert instead: {', '.join(small)}; add training prompts "
                 "for them to give the lookup its own entry"
             )
-        return cls(list(experts), best, lookup, counts, int(min_prompts), warns)
+        return cls(list(experts), best, lookup, counts, int(min_prompts), warns, best_lookup)
 
     def lookup_choice(self, categories: Sequence[str]) -> tuple[np.ndarray, list[str]]:
         """``[P]`` lookup expert per prompt and the categories that fell back to best single."""
         cats = [str(c) for c in categories]
-        out = np.array([self.lookup.get(c, self.best_single) for c in cats], dtype=np.int64)
+        fb = self.best_single if self.fallback is None else self.fallback
+        out = np.array([self.lookup.get(c, fb) for c in cats], dtype=np.int64)
         fallback = sorted({c for c in cats if c not in self.lookup})
         return out, fallback
 
@@ -340,6 +358,8 @@ def compare(
     per_category: bool = True,
     min_interval: int = MIN_INTERVAL_PROMPTS,
     name: str = "router",
+    allowed: np.ndarray | None = None,
+    log_warnings: bool = True,
 ) -> dict[str, Any]:
     """The router beside every baseline on the same prompts, JSON-ready.
 
@@ -355,6 +375,9 @@ def compare(
         per_category: also report each category.
         min_interval: fewer prompts than this give no interval (overall and per category).
         name: what the router is called in warnings.
+        allowed: ``[n]`` bool, the experts that ``knn``, ``random`` and ``oracle`` may use (e.g. the
+            deployed subset; fit ``routers`` with the same ``allowed`` for the lookup); ``None``: all.
+        log_warnings: also log the warnings (they are always in the report).
 
     Returns:
         ``{"n", "accuracy": {router, best_single, lookup, knn, random, oracle}, "vs": {best_single,
@@ -368,7 +391,15 @@ def compare(
         raise ValueError(
             f"router {len(r)}, scores {len(s)}, categories {len(cats)}: lengths differ"
         )
-    values, fallback = baseline_values(s, cats, routers, knn)
+    if allowed is not None:
+        keep = np.asarray(allowed, dtype=bool)
+        s_base = np.where(keep[None, :], s, np.nan)
+        values, fallback = baseline_values(s_base, cats, routers, knn)
+        # best single and lookup were chosen by the fit (their own restrictions): use the real scores
+        values["best_single"] = s[:, routers.best_single]
+        values["lookup"] = values_of_choice(s, routers.lookup_choice(cats)[0])
+    else:
+        values, fallback = baseline_values(s, cats, routers, knn)
     warnings = list(routers.warnings)
     new_cats = [c for c in fallback if c not in routers.train_counts]
     if new_cats:
@@ -419,8 +450,9 @@ def compare(
             )
     out["warnings"] = warnings
     out["bootstrap"] = boot
-    for w in warnings:
-        log.warning("%s", w)
+    if log_warnings:
+        for w in warnings:
+            log.warning("%s", w)
     return out
 
 
@@ -517,3 +549,79 @@ class _Null:
 
     def flush(self) -> None:
         return None
+
+
+# ----------------------------------------------------------------------------- on a table
+
+
+def split_quality(
+    data: Any,
+    logits: np.ndarray,
+    knn: np.ndarray | None = None,
+    splits: Sequence[str] = ("val", "test"),
+    *,
+    fit_split: str = "train",
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, dict[str, Any]]:
+    """:func:`compare` of a gate's top-1 routing on each split of one table.
+
+    Args:
+        data: an :class:`~moe2.data.tables.OutcomeData` (duck-typed: ``scores``, ``categories``,
+            ``category_idx``, ``experts``, ``split_mask``).
+        logits: ``[P, n]`` the gate's logits on every prompt of ``data``.
+        knn: ``[P, n]`` the kNN router's predicted scores on every prompt, or ``None``.
+        splits: the splits to report (the baselines are fitted on ``fit_split``).
+        fit_split: where best single and lookup are chosen.
+        n_boot, seed, level: the paired bootstrap's settings.
+
+    Returns:
+        ``{split: report}`` for the splits that have prompts.
+    """
+    cats = np.asarray(data.categories, dtype=object)[data.category_idx]
+    fit_rows = data.split_mask(fit_split)
+    routers = BaselineRouters.fit(data.scores[fit_rows], cats[fit_rows], data.experts)
+    choice = choice_of_scores(logits, data.scores)
+    router = values_of_choice(data.scores, choice)
+    out: dict[str, dict[str, Any]] = {}
+    for split in splits:
+        rows = data.split_mask(split)
+        if not rows.any():
+            continue
+        out[split] = compare(
+            router[rows],
+            data.scores[rows],
+            cats[rows],
+            routers,
+            knn=None if knn is None else knn[rows],
+            n_boot=n_boot,
+            seed=seed,
+            level=level,
+            name=f"{split} split",
+            log_warnings=not out,
+        )
+    return out
+
+
+def markdown_table(report: Mapping[str, Any], per_category: bool = True) -> str:
+    """The report as a Markdown table (accuracies, then "router − baseline" intervals)."""
+    acc_cols = [k for k in ("router", *BASELINES) if k in (report.get("accuracy") or {})]
+    vs_cols = [k for k in COMPARED if k in (report.get("vs") or {})]
+    head = ["prompts", "n", *acc_cols, *(f"router − {k}" for k in vs_cols)]
+    lines = ["| " + " | ".join(h.replace("_", " ") for h in head) + " |", "|" + "---|" * len(head)]
+
+    def row(label: str, blk: Mapping[str, Any]) -> None:
+        a = blk.get("accuracy") or {}
+        cells = [label, str(blk.get("n", ""))]
+        cells += ["—" if a.get(k) is None else f"{a[k]:.4f}" for k in acc_cols]
+        cells += [interval_text((blk.get("vs") or {}).get(k)) for k in vs_cols]
+        lines.append("| " + " | ".join(cells) + " |")
+
+    row("**all**", report)
+    if per_category:
+        for c, blk in (report.get("per_category") or {}).items():
+            row(c, blk)
+    for w in report.get("warnings") or []:
+        lines.append(f"\n> warning: {w}")
+    return "\n".join(lines)

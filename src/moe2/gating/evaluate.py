@@ -1,4 +1,18 @@
-"""``moe2 evaluate``: score a trained gate on another outcome table with the same experts."""
+"""``moe2 evaluate``: score a trained gate (or the whole two-level rule) on another outcome table.
+
+The other table is the evaluation set as a whole (its split column means nothing for this gate and
+is ignored). Prompts that also occur in the gate's training table (sha256 of the text, recorded by
+``moe2 train`` in ``gating/train_prompts.parquet``) are excluded and counted. The gate is printed
+beside every baseline on the remaining prompts (:mod:`moe2.gating.baselines`): best single expert
+and per-category lookup chosen on the gate's own ``train`` split, kNN (its training prompts are the
+gate's), random and oracle, with paired bootstrap intervals; overall and per category; and the mean
+cost per request of each router where the table records costs.
+
+With ``selection=DIR`` the router is the two-level rule of ``DIR/selection.json``: the gate
+restricted to the chosen subset ``S``, top-k, its aggregation. Its baselines respect the same
+deployment: lookup, kNN, random and oracle route within ``S``; best single is the best expert on
+the training split among the experts that fit the selection's budgets alone.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +22,120 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from moe2.data.tables import SPLITS, load_outcomes
+from moe2.data.tables import OutcomeData, load_outcomes
 from moe2.errors import DataError
-from moe2.gating.logits import GateLogits, write_logits
-from moe2.gating.net import cached_embeddings, load_gate
-from moe2.gating.train import knn_logits, split_metrics
-from moe2.utils.io import atomic_path, write_json
+from moe2.gating.baselines import (
+    BaselineRouters,
+    choice_of_scores,
+    compare,
+    print_report,
+    values_of_choice,
+)
+from moe2.gating.heldout import exclude_overlap, read_record
+from moe2.utils.io import atomic_path, read_json, write_json
 from moe2.utils.meta import run_metadata
 
 log = logging.getLogger(__name__)
+
+#: per-request cost columns of the outcome table, in report order
+COST_COLUMNS = ("cost", "energy_j", "latency_ms", "output_tokens")
+
+
+def check_experts(gate_experts: list[str], data: OutcomeData, gating_dir: Any, where: Any) -> None:
+    """The table must score every expert of the gate; extra experts of the table are ignored."""
+    common = [e for e in gate_experts if e in data.experts]
+    if not common:
+        raise DataError(
+            f"{where} has no expert in common with the gate in {gating_dir}: the gate routes between "
+            f"{gate_experts}, the table has {data.experts}. Evaluate on outcomes of the gate's experts "
+            "(expert names must match), or train a gate on this table with `moe2 train`."
+        )
+    missing = [e for e in gate_experts if e not in data.experts]
+    if missing:
+        raise DataError(
+            f"the gate in {gating_dir} routes between {gate_experts}, but {where} has experts "
+            f"{data.experts} (missing {missing}). Evaluate on a table with the same experts, or "
+            "retrain the gate on this table with `moe2 train`."
+        )
+    extra = [e for e in data.experts if e not in gate_experts]
+    if extra:
+        log.warning("%s: expert(s) %s are not in the gate; they are ignored", where, extra)
+
+
+def gate_scores(
+    gating_dir: str | os.PathLike[str],
+    data: OutcomeData,
+    batch_size: int = 128,
+    device: str = "auto",
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """The gate's logits ``[P, n]`` and the kNN router's predicted scores on ``data``'s prompts.
+
+    ``data`` must already be in the gate's expert order. kNN is ``None`` when the gate's encoder was
+    fine-tuned (its embeddings differ from the ones ``knn.npz`` holds).
+    """
+    import torch
+
+    from moe2.gating.net import cached_embeddings, load_gate
+    from moe2.gating.train import knn_logits
+
+    net, _, experts = load_gate(gating_dir)
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    net.to(dev)
+    frozen = net.mode == "frozen"
+    # a gate with a category input gets each prompt's category name (one it never saw: "unknown")
+    cats = [data.categories[i] for i in data.category_idx] if net.categories else None
+    # one encoder pass: base embeddings for the kNN baseline and, when frozen, the gate's features
+    if frozen:
+        emb = cached_embeddings(net, data.texts, cache_dir, batch_size=batch_size, device=dev)
+        logits = net.predict_embeddings(emb, cats)
+    else:
+        logits = net.predict_texts(data.texts, batch_size=batch_size, device=dev, categories=cats)
+    knn = None
+    knn_path = Path(gating_dir) / "knn.npz"
+    if knn_path.is_file() and frozen:
+        z = np.load(knn_path)
+        knn = knn_logits(
+            z["embeddings"].astype(np.float32),
+            z["scores"],
+            z["prompt_ids"].astype(object),
+            emb,
+            np.asarray([f"\0eval:{p}" for p in data.prompt_ids], dtype=object),  # never a train id
+            int(z["k"]),
+        )
+    elif knn_path.is_file():
+        log.info("kNN baseline skipped: the gate's encoder was fine-tuned, its embeddings differ")
+    return logits, knn, experts
+
+
+def route_costs(data: OutcomeData, routed: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Mean cost per request of each router, for every cost column the table records.
+
+    Args:
+        data: the evaluation table.
+        routed: router name -> ``[P, n]`` bool, the experts each prompt is sent to (top-k).
+
+    Returns:
+        ``{column: {"n": prompts with that cost for every routed expert, router: mean}}``.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for col in COST_COLUMNS:
+        m = np.asarray(getattr(data, col), dtype=np.float64)  # [P, n]
+        if not np.isfinite(m).any():
+            continue
+        row: dict[str, Any] = {}
+        for name, t in routed.items():
+            known = np.where(t, np.isfinite(m), True).all(axis=1)
+            v = np.where(t, np.nan_to_num(m), 0.0).sum(axis=1)[known]
+            row[name] = float(v.mean()) if v.size else None
+            row[f"{name}_n"] = int(known.sum())
+        out[col] = row
+    return out
+
+
+def _onehot(choice: np.ndarray, n: int) -> np.ndarray:
+    return np.eye(n, dtype=bool)[np.asarray(choice, dtype=np.int64)]
 
 
 def evaluate_gate(
@@ -28,99 +145,243 @@ def evaluate_gate(
     batch_size: int = 128,
     device: str = "auto",
     cache_dir: str | os.PathLike[str] | None = None,
+    selection_dir: str | os.PathLike[str] | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Routing metrics of the gate in ``gating_dir`` on the table in ``outcomes_dir``.
-
-    The table must hold the gate's experts (same names; order may differ). Metrics are computed per
-    split present in the table and over ``all/`` prompts, with the k-NN router (trained on the gate's
-    own training prompts, ``knn.npz``) beside the gate.
+    """Quality and cost of the gate in ``gating_dir`` (or a selection's rule) on another table.
 
     Args:
         gating_dir: ``DIR/gating`` written by ``moe2 train``.
-        outcomes_dir: ``DIR/outcomes`` (or ``DIR``) of the table to score.
+        outcomes_dir: ``DIR/outcomes`` (or ``DIR``) of the table to score; all of it is evaluated,
+            less the prompts that occur in the gate's training table.
         out_dir: where to write ``metrics.json``, ``logits.parquet`` and ``meta.json`` (``None``: nothing
             is written).
         batch_size: texts per encoder batch.
         device: ``auto``, ``cpu`` or ``cuda``.
         cache_dir: embedding cache (``paths.cache``); pretrained-encoder embeddings are reused from it.
+        selection_dir: ``DIR/selection`` (its ``selection.json``): score the two-level rule instead.
+        n_boot, seed: the paired bootstrap's settings.
 
     Returns:
-        The metrics.
+        The metrics (also in ``out_dir/metrics.json``): ``quality`` (:func:`compare`), ``costs``,
+        ``exclusion``, the flat ``all/*`` routing metrics, and ``selection`` when given.
+
+    Raises:
+        DataError: no expert in common, a gate expert missing from the table, every prompt shared
+            with the training table, or a gate written before training prompts were recorded.
     """
-    data = load_outcomes(outcomes_dir)
-    net, _, experts = load_gate(gating_dir)
-    missing = [e for e in experts if e not in data.experts]
-    extra = [e for e in data.experts if e not in experts]
-    if missing or extra:
-        raise DataError(
-            f"the gate in {gating_dir} routes between {experts}, but {outcomes_dir} has experts {data.experts} "
-            f"(missing {missing}, not in the gate {extra}). Evaluate on a table with the same experts, or retrain "
-            "the gate on this table with `moe2 train`."
-        )
-    data = data.select_experts(experts)
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    net.to(dev)
-    # one encoder pass: base embeddings for the k-NN baseline and, when frozen, the gate's features
-    emb = (
-        cached_embeddings(net, data.texts, cache_dir, batch_size=batch_size, device=dev)
-        if net.mode == "frozen"
-        else (net.encode_texts(data.texts, batch_size=batch_size, device=dev))
+    from moe2.gating.logits import GateLogits, write_logits
+    from moe2.gating.module import routing_metrics
+    from moe2.utils.io import read_json as _read
+
+    gate_meta = (
+        _read(Path(gating_dir) / "meta.json") if (Path(gating_dir) / "meta.json").is_file() else {}
     )
-    with torch.no_grad():
-        if net.mode == "frozen":
-            logits = net.head(torch.from_numpy(emb).to(dev)).float().cpu().numpy()
-        else:
-            logits = net.predict_texts(data.texts, batch_size=batch_size, device=dev)
-    knn = None
-    knn_path = Path(gating_dir) / "knn.npz"
-    if knn_path.is_file() and net.mode == "frozen":
-        z = np.load(knn_path)
-        knn = knn_logits(
-            z["embeddings"].astype(np.float32),
-            z["scores"],
-            z["prompt_ids"].astype(object),
-            emb,
-            data.prompt_ids,
-            int(z["k"]),
+    gate_experts = list(gate_meta.get("experts") or [])
+    full = load_outcomes(outcomes_dir)
+    if gate_experts:
+        check_experts(gate_experts, full, gating_dir, outcomes_dir)
+    record = read_record(gating_dir)
+    data, exclusion = exclude_overlap(full, record, str(outcomes_dir))
+    if exclusion["n_excluded"]:
+        log.warning(
+            "%d of %d prompts of %s also occur in the gate's training table (%s) and are excluded",
+            exclusion["n_excluded"],
+            exclusion["n_table"],
+            outcomes_dir,
+            exclusion["excluded_by_training_split"],
         )
-    elif net.mode != "frozen" and knn_path.is_file():
-        log.info(
-            "k-NN baseline skipped: the gate's encoder was fine-tuned, its embeddings differ from knn.npz"
+    data = data.select_experts(gate_experts or record.experts)
+    logits, knn, experts = gate_scores(gating_dir, data, batch_size, device, cache_dir)
+    if experts != data.experts:
+        data = data.select_experts(experts)
+    n = data.n_experts
+    cats = np.asarray(data.categories, dtype=object)[data.category_idx]
+    train_scores = record.scores_for(experts, "train")
+    train_cats = record.categories[record.splits == "train"]
+
+    metrics: dict[str, Any] = {
+        "gating_dir": str(gating_dir),
+        "outcomes_dir": str(outcomes_dir),
+        "experts": experts,
+        "exclusion": exclusion,
+    }
+    routed: dict[str, np.ndarray]
+    if selection_dir is None:
+        routers = BaselineRouters.fit(train_scores, train_cats, experts)
+        choice = choice_of_scores(logits, data.scores)
+        router = values_of_choice(data.scores, choice)
+        quality = compare(
+            router, data.scores, cats, routers, knn=knn, n_boot=n_boot, seed=seed, name="gate"
         )
-    splits = tuple(s for s in SPLITS if data.split_mask(s).any()) + ("all",)
-    metrics = split_metrics(logits, knn, data, splits=splits)
-    metrics["gating_dir"] = str(gating_dir)
-    metrics["outcomes_dir"] = str(outcomes_dir)
+        lk, _ = routers.lookup_choice(cats)
+        routed = {
+            "router": _onehot(choice, n),
+            "best_single": _onehot(np.full(len(cats), routers.best_single), n),
+            "lookup": _onehot(lk, n),
+        }
+        if knn is not None:
+            routed["knn"] = _onehot(choice_of_scores(knn, data.scores), n)
+        title = f"gate on {outcomes_dir} ({data.n_prompts} prompts, baselines fitted on the gate's train split)"
+        metrics.update(
+            routing_metrics(
+                logits,
+                data.scores,
+                data.category_idx,
+                data.categories,
+                prefix="all",
+                experts=experts,
+            )
+        )
+        if knn is not None:
+            metrics["all/knn_acc"] = quality["accuracy"]["knn"]
+    else:
+        quality, routed, sel_info = _evaluate_rule(
+            selection_dir, data, logits, knn, train_scores, train_cats, n_boot, seed
+        )
+        metrics["selection"] = sel_info
+        title = (
+            f"two-level rule {sel_info['subset']} (top-{sel_info['k']}, {sel_info['aggregation']}) on "
+            f"{outcomes_dir} ({data.n_prompts} prompts)"
+        )
+    metrics["quality"] = quality
+    metrics["costs"] = route_costs(data, routed)
     if out_dir is not None:
         out_dir = Path(out_dir)
         with atomic_path(out_dir) as tmp:
             tmp.mkdir()
             write_json(tmp / "metrics.json", metrics)
-            write_logits(
-                tmp / "logits.parquet",
-                GateLogits.for_data(data, logits, experts),
-            )
+            write_logits(tmp / "logits.parquet", GateLogits.for_data(data, logits, experts))
             write_json(
                 tmp / "meta.json",
                 run_metadata(
                     "evaluate",
-                    inputs={f"outcomes/{k}": v for k, v in (data.meta.get("files") or {}).items()},
+                    inputs={f"outcomes/{k}": v for k, v in (full.meta.get("files") or {}).items()},
                     gating_dir=str(gating_dir),
+                    selection_dir=None if selection_dir is None else str(selection_dir),
                     experts=experts,
                 ),
             )
-    _print_table(metrics, splits)
+    print_report(quality, title)
+    _print_exclusion_and_costs(exclusion, metrics["costs"])
     return metrics
 
 
-def _print_table(metrics: dict[str, Any], splits: tuple[str, ...]) -> None:
-    rows = ["split   router  best-single  kNN     oracle  regret"]
-    for s in splits:
-        if f"{s}/router_acc" not in metrics:
-            continue
-        knn = metrics.get(f"{s}/knn_acc")
-        rows.append(
-            f"{s:<7} {metrics[f'{s}/router_acc']:.4f}  {metrics[f'{s}/best_single_acc']:.4f}       "
-            f"{'  n/a ' if knn is None else f'{knn:.4f}'}  {metrics[f'{s}/oracle_acc']:.4f}  {metrics[f'{s}/regret']:.4f}"
+def _evaluate_rule(
+    selection_dir: str | os.PathLike[str],
+    data: OutcomeData,
+    logits: np.ndarray,
+    knn: np.ndarray | None,
+    train_scores: np.ndarray,
+    train_cats: np.ndarray,
+    n_boot: int,
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
+    """The selection's two-level rule on ``data`` beside baselines within the same deployment."""
+    from moe2.selection.objective import SelectionObjective
+
+    path = Path(selection_dir)
+    path = path / "selection.json" if path.is_dir() else path
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run `moe2 select` first (it writes selection.json)")
+    sel = read_json(path)
+    subset = list(sel.get("subset") or [])
+    experts = list(data.experts)
+    missing = [e for e in subset if e not in experts]
+    if not subset or missing:
+        raise DataError(
+            f"{path}: subset {subset} is not scorable on this table (experts {experts}; missing "
+            f"{missing}); evaluate a selection made with this gate"
         )
-    print("\n".join(rows))
+    k = int(sel.get("k", 1))
+    agg = str(sel.get("aggregation", "top1"))
+    obj = SelectionObjective(
+        experts=experts,
+        logits=logits,
+        scores=data.scores,
+        category_idx=data.category_idx,
+        categories=data.categories,
+        aggregation=agg,
+        k=k,
+        metric="accuracy",
+        option_logprobs=data.option_logprobs,
+        answer_idx=data.answer_idx,
+    )
+    mask = np.array([e in subset for e in experts], dtype=bool)
+    router = obj.prompt_values(mask[None])[0]
+    topk, _ = obj._topk(mask[None])
+    alone = _fits_alone(sel, experts, k)
+    routers = BaselineRouters.fit(
+        train_scores, train_cats, experts, allowed=mask, best_allowed=alone
+    )
+    cats = np.asarray(data.categories, dtype=object)[data.category_idx]
+    quality = compare(
+        router,
+        data.scores,
+        cats,
+        routers,
+        knn=None if knn is None else np.where(mask[None], knn, -np.inf),
+        n_boot=n_boot,
+        seed=seed,
+        allowed=mask,
+        name="two-level rule",
+    )
+    n = len(experts)
+    lk, _ = routers.lookup_choice(cats)
+    routed = {
+        "router": topk[0],
+        "best_single": _onehot(np.full(len(cats), routers.best_single), n),
+        "lookup": _onehot(lk, n),
+    }
+    info = {
+        "path": str(path),
+        "subset": subset,
+        "k": k,
+        "aggregation": agg,
+        "objective_on_selection_split": sel.get("objective"),
+        "split": sel.get("split"),
+        "best_single_from": "experts that fit the selection's budgets alone"
+        if alone is not None
+        else "the subset",
+    }
+    return quality, routed, info
+
+
+def _fits_alone(sel: dict[str, Any], experts: list[str], k: int) -> np.ndarray | None:
+    """``[n]`` bool: experts that satisfy the selection's budgets on their own (None: unknown)."""
+    if not sel.get("cost_profile") or sel.get("budget_config") is None:
+        return None
+    from moe2.profiling.profile import CostProfile
+    from moe2.selection.budgets import BudgetModel, Budgets
+
+    prof = CostProfile.from_dict(sel["cost_profile"])
+    if list(prof.experts) != experts:
+        return None
+    bm = BudgetModel(prof, Budgets.from_config(sel["budget_config"]), k=k)
+    ok = bm.feasible(np.eye(len(experts), dtype=bool))
+    return ok if ok.any() else None
+
+
+def _print_exclusion_and_costs(exclusion: dict[str, Any], costs: dict[str, dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    con.print(
+        f"evaluated {exclusion['n_evaluated']} of {exclusion['n_table']} prompts; "
+        f"{exclusion['n_excluded']} also in the gate's training table were excluded "
+        f"{exclusion['excluded_by_training_split'] or ''}",
+        highlight=False,
+    )
+    if not costs:
+        con.print("costs: the table records none (cost, energy_j, latency_ms, output_tokens)")
+        return
+    names = [k for k in next(iter(costs.values())) if not k.endswith("_n")]
+    t = Table(title="mean cost per request", title_justify="left")
+    t.add_column("cost")
+    for nm in names:
+        t.add_column(nm.replace("_", " "), justify="right")
+    for col, row in costs.items():
+        t.add_row(col, *("—" if row[nm] is None else f"{row[nm]:.6g}" for nm in names))
+    con.print(t)

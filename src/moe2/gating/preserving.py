@@ -23,6 +23,14 @@ from omegaconf import DictConfig
 
 from moe2.data.tables import load_outcomes
 from moe2.errors import ConfigError
+from moe2.gating.baselines import (
+    BaselineRouters,
+    choice_of_scores,
+    compare,
+    interval_text,
+    paired_bootstrap,
+    values_of_choice,
+)
 from moe2.gating.module import routing_metrics, soft_target_loss_np
 from moe2.gating.train import check_gating_data, fit_gate, predict_logits
 from moe2.utils.io import write_json
@@ -75,6 +83,9 @@ def check_preserving(cfg: DictConfig) -> dict[str, Any]:
         n, int(p.m), int(p.get("min_size", 2)), max_size, int(p.get("seed", 0))
     )
     tau = float(cfg.gating.loss.tau)
+    cats = np.asarray(data.categories, dtype=object)[data.category_idx]
+    train_rows = data.split_mask("train")
+    seed = int(cfg.get("seed", 0))
     with tempfile.TemporaryDirectory(prefix="moe2-preserving-") as tmp:
         full = fit_gate(data, cfg, run_dir=Path(tmp) / "full", progress=False)
         full_logits = predict_logits(full.net, data.texts, full.base_embeddings)
@@ -113,6 +124,29 @@ def check_preserving(cfg: DictConfig) -> dict[str, Any]:
                 row[f"{split}/loss_restricted"] = loss_full
                 row[f"{split}/loss_retrained"] = loss_re
                 row[f"{split}/loss_gap"] = loss_full - loss_re
+                # the same prompts, paired: restricted full gate vs retrained gate and vs the
+                # baselines within S (lookup and best single chosen on the train split)
+                v_full = values_of_choice(
+                    sub.scores[r], choice_of_scores(restricted[r], sub.scores[r])
+                )
+                v_re = values_of_choice(
+                    sub.scores[r], choice_of_scores(retrained[r], sub.scores[r])
+                )
+                row[f"{split}/restricted_vs_retrained"] = paired_bootstrap(
+                    v_full, v_re, seed=seed
+                ).to_dict()
+                routers = BaselineRouters.fit(sub.scores[train_rows], cats[train_rows], names)
+                q = compare(
+                    v_full,
+                    sub.scores[r],
+                    cats[r],
+                    routers,
+                    seed=seed,
+                    per_category=False,
+                    log_warnings=False,
+                    name=f"restricted gate on {split}",
+                )
+                row[f"{split}/quality"] = {f: q[f] for f in ("n", "accuracy", "vs", "warnings")}
             rows.append(row)
             log.info(
                 "subset %d/%d %s: test acc restricted %.4f retrained %.4f",
@@ -132,6 +166,16 @@ def check_preserving(cfg: DictConfig) -> dict[str, Any]:
             g = np.array([r[f"{split}/{what}_gap"] for r in rows])
             summary[f"{split}/{what}_gap_mean"] = float(g.mean())
             summary[f"{split}/{what}_gap_worst"] = float(g.max())
+        worst = int(np.argmax([r[f"{split}/acc_gap"] for r in rows]))
+        summary[f"{split}/worst_subset"] = rows[worst]["subset"]
+        summary[f"{split}/worst_interval"] = rows[worst][f"{split}/restricted_vs_retrained"]
+        summary[f"{split}/significant_losses"] = int(
+            sum(
+                r[f"{split}/restricted_vs_retrained"]["significant"]
+                and r[f"{split}/restricted_vs_retrained"]["mean"] < 0
+                for r in rows
+            )
+        )
     summary["seconds_one_training"] = full.fit_seconds
     summary["seconds_all_subsets"] = sub_seconds
     summary["rows"] = rows
@@ -152,15 +196,18 @@ def check_preserving(cfg: DictConfig) -> dict[str, Any]:
 def format_table(summary: dict[str, Any]) -> str:
     """The printed table of :func:`check_preserving`."""
     lines = [
-        f"{'subset':<60} {'val acc R/F':>15} {'test acc R/F':>15} {'test loss R/F':>15}",
+        f"{'subset':<60} {'val acc R/F':>15} {'test acc R/F':>15} {'test loss R/F':>15}"
+        f"  {'test F - R (paired 95%)':<40} {'test F - lookup(S)':<40}",
     ]
     for r in summary["rows"]:
         s = ",".join(r["subset"])
         s = s if len(s) <= 58 else s[:55] + "..."
+        vs_re = interval_text(r.get("test/restricted_vs_retrained"))
+        vs_lk = interval_text(((r.get("test/quality") or {}).get("vs") or {}).get("lookup"))
         lines.append(
             f"{s:<60} {r['val/acc_retrained']:.3f}/{r['val/acc_restricted']:.3f}     "
             f"{r['test/acc_retrained']:.3f}/{r['test/acc_restricted']:.3f}     "
-            f"{r['test/loss_retrained']:.3f}/{r['test/loss_restricted']:.3f}"
+            f"{r['test/loss_retrained']:.3f}/{r['test/loss_restricted']:.3f}  {vs_re:<40} {vs_lk:<40}"
         )
     lines.append(
         "R = retrained on S, F = full gate restricted to S; gap = R - F (acc), F - R (loss)"
@@ -170,6 +217,12 @@ def format_table(summary: dict[str, Any]) -> str:
             f"{split}: acc gap mean {100 * summary[f'{split}/acc_gap_mean']:+.2f} pt, worst {100 * summary[f'{split}/acc_gap_worst']:+.2f} pt; "
             f"loss gap mean {summary[f'{split}/loss_gap_mean']:+.4f}, worst {summary[f'{split}/loss_gap_worst']:+.4f}"
         )
+        if f"{split}/worst_subset" in summary:
+            lines.append(
+                f"{split}: worst subset {','.join(summary[f'{split}/worst_subset'])}: F - R "
+                f"{interval_text(summary[f'{split}/worst_interval'])}; "
+                f"{summary[f'{split}/significant_losses']} of {summary['m']} subsets lose significantly"
+            )
     lines.append(
         f"time: one training {summary['seconds_one_training']:.1f} s; all {summary['m']} retrainings {summary['seconds_all_subsets']:.1f} s"
     )

@@ -3,7 +3,11 @@
 ``DIR/gating/`` holds ``model.pt`` (state dict of :class:`~moe2.gating.net.GatingNet`),
 ``config.yaml`` (resolved), ``metrics.json`` (train/val/test routing metrics with the k-NN router
 beside them), ``logits.parquet`` (every prompt × every expert, the input of selection),
-``knn.npz`` (the k-NN baseline's training embeddings, reused by ``moe2 evaluate``) and ``meta.json``.
+``knn.npz`` (the k-NN baseline's training embeddings, reused by ``moe2 evaluate``),
+``knn_scores.parquet`` (the k-NN router's predicted scores of every prompt, the kNN baseline of
+selection), ``train_prompts.parquet`` (what the gate was trained on, :mod:`moe2.gating.heldout`) and
+``meta.json``. ``metrics.json["quality"]`` holds the val and test figures beside every baseline with
+paired bootstrap intervals (:mod:`moe2.gating.baselines`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from moe2.data.tables import SPLITS, OutcomeData, load_outcomes
 from moe2.errors import ConfigError, DataError
 from moe2.gating.datamodule import OutcomeDataModule
+from moe2.gating.heldout import RECORD, TrainingRecord, write_record
 from moe2.gating.knn import knn_scores
 from moe2.gating.logits import GateLogits, write_logits
 from moe2.gating.module import GateModule, calibration_error, routing_metrics
@@ -446,6 +451,18 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
             res.net, data.texts, res.base_embeddings, device, category_idx=cat_idx, correctness=True
         )
         metrics.update(correctness_metrics(correct, data))
+    from moe2.gating.baselines import flat_metrics, print_report, split_quality
+
+    refit = str(cfg.gating.get("fit_on", "train")) == "train+val"
+    # a refitted gate has seen val: its baselines are fitted on train+val and only test is held out
+    quality = split_quality(
+        _refit_view(data) if refit else data,
+        logits,
+        knn,
+        splits=("test",) if refit else ("val", "test"),
+        seed=int(cfg.get("seed", 0)),
+    )
+    metrics["quality"] = quality
     per_epoch = float(np.median(res.epoch_seconds)) if res.epoch_seconds else None
     timing = {
         "fit_seconds": res.fit_seconds,
@@ -470,6 +487,8 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
     if res.world_size == 1:
         for lg in loggers:
             lg.log_metrics({f"final/{k2}": v for k2, v in metrics.items() if isinstance(v, float)})
+            for split, rep in quality.items():
+                lg.log_metrics(flat_metrics(rep, f"final/{split}"))
             lg.finalize("success")
 
     gating_dir = Path(cfg.paths.gating)
@@ -483,6 +502,8 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
             tmp / "logits.parquet",
             GateLogits.for_data(data, logits, data.experts),
         )
+        write_logits(tmp / "knn_scores.parquet", GateLogits.for_data(data, knn, data.experts))
+        write_record(tmp / RECORD, TrainingRecord.of(_refit_view(data) if refit else data))
         np.savez_compressed(
             tmp / "knn.npz",
             embeddings=res.base_embeddings[train_rows].astype(np.float16),
@@ -516,4 +537,6 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
         metrics.get("test/knn_acc", float("nan")),
         metrics.get("test/oracle_acc", float("nan")),
     )
+    for split, rep in quality.items():
+        print_report(rep, f"gate on the {split} split (baselines fitted on train)")
     return metrics

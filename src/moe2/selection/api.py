@@ -39,6 +39,9 @@ class SelectionInputs:
     val: SelectionObjective
     test: SelectionObjective | None
     logits_path: Path
+    val_rows: np.ndarray | None = None  # [P] bool, the selection split's prompts
+    test_rows: np.ndarray | None = None  # [P] bool, the report split's prompts
+    knn: np.ndarray | None = None  # [P, E] kNN predicted scores (gating/knn_scores.parquet)
 
 
 def _sel(cfg: DictConfig, key: str, default: Any = None) -> Any:
@@ -91,7 +94,75 @@ def load_inputs(cfg: DictConfig) -> SelectionInputs:
                 "selection.report_split must differ from selection.split (the test split is never used to choose)"
             )
         test = build_objective(data.scores, logits, t_rows, **kw) if t_rows.any() else None
-    return SelectionInputs(data, logits, profile, val, test, logits_path)
+    knn = None
+    knn_path = logits_path.parent / "knn_scores.parquet"
+    if knn_path.is_file():
+        knn = read_logits(knn_path).align(list(data.prompt_ids), data.experts)
+    return SelectionInputs(
+        data,
+        logits,
+        profile,
+        val,
+        test,
+        logits_path,
+        val_rows=rows,
+        test_rows=None if test is None else t_rows,
+        knn=knn,
+    )
+
+
+def rule_quality(
+    inp: SelectionInputs,
+    mask: np.ndarray,
+    bm: BudgetModel,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    per_category: bool = True,
+) -> dict[str, Any]:
+    """The two-level rule (subset ``mask`` + gate) beside the baselines on the same prompts.
+
+    Baselines (:mod:`moe2.gating.baselines`) are chosen on the table's ``train`` split and respect
+    the deployment: lookup, kNN, random and oracle route within the subset; best single is the best
+    expert among those that fit the budgets alone. One report per split: the selection split and
+    the report split (``selection.report_split``, the held-out figure).
+    """
+    from moe2.gating.baselines import BaselineRouters, compare
+
+    d = inp.data
+    cats = np.asarray(d.categories, dtype=object)[d.category_idx]
+    train = d.split_mask("train")
+    alone = bm.feasible(np.eye(d.n_experts, dtype=bool))
+    routers = BaselineRouters.fit(
+        d.scores[train],
+        cats[train],
+        d.experts,
+        allowed=mask,
+        best_allowed=alone if alone.any() else mask,
+    )
+    out: dict[str, Any] = {}
+    for key, obj, rows in (
+        ("selection", inp.val, inp.val_rows),
+        ("report", inp.test, inp.test_rows),
+    ):
+        if obj is None or rows is None:
+            continue
+        router = obj.prompt_values(np.asarray(mask, dtype=bool)[None])[0]
+        knn = None if inp.knn is None else np.where(mask[None], inp.knn[rows], -np.inf)
+        out[key] = compare(
+            router,
+            obj.scores,
+            cats[rows],
+            routers,
+            knn=knn,
+            n_boot=n_boot,
+            seed=seed,
+            allowed=mask,
+            per_category=per_category,
+            name=f"two-level rule on the {key} split",
+            log_warnings=not out,
+        )
+    return out
 
 
 def budget_model(cfg_budget: Any, profile: CostProfile, k: int) -> BudgetModel:
@@ -172,6 +243,9 @@ def run_select(cfg: DictConfig) -> dict[str, Any]:
         },
         cost_profile=inp.profile.to_dict(),
     )
+    sel["quality"] = rule_quality(
+        inp, mask, bm, n_boot=int(_sel(cfg, "n_boot", 2000)), seed=int(cfg.get("seed", 0))
+    )
     out = Path(cfg.paths.selection)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "selection.json", sel)
@@ -192,6 +266,11 @@ def run_select(cfg: DictConfig) -> dict[str, Any]:
         sel["evaluations"],
         sel["seconds"],
     )
+    from moe2.gating.baselines import print_report
+
+    names = {"selection": sel["split"], "report": str(_sel(cfg, "report_split", "test"))}
+    for key, rep in sel["quality"].items():
+        print_report(rep, f"two-level rule {sel['subset']} on the {names[key]} split")
     return sel
 
 

@@ -151,6 +151,25 @@ def markdown_report(sel: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {_fmt(r.get('objective'))} | {_fmt(r.get('test_objective'))} | {n_sub} | {r['optimal']} | {r['evaluations']} |"
         )
+    q = sel.get("quality") or {}
+    if q:
+        from moe2.gating.baselines import markdown_table
+
+        lines += [
+            "",
+            "## The two-level rule beside routing baselines (same prompts)",
+            "",
+            "Best single and lookup are chosen on the `train` split; lookup, kNN, random and oracle "
+            "route within the chosen subset; best single is the best expert that fits the budgets "
+            "alone. Intervals: paired bootstrap 95% (points = accuracy × 100); an interval that holds "
+            "0 is not significant.",
+        ]
+        names = {
+            "selection": f"selection split `{sel.get('split', 'val')}`",
+            "report": "report split",
+        }
+        for key, rep in q.items():
+            lines += ["", f"### {names.get(key, key)}", "", markdown_table(rep)]
     pc = sel.get("per_category") or {}
     if pc:
         lines += [

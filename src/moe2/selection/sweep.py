@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from moe2.errors import BudgetInfeasibleError, ConfigError
 from moe2.selection.budgets import BudgetModel, Budgets
-from moe2.utils.io import atomic_path, write_json
+from moe2.utils.io import atomic_path, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,15 @@ STYLE = {
     ),
     "all_experts": dict(color="#8c564b", lw=1.0, marker="D", ms=4, ls=":", label="all experts"),
     "brute_force": dict(color="#7f7f7f", lw=1.0, marker="x", ms=5, ls="", label="brute force"),
+}
+#: the held-out fronts of MoE²'s answers: the report split of the same table, and another table
+HELD_STYLE = {
+    "test_objective": dict(
+        color="#d62728", lw=1.6, marker="o", ms=4, ls=":", label="MoE², report split (held out)"
+    ),
+    "heldout_objective": dict(
+        color="#e377c2", lw=1.8, marker="P", ms=5, ls="-.", label="MoE², eval.outcomes table"
+    ),
 }
 
 
@@ -72,7 +81,7 @@ def sweep(inp: Any, cfg: DictConfig) -> dict[str, Any]:
     Returns:
         The ``pareto.json`` content.
     """
-    from moe2.selection.api import select_with
+    from moe2.selection.api import rule_quality, select_with
 
     sw = OmegaConf.to_container(cfg.sweep, resolve=True) if "sweep" in cfg else {}
     axes = list(sw.get("axes") or ["energy_j", "latency_ms"])
@@ -119,6 +128,13 @@ def sweep(inp: Any, cfg: DictConfig) -> dict[str, Any]:
         for i, e in enumerate(val.experts)
     ]
     scores = val.scores  # [P, n] for the oracle
+    ev = OmegaConf.select(cfg, "eval.outcomes", default=None)
+    held = heldout_objective(inp, cfg, str(ev)) if ev else None
+    if held is not None:
+        h_single = held["objective"].evaluate(eye)
+        for i, srow in enumerate(singles):
+            srow["heldout_objective"] = float(h_single[i])
+    n_boot = int(OmegaConf.select(cfg, "selection.n_boot", default=2000))
 
     points_out = []
     for family, setting in runs:
@@ -150,6 +166,18 @@ def sweep(inp: Any, cfg: DictConfig) -> dict[str, Any]:
         row["methods"] = {"moe2": _summ(sel, bm, val)}
         for name, r in sel["baselines"].items():
             row["methods"][name] = _summ(r, bm, val)
+        mask = np.array([e in sel["subset"] for e in val.experts], dtype=bool)
+        q = rule_quality(
+            inp, mask, bm, n_boot=n_boot, seed=int(cfg.get("seed", 0)), per_category=False
+        )
+        row["quality"] = {k: {f: v[f] for f in ("n", "accuracy", "vs")} for k, v in q.items()}
+        if held is not None:
+            hobj = held["objective"]
+            row["heldout_oracle"] = float(hobj.scores[:, alone].max(axis=1).mean())
+            for m in row["methods"].values():
+                if m.get("subset"):
+                    hm = np.array([e in m["subset"] for e in val.experts], dtype=bool)
+                    m["heldout_objective"] = float(hobj.evaluate(hm[None])[0])
         points_out.append(row)
         log.info("sweep %s %s: MoE² %.4f", family, setting, row["methods"]["moe2"]["objective"])
 
@@ -166,11 +194,115 @@ def sweep(inp: Any, cfg: DictConfig) -> dict[str, Any]:
         "singles": singles,
         "points": points_out,
     }
+    if held is not None:
+        result["heldout"] = {k: v for k, v in held.items() if k != "objective"}
     out = Path(cfg.paths.selection)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "pareto.json", result)
+    write_text_atomic(out / "pareto.md", pareto_markdown(result))
     plot_pareto(result, out / "pareto.png")
+    print(pareto_markdown(result))
     return result
+
+
+def heldout_objective(inp: Any, cfg: DictConfig, outcomes_dir: str) -> dict[str, Any]:
+    """``F`` on another outcome table (``eval.outcomes``), less the gate's training prompts.
+
+    The gate is run on that table's prompts (its logits are not cached); the objective uses the
+    same k, aggregation and metric as the selection.
+    """
+    from moe2.data.tables import load_outcomes
+    from moe2.gating.evaluate import check_experts, gate_scores
+    from moe2.gating.heldout import exclude_overlap, read_record
+    from moe2.selection.objective import SelectionObjective
+
+    gating_dir = Path(cfg.paths.gating)
+    gating_dir = gating_dir if gating_dir.is_dir() else gating_dir.parent
+    experts = list(inp.val.experts)
+    other = load_outcomes(outcomes_dir)
+    check_experts(experts, other, gating_dir, outcomes_dir)
+    other, exclusion = exclude_overlap(other, read_record(gating_dir), outcomes_dir)
+    other = other.select_experts(experts)
+    logits, _, gate_experts = gate_scores(gating_dir, other, cache_dir=cfg.paths.cache)
+    logits = logits[:, [gate_experts.index(e) for e in experts]]
+    obj = SelectionObjective(
+        experts=experts,
+        logits=logits,
+        scores=other.scores,
+        category_idx=other.category_idx,
+        categories=other.categories,
+        aggregation=inp.val.aggregation,
+        k=inp.val.k,
+        metric=inp.val.metric,
+        option_logprobs=other.option_logprobs,
+        answer_idx=other.answer_idx,
+    )
+    log.info(
+        "sweep: held-out table %s, %d prompts (%d excluded: in the gate's training table)",
+        outcomes_dir,
+        other.n_prompts,
+        exclusion["n_excluded"],
+    )
+    return {
+        "outcomes_dir": outcomes_dir,
+        "n_prompts": other.n_prompts,
+        "exclusion": exclusion,
+        "objective": obj,
+    }
+
+
+def pareto_markdown(result: dict[str, Any]) -> str:
+    """The front as a Markdown table: per budget, MoE²'s subset, F on the selection split, on the
+    report split and on the held-out table, beside best single, with the rule − baseline intervals."""
+    from moe2.gating.baselines import interval_text
+
+    held = "heldout" in result
+    head = ["sweep", "budget", "subset", "F (selection)", "F (report split)"]
+    head += ["F (eval.outcomes)"] if held else []
+    head += ["best single F (report)", "rule − best single (report)", "rule − lookup (report)"]
+    lines = [
+        f"# Pareto front ({result['aggregation']} top-{result['k']}, {result['metric']})",
+        "",
+        "F (selection) is the split the optimizer maximised; the report split"
+        + (" and the eval.outcomes table are" if held else " is")
+        + " held out. Intervals: paired bootstrap 95%, points = accuracy × 100.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    if held:
+        h = result["heldout"]
+        lines.insert(
+            3,
+            f"\neval.outcomes = `{h['outcomes_dir']}`: {h['n_prompts']} prompts "
+            f"({h['exclusion']['n_excluded']} excluded: also in the gate's training table).\n",
+        )
+
+    def f(v: Any) -> str:
+        return "—" if v is None else f"{v:.4f}"
+
+    for p in result["points"]:
+        if not p.get("feasible"):
+            continue
+        m = p["methods"]["moe2"]
+        bs = p["methods"].get("best_single") or {}
+        vs = ((p.get("quality") or {}).get("report") or {}).get("vs") or {}
+        budget = ", ".join(f"{a} {p[a]:.4g}" for a in result["axes"] if p.get(a) is not None)
+        cells = [
+            p["sweep"],
+            budget,
+            ", ".join(m["subset"]),
+            f(m["objective"]),
+            f(m.get("test_objective")),
+        ]
+        cells += [f(m.get("heldout_objective"))] if held else []
+        cells += [
+            f(bs.get("test_objective")),
+            interval_text(vs.get("best_single")),
+            interval_text(vs.get("lookup")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _summ(r: dict[str, Any], bm: BudgetModel, val: Any) -> dict[str, Any]:
@@ -231,6 +363,17 @@ def plot_pareto(result: dict[str, Any], path: Path) -> Path:
             if ys:
                 order = np.argsort(xv)
                 # over a budget axis F is constant until the next budget value: draw steps
+                steps = {} if use else {"drawstyle": "steps-post"}
+                ax.plot(np.array(xv)[order], np.array(ys)[order], **steps, **st)
+        for key, st in HELD_STYLE.items():
+            ys, xv = [], []
+            for i, p in enumerate(pts):
+                v = p["methods"]["moe2"].get(key)
+                if v is not None:
+                    ys.append(v)
+                    xv.append(p["methods"]["moe2"][use] if use else xs[i])
+            if ys:
+                order = np.argsort(xv)
                 steps = {} if use else {"drawstyle": "steps-post"}
                 ax.plot(np.array(xv)[order], np.array(ys)[order], **steps, **st)
         if pts and not use:
@@ -307,7 +450,7 @@ def plot_pareto(result: dict[str, Any], path: Path) -> Path:
                 color="#444444",
             )
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"{metric} on the selection split (F)")
+        ax.set_ylabel(f"{metric} (F; selection split unless marked held out)")
         ax.grid(True, which="both", alpha=0.3)
         ax.set_title(f"{'accuracy' if metric == 'accuracy' else metric} vs {axis.split('_')[0]}")
         ax.legend(fontsize=8, loc="lower right")
