@@ -105,10 +105,13 @@ class GatingNet(nn.Module):
         normalize: L2-normalise pooled embeddings (what all-MiniLM-L6-v2 was trained with).
         lora: peft ``LoraConfig`` arguments for ``mode="lora"`` (r, alpha, dropout, target_modules).
         categories: category names the net takes as an input (``None``: text only).
-        category_dim: width of the learned category embedding.
+        category_dim: width of the learned category embedding fed to the MLP (0: none; the
+            category then acts through ``category_bias`` only).
         category_dropout: probability, in training, of replacing a prompt's category by "unknown".
         correctness: add per-expert correctness heads (sigmoid, BCE) beside the softmax head.
         correctness_weight: weight ``w_c`` of the correctness heads' logits in the routing logits.
+        category_bias: add a learned per-category, per-expert bias to each head's logits (needs
+            ``categories``; zero-initialised; the "unknown" row serves prompts without a category).
     """
 
     def __init__(
@@ -126,6 +129,7 @@ class GatingNet(nn.Module):
         category_dropout: float = 0.0,
         correctness: bool = False,
         correctness_weight: float = 0.0,
+        category_bias: bool = False,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -164,12 +168,20 @@ class GatingNet(nn.Module):
         features = self.embed_dim
         if self.categories:
             # the last row is "category not known"
-            self.category_embed = nn.Embedding(len(self.categories) + 1, int(category_dim))
-            features += int(category_dim)
+            # category_dim 0: the category enters through category_bias only, not the MLP
+            self.category_embed = nn.Embedding(len(self.categories) + 1, max(int(category_dim), 0))
+            features += max(int(category_dim), 0)
         self.head = _mlp(features, hidden, dropout, len(self.experts))
         self.correct_head = (
             _mlp(features, hidden, dropout, len(self.experts)) if correctness else None
         )
+        self.category_bias: nn.Embedding | None = None
+        if category_bias:
+            if not self.categories:
+                raise ConfigError("gating.net.category_bias=true needs gating.net.category=true")
+            self.category_bias = _zero_embedding(len(self.categories) + 1, len(self.experts))
+            if self.correct_head is not None:
+                self.correct_bias = _zero_embedding(len(self.categories) + 1, len(self.experts))
         if correctness_weight and self.correct_head is None:
             raise ConfigError("gating.net.correctness_weight > 0 needs gating.net.correctness=true")
         self.knn: nn.Module | None = None  # a KnnMemory, attached by attach_knn after training
@@ -186,6 +198,7 @@ class GatingNet(nn.Module):
             "category_dropout": self.category_dropout,
             "correctness": bool(correctness),
             "correctness_weight": self.correctness_weight,
+            "category_bias": bool(category_bias),
         }
 
     @property
@@ -207,6 +220,30 @@ class GatingNet(nn.Module):
         """Index of the "category not known" row of the category embedding."""
         return len(self.categories)
 
+    def category_ids(
+        self, embeddings: torch.Tensor, category: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[B]`` rows of the category embedding: ``category`` with ``-1``/``None`` -> "unknown".
+
+        In training, each prompt's category is replaced by "unknown" with probability
+        ``category_dropout``.
+        """
+        if category is None:
+            return torch.full(
+                (embeddings.shape[0],),
+                self.unknown_category,
+                dtype=torch.long,
+                device=embeddings.device,
+            )
+        category = category.to(device=embeddings.device, dtype=torch.long)
+        category = torch.where(
+            category < 0, torch.full_like(category, self.unknown_category), category
+        )
+        if self.training and self.category_dropout > 0:
+            drop = torch.rand(category.shape, device=category.device) < self.category_dropout
+            category = category.masked_fill(drop, self.unknown_category)
+        return category
+
     def features(
         self, embeddings: torch.Tensor, category: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -216,29 +253,30 @@ class GatingNet(nn.Module):
         """
         if not self.categories:
             return embeddings
-        if category is None:
-            category = torch.full(
-                (embeddings.shape[0],),
-                self.unknown_category,
-                dtype=torch.long,
-                device=embeddings.device,
-            )
-        else:
-            category = category.to(device=embeddings.device, dtype=torch.long)
-            category = torch.where(
-                category < 0, torch.full_like(category, self.unknown_category), category
-            )
-            if self.training and self.category_dropout > 0:
-                drop = torch.rand(category.shape, device=category.device) < self.category_dropout
-                category = category.masked_fill(drop, self.unknown_category)
-        return torch.cat([embeddings, self.category_embed(category)], dim=-1)
+        return torch.cat(
+            [embeddings, self.category_embed(self.category_ids(embeddings, category))], dim=-1
+        )
 
     def head_outputs(
         self, embeddings: torch.Tensor, category: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Softmax-head logits ``[B, E]`` and correctness-head logits ``[B, E]`` (or ``None``)."""
-        f = self.features(embeddings, category)
-        return self.head(f), (None if self.correct_head is None else self.correct_head(f))
+        """Softmax-head logits ``[B, E]`` and correctness-head logits ``[B, E]`` (or ``None``).
+
+        With ``category_bias``, each head adds a learned per-category, per-expert bias (the
+        lookup table as a term of the logits; the MLP then learns what the text adds to it).
+        """
+        if not self.categories:
+            f = embeddings
+        else:
+            ids = self.category_ids(embeddings, category)
+            f = torch.cat([embeddings, self.category_embed(ids)], dim=-1)
+        head = self.head(f)
+        correct = None if self.correct_head is None else self.correct_head(f)
+        if self.category_bias is not None:
+            head = head + self.category_bias(ids)
+            if correct is not None:
+                correct = correct + self.correct_bias(ids)
+        return head, correct
 
     def routing_logits(
         self,
@@ -275,7 +313,7 @@ class GatingNet(nn.Module):
             raise ConfigError(
                 "this gate has no correctness heads; train it with gating.net.correctness=true"
             )
-        return self.correct_head(self.features(embeddings, category))
+        return self.head_outputs(embeddings, category)[1]
 
     def forward(
         self,
@@ -372,6 +410,12 @@ class GatingNet(nn.Module):
         return out.float().cpu().numpy()
 
 
+def _zero_embedding(rows: int, dim: int) -> nn.Embedding:
+    emb = nn.Embedding(rows, dim)
+    nn.init.zeros_(emb.weight)
+    return emb
+
+
 def _mlp(features: int, hidden: int, dropout: float, outputs: int) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Dropout(dropout)]
     if hidden and hidden > 0:
@@ -428,6 +472,7 @@ def build_gate(
         "category_dropout",
         "correctness",
         "correctness_weight",
+        "category_bias",
     }
     if unknown:
         raise ConfigError(f"unknown gating.net option(s) {sorted(unknown)}")

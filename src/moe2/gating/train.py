@@ -330,8 +330,8 @@ def predict_logits(
     """Gate logits ``[P, E]`` of every prompt (frozen: from the cached embeddings).
 
     Args:
-        category_idx: ``[P]`` indices into ``net.categories`` (``-1``: unknown) for a gate with a
-            category input; ``None``: every prompt's category is unknown.
+        category_idx: ``[P]`` indices into ``net.categories`` (``-1``: unknown), used by a gate with
+            a category input (ignored otherwise); ``None``: every prompt's category is unknown.
         correctness: return the correctness heads' logits instead of the routing logits.
     """
     net.eval()
@@ -429,7 +429,7 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
         return {}
     device = "cuda" if res.device.startswith("cuda") else "cpu"
     t0 = time.perf_counter()
-    cat_idx = data.category_idx if res.net.categories else None
+    cat_idx = data.category_idx
     logits = predict_logits(
         res.net, data.texts, res.base_embeddings, device=device, category_idx=cat_idx
     )
