@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_gating import _train_cfg as _cfg
 
 from moe2.data.tables import load_outcomes
 from moe2.errors import ConfigError
@@ -15,23 +16,6 @@ from moe2.gating.knn import KnnMemory, knn_scores
 from moe2.gating.logits import read_logits
 from moe2.gating.module import calibration_error
 from moe2.gating.net import GatingNet, load_gate, restrict
-from moe2.utils.stage import compose
-
-FAST = ["trainer=cpu", "logger=none", "trainer.enable_progress_bar=false"]
-
-
-def _cfg(artifacts: Path, encoder: Path, *extra: str):
-    return compose(
-        "train",
-        [
-            f"paths.artifacts={artifacts}",
-            f"paths.cache={artifacts}/cache",
-            f"gating.net.encoder={encoder}",
-            *FAST,
-            *extra,
-        ],
-    )
-
 
 # --------------------------------------------------------------------------- category input
 
@@ -118,11 +102,21 @@ def test_calibration_error_by_hand() -> None:
     assert calibration_error(np.array([[1.0, 0.0]]), np.array([[1.0, 0.0]])) == pytest.approx(0.0)
 
 
-def test_correctness_heads_train_and_report_ece(tiny_artifacts: Path, tiny_encoder_dir: Path) -> None:
+def test_correctness_heads_train_and_report_ece(
+    tiny_artifacts: Path, tiny_encoder_dir: Path
+) -> None:
     from moe2.gating.train import train_gate
 
     with pytest.raises(ConfigError, match="bce_weight"):
-        train_gate(_cfg(tiny_artifacts, tiny_encoder_dir, "gating.net.correctness=true", "debug=fdr"))
+        train_gate(
+            _cfg(
+                tiny_artifacts,
+                tiny_encoder_dir,
+                "gating.net.correctness=true",
+                "gating.loss.bce_weight=0",
+                "debug=fdr",
+            )
+        )
     m = train_gate(
         _cfg(
             tiny_artifacts,
@@ -141,7 +135,9 @@ def test_correctness_heads_train_and_report_ece(tiny_artifacts: Path, tiny_encod
     # trained heads are better calibrated than a constant 0.5 on the training prompts
     data = load_outcomes(tiny_artifacts)
     train = data.split_mask("train")
-    assert m["train/ece"] < calibration_error(np.full_like(data.scores[train], 0.5), data.scores[train])
+    assert m["train/ece"] < calibration_error(
+        np.full_like(data.scores[train], 0.5), data.scores[train]
+    )
     net, _, _ = load_gate(tiny_artifacts / "gating")
     emb = torch.randn(4, net.embed_dim)
     head, correct = net.head_outputs(emb)
@@ -171,28 +167,54 @@ def test_knn_memory_equals_knn_router_and_restricts_by_masking() -> None:
     assert torch.equal(r.indices[:, 0], torch.from_numpy(np.array([0, 2])[sub.argmax(1)]))
 
 
-def test_train_with_knn_blend_saves_and_reloads(tiny_artifacts: Path, tiny_encoder_dir: Path) -> None:
+def test_train_with_knn_blend_saves_and_reloads(
+    tiny_artifacts: Path, tiny_encoder_dir: Path
+) -> None:
     from moe2.gating.train import train_gate
 
     with pytest.raises(ConfigError, match="frozen"):
         train_gate(
-            _cfg(tiny_artifacts, tiny_encoder_dir, "gating=minilm_finetune", "gating.knn_weight=1", "debug=fdr")
+            _cfg(
+                tiny_artifacts,
+                tiny_encoder_dir,
+                "gating=minilm_finetune",
+                "gating.knn_weight=1",
+                "debug=fdr",
+            )
         )
-    train_gate(_cfg(tiny_artifacts, tiny_encoder_dir, "gating.knn_weight=1.5", "gating.knn_k=5", "trainer.max_epochs=3"))
+    train_gate(
+        _cfg(
+            tiny_artifacts,
+            tiny_encoder_dir,
+            "gating.knn_weight=1.5",
+            "gating.knn_k=5",
+            "trainer.max_epochs=3",
+            # text only, softmax head: the logits are exactly log_softmax(head) + k-NN term
+            "gating.net.category=false",
+            "gating.net.category_bias=false",
+            "gating.net.correctness=false",
+            "gating.net.correctness_weight=0",
+            "gating.loss.bce_weight=0",
+        )
+    )
     gdir = tiny_artifacts / "gating"
     meta = json.loads((gdir / "meta.json").read_text())
-    assert meta["gate"]["knn"] == {"n": int(load_outcomes(tiny_artifacts).split_mask("train").sum()), "options": {"k": 5, "weight": 1.5}}
+    data = load_outcomes(tiny_artifacts)
+    # the default refits on train + val: the memory holds both splits' prompts
+    fitted = data.split_mask("train") | data.split_mask("val")
+    assert meta["gate"]["knn"] == {
+        "n": int(fitted.sum()),
+        "options": {"k": 5, "weight": 1.5},
+    }
     net, _, _ = load_gate(gdir)
     assert net.knn is not None and net.knn.k == 5
-    data = load_outcomes(tiny_artifacts)
     gl = read_logits(gdir)
     again = net.predict_texts(data.texts[:10])
     assert np.allclose(again, gl.align(data.prompt_ids[:10], data.experts), atol=1e-4)
     # the blend is log_softmax(head) + weight * k-NN mean of the training prompts
     emb = net.encode_texts(data.texts[:10])
     head, _ = net.head_outputs(torch.from_numpy(emb))
-    train = data.split_mask("train")
-    knn = knn_scores(net.knn.keys.numpy(), data.scores[train], emb, k=5)
+    knn = knn_scores(net.knn.keys.numpy(), data.scores[fitted], emb, k=5)
     assert np.allclose(again, torch.log_softmax(head, -1).detach().numpy() + 1.5 * knn, atol=1e-4)
 
 
