@@ -83,7 +83,8 @@ class Interval:
             return f"{v * scale:+.{digits}f}".replace("-", "\u2212")
 
         if not self.has_interval:
-            return f"{f(self.mean)}{unit} (no interval: {self.note or 'too few prompts'})"
+            # short: the reason is in the report's warnings (and in ``note``)
+            return f"{f(self.mean)}{unit} (n={self.n}, no interval)"
         verdict = "significant" if self.significant else "not significant"
         return f"{f(self.mean)}{unit} [{f(self.lo)}, {f(self.hi)}] {verdict}"
 
@@ -503,7 +504,7 @@ def report_table(report: Mapping[str, Any], title: str = "quality on the same pr
     for k in acc_cols:
         t.add_column(k.replace("_", " "), justify="right")
     for k in vs_cols:
-        t.add_column(f"router − {k.replace('_', ' ')}", justify="left")
+        t.add_column(f"router − {k.replace('_', ' ')}", justify="left", no_wrap=True)
 
     def row(label: str, blk: Mapping[str, Any], style: str | None = None) -> None:
         a = blk.get("accuracy") or {}
@@ -535,7 +536,11 @@ def print_report(
     """Print :func:`report_table` and the warnings to ``console`` (default: stdout)."""
     from rich.console import Console
 
-    con = console or Console(width=max(120, Console().width))
+    if console is None:
+        probe = Console()
+        # a pipe or a log file gets the full table; a terminal keeps its own width
+        console = probe if probe.is_terminal else Console(width=220)
+    con = console
     con.print(report_table(report, title))
     for w in report.get("warnings") or []:
         con.print(f"[yellow]warning:[/yellow] {w}", highlight=False)

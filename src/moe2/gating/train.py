@@ -463,6 +463,25 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
         seed=int(cfg.get("seed", 0)),
     )
     metrics["quality"] = quality
+    oof = None
+    folds = int(OmegaConf.select(cfg, "oof.folds", default=0) or 0)
+    if folds and res.world_size > 1:
+        # the fold gates would need every rank again; this process is rank 0 alone now
+        log.warning("oof.folds=%d skipped: out-of-fold logits need a single-process run", folds)
+        folds = 0
+    if folds:
+        from moe2.gating.crossfit import oof_logits
+
+        oof_rows, oof_z, metrics["oof"] = oof_logits(
+            data,
+            cfg,
+            res.base_embeddings,
+            folds,
+            int(OmegaConf.select(cfg, "oof.seed", default=0)),
+            fit=fit_gate,
+            predict=predict_logits,
+        )
+        oof = GateLogits.for_data(data.select(oof_rows), oof_z, data.experts)
     per_epoch = float(np.median(res.epoch_seconds)) if res.epoch_seconds else None
     timing = {
         "fit_seconds": res.fit_seconds,
@@ -504,6 +523,10 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
         )
         write_logits(tmp / "knn_scores.parquet", GateLogits.for_data(data, knn, data.experts))
         write_record(tmp / RECORD, TrainingRecord.of(_refit_view(data) if refit else data))
+        if oof is not None:
+            from moe2.gating.crossfit import OOF_FILE
+
+            write_logits(tmp / OOF_FILE, oof)
         np.savez_compressed(
             tmp / "knn.npz",
             embeddings=res.base_embeddings[train_rows].astype(np.float16),
