@@ -236,6 +236,26 @@ def test_refit_on_train_and_val(tiny_artifacts: Path, tiny_encoder_dir: Path) ->
         fit_rows(data, "everything")
 
 
+def test_train_stage_refit_reports_test_only_and_records_val_as_training(
+    tiny_artifacts: Path, tiny_encoder_dir: Path
+) -> None:
+    from moe2.gating.heldout import read_record
+    from moe2.gating.train import train_gate
+
+    m = train_gate(
+        _cfg(tiny_artifacts, tiny_encoder_dir, "gating.fit_on=train+val", "trainer.max_epochs=2")
+    )
+    # val is training data of a refitted gate: only test is a held-out quality figure
+    assert set(m["quality"]) == {"test"}
+    data = load_outcomes(tiny_artifacts)
+    both = data.split_mask("train") | data.split_mask("val")
+    assert m["quality"]["test"]["baselines"]["train_counts"] == {
+        c: int((both & (data.category_idx == i)).sum()) for i, c in enumerate(data.categories)
+    }
+    rec = read_record(tiny_artifacts / "gating")
+    assert np.array_equal(rec.splits == "train", both)
+
+
 def test_cv_folds_stable_and_balanced() -> None:
     from moe2.gating.train import cv_folds
 
