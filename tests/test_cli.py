@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from moe2.cli import STAGES, available_stages, main, to_overrides, usage
-from moe2.errors import ConfigError
+from moe2.errors import ConfigError, DataError
 
 
 def _script() -> str:
@@ -90,9 +90,9 @@ def test_installed_script_imports_from_another_cwd(tmp_path: Path) -> None:
         "experts.parquet",
         "meta.json",
     }
-    # a user error is a one-line log message and exit code 2, and writes no outcomes
+    # a user error is a one-line log message and its class's exit code, and writes no outcomes
     bad = _run(["import", "data=llmrouter", "data.path=missing.json", "paths.artifacts=art2"], work)
-    assert bad.returncode == 2
+    assert bad.returncode == DataError.exit_code
     logged = bad.stdout + bad.stderr
     assert "missing.json: file not found" in logged and "Traceback" not in logged
     assert not (work / "art2" / "outcomes").exists()

@@ -127,6 +127,7 @@ def run_pipeline(cfg: DictConfig, run: Callable[[str, DictConfig], Any]) -> dict
         ``{"stages": {name: {"seconds": s, "result": ...}}, "summary": {...}}``.
     """
     from moe2.stages import STAGES
+    from moe2.utils.lock import stage_guard
     from moe2.utils.stage import seed_everything
 
     stages = list(cfg.pipeline.stages)
@@ -145,7 +146,8 @@ def run_pipeline(cfg: DictConfig, run: Callable[[str, DictConfig], Any]) -> dict
         log.info("── stage %s (%s)", name, " ".join(plan[name]) or "defaults")
         seed_everything(int(scfg.get("seed", 0)))
         start = time.perf_counter()
-        result = run(name, scfg)
+        with stage_guard(name, scfg):  # the stage's own lock, as when it runs alone
+            result = run(name, scfg)
         timings[name] = {"seconds": round(time.perf_counter() - start, 2), "result": result}
         log.info("── stage %s done in %.1f s", name, timings[name]["seconds"])
     summary = summarize(Path(str(cfg.paths.artifacts)), timings, time.perf_counter() - total)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from moe2.data.validate import check_prompt
 from moe2.errors import BundleError, ConfigError
 from moe2.utils.io import read_json
 
@@ -248,6 +249,7 @@ class Bundle:
         from moe2.format.tokenize import option_ids, prompt_ids
 
         start = time.perf_counter()
+        check_prompt(prompt, choices)  # empty prompt, bad UTF-8, < 2 or repeated options
         agg = aggregation or self.aggregation
         from moe2.format.manifest import AGGREGATIONS
 

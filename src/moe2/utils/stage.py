@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from moe2.errors import Moe2Error
+from moe2.utils.lock import stage_guard
 
 log = logging.getLogger("moe2")
 
@@ -41,7 +42,8 @@ def run_stage(name: str, fn: Callable[[DictConfig], Any], cfg: DictConfig) -> An
     from omegaconf.errors import MissingMandatoryValue
 
     try:
-        result = fn(cfg)
+        with stage_guard(name, cfg):  # one writer per directory and stage; clean OS errors
+            result = fn(cfg)
     except Moe2Error as exc:
         log.error("%s failed: %s", name, exc)
         raise SystemExit(exc.exit_code) from None
