@@ -13,6 +13,7 @@ paired bootstrap intervals (:mod:`moe2.gating.baselines`).
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -513,7 +514,11 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
     net = res.net.to("cpu")
     with atomic_path(gating_dir) as tmp:
         tmp.mkdir()
-        torch.save(net.state_dict(), tmp / "model.pt")
+        # serialise in memory, then write: a full disk is then an OSError (ENOSPC, one clear
+        # error) rather than torch's RuntimeError from inside its zip writer
+        buf = io.BytesIO()
+        torch.save(net.state_dict(), buf)
+        (tmp / "model.pt").write_bytes(buf.getvalue())
         write_text_atomic(tmp / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         write_json(tmp / "metrics.json", metrics)
         write_logits(
