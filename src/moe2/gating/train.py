@@ -139,6 +139,24 @@ def fit_rows(data: OutcomeData, fit_on: str) -> np.ndarray:
     return rows | data.split_mask("val") if fit_on == "train+val" else rows
 
 
+def oof_folds(value: Any, refit: bool) -> int:
+    """``oof.folds``: ``auto`` is 5 for a gate refitted on train+val (its val logits are in-sample,
+    so the selection needs out-of-fold ones) and 0 otherwise; an integer is taken as given."""
+    if value is None:
+        return 0
+    if str(value) == "auto":
+        return 5 if refit else 0
+    try:
+        folds = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"oof.folds={value!r}: give auto, 0 (off) or a number of folds >= 2"
+        ) from None
+    if folds == 1 or folds < 0:
+        raise ConfigError(f"oof.folds={folds}: give auto, 0 (off) or a number of folds >= 2")
+    return folds
+
+
 def cv_folds(prompt_ids: np.ndarray, k: int, seed: int = 1) -> np.ndarray:
     """``[P]`` fold index in ``0..k-1`` of each prompt: a seeded hash of its id (stable, like splits)."""
     from moe2.data.tables import _split_uniform
@@ -464,7 +482,7 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
     )
     metrics["quality"] = quality
     oof = None
-    folds = int(OmegaConf.select(cfg, "oof.folds", default=0) or 0)
+    folds = oof_folds(OmegaConf.select(cfg, "oof.folds", default=0), refit)
     if folds and res.world_size > 1:
         # the fold gates would need every rank again; this process is rank 0 alone now
         log.warning("oof.folds=%d skipped: out-of-fold logits need a single-process run", folds)
