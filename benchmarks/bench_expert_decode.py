@@ -23,11 +23,11 @@ def main() -> None:
 
     import torch
     from moe2.export.causal_lm import export_causal_lm, torch_greedy
-    from moe2.export.onnx_export import ort_session
 
     from moe2.experts.hf import load_model_and_tokenizer
     from moe2.experts.registry import load_model_card
-    from moe2.runtime.onnx_models import OrtCausalLM, spec_from_file
+    from moe2.format.sessions import OrtCausalLM, ort_session
+    from moe2.format.specs import spec_from_file
 
     torch.set_num_threads(args.threads)
     prompt = "Explain in one paragraph why the sky is blue."

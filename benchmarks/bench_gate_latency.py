@@ -41,9 +41,8 @@ def main() -> None:
 
     import torch
     from moe2.export.gate import export_gate, quantize_gate, routing_accuracy
-    from moe2.export.onnx_export import ort_session
 
-    from moe2.runtime.onnx_models import OrtGate
+    from moe2.format.sessions import OrtGate, ort_session
 
     torch.set_num_threads(args.threads)
     if args.gating:

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from moe2.export.onnx_export import export_onnx, ort_session
-from moe2.export.parity import compare_arrays, compare_tokens
-from moe2.export.specs import ExportSpec, spec_for_hf_config
+from moe2.export.onnx_export import export_onnx
 
 from moe2.errors import BundleError
-from moe2.runtime.onnx_models import OrtCausalLM
+from moe2.format.parity import compare_arrays, compare_tokens
+from moe2.format.sessions import OrtCausalLM, ort_session
+from moe2.format.specs import ExportSpec, spec_for_hf_config
+from moe2.format.tokenize import prompt_ids
 from moe2.utils.deps import require
 from moe2.utils.io import write_json
 
@@ -178,7 +179,7 @@ def export_causal_lm(
     ref_tokens, ort_tokens = [], []
     ref_pre, ort_pre, ref_dec, ort_dec = [], [], [], []
     for prompt in prompts:
-        ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        ids = prompt_ids(tokenizer, prompt)
         if not ids:
             raise BundleError(f"parity prompt {prompt!r} tokenizes to nothing for expert {name}")
         tokens, prefill, step = torch_greedy(model, ids, max_new_tokens)

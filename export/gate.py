@@ -12,14 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from moe2.export.onnx_export import export_onnx, ort_session
-from moe2.export.parity import compare_arrays
-from moe2.export.specs import gate_spec
+from moe2.export.onnx_export import export_onnx
 
 from moe2.errors import BundleError
-from moe2.runtime.onnx_models import OrtGate
+from moe2.format.parity import compare_arrays
+from moe2.format.sessions import OrtGate, ort_session
+from moe2.format.specs import gate_spec
+from moe2.format.tokenize import encode_gate, load_tokenizer
 from moe2.utils.deps import require
-from moe2.utils.io import write_json
+from moe2.utils.io import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,6 @@ def _graph_module(gate: Any) -> Any:
             return logits.float()  # [B, E]
 
     return GateGraph(gate).eval()
-
-
-def _encode(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, np.ndarray]:
-    enc = tokenizer(
-        list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="np"
-    )
-    return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
 
 
 def export_gate(
@@ -87,7 +81,7 @@ def export_gate(
         raise BundleError("gate export needs at least 2 parity prompts (export.parity.prompts)")
     spec = gate_spec(len(experts), opset=opset, atol=atol, rtol=rtol)
     module = _graph_module(gate)
-    feed = _encode(tokenizer, prompts, max_length)
+    feed = encode_gate(tokenizer, prompts, max_length)
     # torch.export specialises axes of size 1; the parity prompts give batch >= 2, seq >= 2
     example = [torch.from_numpy(feed["input_ids"]), torch.from_numpy(feed["attention_mask"])]
     if example[0].shape[1] < 2:
@@ -141,12 +135,12 @@ def quantize_gate(
     """
     quant = require("onnxruntime.quantization", "int8 gate quantization")
     out_dir = Path(out_dir)
-    info = _read_gate_json(out_dir)
+    info = read_json(out_dir / "gate.json")
     fp32_path, int8_path = out_dir / GATE_FILE, out_dir / GATE_INT8_FILE
     quant.quantize_dynamic(
         str(fp32_path), str(int8_path), weight_type=quant.QuantType.QInt8, per_channel=False
     )
-    tokenizer = _tokenizer(out_dir)
+    tokenizer = load_tokenizer(out_dir / "tokenizer")
     fp32 = OrtGate(ort_session(fp32_path, threads), tokenizer, info["experts"], info["max_length"])
     int8 = OrtGate(ort_session(int8_path, threads), tokenizer, info["experts"], info["max_length"])
     texts = list(texts)
@@ -191,15 +185,3 @@ def quantize_gate(
         info["int8"] = GATE_INT8_FILE
         write_json(out_dir / "gate.json", info)
     return record
-
-
-def _read_gate_json(out_dir: Path) -> dict[str, Any]:
-    from moe2.utils.io import read_json
-
-    return read_json(out_dir / "gate.json")
-
-
-def _tokenizer(out_dir: Path) -> Any:
-    from moe2.runtime.onnx_models import load_tokenizer
-
-    return load_tokenizer(out_dir / "tokenizer")

@@ -1,4 +1,4 @@
-"""One generic exporter: a ``torch.nn.Module`` + an :class:`~moe2.export.specs.ExportSpec` -> ONNX.
+"""One generic exporter: a ``torch.nn.Module`` + an :class:`~moe2.format.specs.ExportSpec` -> ONNX.
 
 Uses the dynamo exporter (``torch.onnx.export(..., dynamo=True)``) with the spec's dynamic axes
 turned into ``torch.export.Dim`` objects (axes with the same name share one ``Dim``). Weights over
@@ -15,9 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from moe2.export.specs import ExportSpec
-
 from moe2.errors import BundleError
+from moe2.format.specs import ExportSpec
 from moe2.utils.deps import require
 
 log = logging.getLogger(__name__)
@@ -128,26 +127,3 @@ def _check_io(path: Path, spec: ExportSpec) -> None:
             f"{path}: exported graph has inputs {got_in} / outputs {got_out}, but the "
             f"'{spec.family}' spec expects {spec.input_names} / {spec.output_names}"
         )
-
-
-def ort_session(
-    path: str | os.PathLike[str], threads: int | None = None, providers: Sequence[str] | None = None
-) -> Any:
-    """An ONNX Runtime session for ``path`` (CPU unless ``providers`` says otherwise).
-
-    Args:
-        path: the ``.onnx`` file.
-        threads: intra-op threads (``None``: ONNX Runtime's default).
-        providers: execution providers, in preference order.
-    """
-    ort = require("onnxruntime", "running ONNX models")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-    available = set(ort.get_available_providers())
-    chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or [
-        "CPUExecutionProvider"
-    ]
-    return ort.InferenceSession(str(path), sess_options=opts, providers=chosen)

@@ -13,7 +13,8 @@ log = logging.getLogger("moe2.export")
 def main(cfg: DictConfig) -> dict[str, Any]:
     """Write ``paths.bundle`` and return its summary."""
     from moe2.export.build import export_from_artifacts
-    from moe2.export.bundle import summary, verify_bundle
+
+    from moe2.format.manifest import summary, verify_bundle
 
     path = export_from_artifacts(cfg)
     info = summary(verify_bundle(path))

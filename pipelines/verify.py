@@ -9,8 +9,9 @@ from omegaconf import DictConfig
 
 def main(cfg: DictConfig) -> dict[str, Any]:
     """Verify ``bundle.path``; a problem raises BundleError (exit code 4) naming it."""
-    from moe2.export.bundle import summary, verify_bundle
     from rich.console import Console
+
+    from moe2.format.manifest import summary, verify_bundle
 
     info = summary(verify_bundle(str(cfg.bundle.path)))
     Console().print(

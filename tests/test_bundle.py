@@ -12,9 +12,9 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from bundle_fixtures import build_tiny_bundle  # noqa: E402
-from moe2.export.bundle import FORMAT_VERSION, verify_bundle  # noqa: E402
 
 from moe2.errors import BundleError, DataError  # noqa: E402
+from moe2.format.manifest import FORMAT_VERSION, verify_bundle  # noqa: E402
 
 
 @pytest.fixture(scope="module")

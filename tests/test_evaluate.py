@@ -29,19 +29,23 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) ->
     from moe2.gating.train import train_gate
 
     root = tmp_path_factory.mktemp("gate")
-    write_tables(make_tables(n_prompts=240, experts=TINY, seed=0), root / "outcomes")
-    cfg = compose(
+    train_gate(_train_cfg(root, tiny_encoder_dir, 240, 0, "trainer.max_epochs=2"))
+    return root
+
+
+def _train_cfg(root: Path, encoder: Path, n: int, seed: int, *extra: str):
+    """Write a generated table over the tiny pool to ``root`` and compose a fast train config."""
+    write_tables(make_tables(n_prompts=n, experts=TINY, seed=seed), root / "outcomes")
+    return compose(
         "train",
         [
             f"paths.artifacts={root}",
             f"paths.cache={root}/cache",
-            f"gating.net.encoder={tiny_encoder_dir}",
-            "trainer.max_epochs=2",
+            f"gating.net.encoder={encoder}",
             *FAST,
+            *extra,
         ],
     )
-    train_gate(cfg)
-    return root
 
 
 def _other(root: Path, n: int, seed: int, shared: int = 0) -> Path:
@@ -178,6 +182,16 @@ def test_select_and_sweep_carry_baselines_and_heldout_front(trained: Path) -> No
     assert "beside routing baselines" in report and "router − lookup" in report
 
     other = _other(trained, 60, seed=8, shared=5)
+    # the selection's rule on the other table, with its cost profile's energy and latency
+    from moe2.gating.evaluate import evaluate_gate
+
+    ev = evaluate_gate(
+        trained / "gating", other, selection_dir=trained / "selection", cache_dir=trained / "cache"
+    )
+    assert ev["selection"]["subset"] == sel["subset"] and "cost_profile" not in ev["selection"]
+    e = ev["costs"]["profile_energy_j"]
+    assert e["router"] > 0 and e["best_single"] > 0 and not e["categories_not_in_profile"]
+    assert ev["quality"]["n"] == 55
     res = run_sweep(compose("sweep", [*base, "sweep.points=3", f"eval.outcomes={other}"]))
     assert res["heldout"]["n_prompts"] == 55 and res["heldout"]["exclusion"]["n_excluded"] == 5
     feasible = [p for p in res["points"] if p["feasible"]]
@@ -221,18 +235,7 @@ def test_oof_logits_and_selection_on_them(
         run_select(
             compose("select", [f"paths.artifacts={trained}", "experts=tiny", "selection.split=oof"])
         )
-    write_tables(make_tables(n_prompts=120, experts=TINY, seed=2), tmp_path / "outcomes")
-    cfg = compose(
-        "train",
-        [
-            f"paths.artifacts={tmp_path}",
-            f"paths.cache={tmp_path}/cache",
-            f"gating.net.encoder={tiny_encoder_dir}",
-            "trainer.max_epochs=1",
-            "oof.folds=2",
-            *FAST,
-        ],
-    )
+    cfg = _train_cfg(tmp_path, tiny_encoder_dir, 120, 2, "trainer.max_epochs=1", "oof.folds=2")
     m = train_gate(cfg)
     assert m["oof"]["folds"] == 2 and len(m["oof"]["epochs"]) == 2
     data = load_outcomes(tmp_path)
@@ -272,3 +275,42 @@ def test_oof_logits_and_selection_on_them(
                 ],
             )
         )
+
+
+@pytest.mark.parametrize("extra_right,expect_pair", [(2, False), (100, True)])
+def test_prefer_smaller_keeps_the_optimum_only_when_its_gain_is_significant(
+    extra_right: int, expect_pair: bool
+) -> None:
+    from moe2.profiling.profile import CostProfile
+    from moe2.selection.api import prefer_smaller
+    from moe2.selection.budgets import BudgetModel, Budgets
+    from moe2.selection.objective import SelectionObjective
+    from moe2.selection.optimizer import solve
+
+    p = 200
+    scores = np.zeros((p, 3))
+    scores[:100, 0] = 1.0  # e0: right on the first half
+    scores[100 : 100 + extra_right, 1] = 1.0  # e1: right on a few (or all) of the rest
+    logits = np.where(scores[:, [1]] > 0, [0.0, 1.0, -1.0], [1.0, 0.0, -1.0])
+    obj = SelectionObjective(["e0", "e1", "e2"], logits, scores, np.zeros(p, int), ["a"])
+    prof = CostProfile(
+        experts=["e0", "e1", "e2"],
+        categories=["a"],
+        devices=["d0", "d1", "d2"],
+        latency_ms=np.full((3, 1), 10.0),
+        energy_j=np.full((3, 1), 1.0),
+        memory_bytes=np.ones(3),
+        capacity_bytes={"d0": 10.0, "d1": 10.0, "d2": 10.0},
+        source=np.full((3, 1), "analytic", dtype=object),
+    )
+    bm = BudgetModel(prof, Budgets(), k=1)
+    res = solve(obj, bm, "monotonic")
+    assert res.optimal and list(np.flatnonzero(res.mask)) == [0, 1]
+    out, info = prefer_smaller(obj, bm, res, n_boot=1000)
+    if expect_pair:
+        assert out is res and not info["applied"]
+    else:
+        assert info["applied"] and info["exact_optimum"] == ["e0", "e1"]
+        assert list(np.flatnonzero(out.mask)) == [0] and out.optimal is False
+        assert out.value == pytest.approx(0.5) and "prefer_smaller" in out.note
+        assert info["tried"][0]["optimum_minus_it"]["significant"] is False

@@ -9,9 +9,9 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from bundle_fixtures import EXPERTS, PARITY_PROMPTS, tiny_gate, tiny_llama, tiny_tokenizer  # noqa: E402
-from moe2.export.specs import ExportSpec, causal_lm_spec, gate_spec, past_names, spec_for_hf_config  # noqa: E402
 
 from moe2.errors import ConfigError  # noqa: E402
+from moe2.format.specs import ExportSpec, causal_lm_spec, gate_spec, past_names, spec_for_hf_config  # noqa: E402
 
 
 def test_gate_spec_axes_and_roundtrip() -> None:
@@ -40,7 +40,8 @@ def test_unknown_family_is_a_config_error() -> None:
 
 def test_gate_export_parity_dynamic_shapes_and_int8(tmp_path) -> None:
     from moe2.export.gate import export_gate, quantize_gate
-    from moe2.export.onnx_export import ort_session
+
+    from moe2.format.sessions import ort_session
 
     tok = tiny_tokenizer()
     gate = tiny_gate(len(tok))
@@ -79,9 +80,9 @@ def test_gate_export_parity_dynamic_shapes_and_int8(tmp_path) -> None:
 
 def test_expert_export_kv_cache_parity_and_external_data(tmp_path) -> None:
     from moe2.export.causal_lm import export_causal_lm, torch_greedy
-    from moe2.export.onnx_export import ort_session
 
-    from moe2.runtime.onnx_models import OrtCausalLM, spec_from_file
+    from moe2.format.sessions import OrtCausalLM, ort_session
+    from moe2.format.specs import spec_from_file
 
     tok = tiny_tokenizer()
     model = tiny_llama(len(tok))

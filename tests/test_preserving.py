@@ -47,6 +47,14 @@ def test_check_preserving_tiny(
                 row[f"{split}/acc_retrained"] - row[f"{split}/acc_restricted"]
             )
             assert row[f"{split}/loss_restricted"] > 0 and row[f"{split}/loss_retrained"] > 0
+            # paired interval of restricted - retrained on the same prompts, and the baselines
+            iv = row[f"{split}/restricted_vs_retrained"]
+            assert iv["mean"] == pytest.approx(-row[f"{split}/acc_gap"], abs=1e-6)
+            q = row[f"{split}/quality"]
+            assert set(q["vs"]) == {"best_single", "lookup"}
+            assert q["accuracy"]["router"] == pytest.approx(
+                row[f"{split}/acc_restricted"], abs=1e-6
+            )
     worst = max(r["test/acc_gap"] for r in summary["rows"])
     assert summary["test/acc_gap_worst"] == pytest.approx(worst)
     assert summary["seconds_one_training"] > 0 and summary["seconds_all_subsets"] > 0
@@ -57,3 +65,5 @@ def test_check_preserving_tiny(
     )
     out = capsys.readouterr().out
     assert "acc gap mean" in out and "retrainings" in out
+    assert "worst subset" in out and "significant" in out
+    assert summary["test/worst_subset"] and "mean" in summary["test/worst_interval"]

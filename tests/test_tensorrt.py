@@ -7,8 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from moe2.export.specs import causal_lm_spec, gate_spec
-from moe2.export.tensorrt.arch import check_arch, parse_sm
 from moe2.export.tensorrt.plan import (
     GIB,
     BuildPlan,
@@ -21,6 +19,8 @@ from moe2.export.tensorrt.plan import (
 
 from moe2.errors import BundleError, ConfigError
 from moe2.experts.registry import list_devices, load_device
+from moe2.format.arch import check_arch, parse_sm
+from moe2.format.specs import causal_lm_spec, gate_spec
 
 LM = causal_lm_spec("llama", n_layers=2, n_kv_heads=3, head_dim=64, vocab_size=1000)
 GATE = gate_spec(4)
@@ -111,10 +111,10 @@ def test_build_engines_and_ask_with_tensorrt(tmp_path: Path) -> None:
     pytest.importorskip("tensorrt")
     pytest.importorskip("onnxscript")
     from bundle_fixtures import build_tiny_bundle
-    from moe2.export.bundle import verify_bundle
-    from moe2.export.tensorrt.arch import local_sm_arch
     from moe2.export.tensorrt.engines import build_engines
 
+    from moe2.format.arch import local_sm_arch
+    from moe2.format.manifest import verify_bundle
     from moe2.runtime import load_bundle
 
     local = local_sm_arch()

@@ -16,28 +16,13 @@ import numpy as np
 from moe2.export.tensorrt.plan import BuildPlan, EnginePlan, Profile
 
 from moe2.errors import BundleError
-from moe2.utils.deps import install_hint
+from moe2.format.engines import import_tensorrt, make_logger
+
+__all__ = ["build_engine", "import_tensorrt", "make_logger"]
 
 log = logging.getLogger(__name__)
 
 _FLAGS = {"fp16": "FP16", "bf16": "BF16", "int8": "INT8", "fp8": "FP8"}
-
-
-def import_tensorrt() -> Any:
-    """``import tensorrt`` or a BundleError with the install command."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise BundleError(
-            f"TensorRT is not installed here ({exc}); engines are built on the target: on Jetson it "
-            f"comes with JetPack (apt install python3-libnvinfer), elsewhere: {install_hint('tensorrt')}"
-        ) from exc
-    return trt
-
-
-def make_logger(trt: Any, verbose: bool = False) -> Any:
-    """A TensorRT logger (warnings, or everything when ``verbose``)."""
-    return trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
 
 
 def parse_onnx(trt: Any, builder: Any, logger: Any, onnx_path: str | Path) -> tuple[Any, Any]:

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from moe2.export.parity import compare_arrays, compare_tokens, failed
-from moe2.export.tensorrt.arch import check_arch, local_sm_arch
 from moe2.export.tensorrt.plan import BuildPlan
 
 from moe2.errors import BundleError
+from moe2.format.arch import check_arch, local_sm_arch
+from moe2.format.parity import compare_arrays, compare_tokens, failed
+from moe2.format.specs import spec_from_file
+from moe2.format.tokenize import prompt_ids
 from moe2.utils.io import read_json
 
 log = logging.getLogger(__name__)
@@ -51,8 +53,9 @@ def preflight(
     Returns:
         ``(manifest, plan, tensorrt module)``.
     """
-    from moe2.export.bundle import verify_bundle
     from moe2.export.tensorrt.builder import import_tensorrt
+
+    from moe2.format.manifest import verify_bundle
 
     manifest = verify_bundle(bundle_dir)
     plan = load_plan(bundle_dir, target, manifest)
@@ -65,10 +68,10 @@ def _parity_feeds(
     bundle_dir: Path, component: str, prompts: list[str]
 ) -> list[dict[str, np.ndarray]]:
     """Graph inputs for calibration and parity: the parity prompts, one feed each."""
-    from moe2.runtime.onnx_models import load_tokenizer
+    from moe2.format.sessions import load_tokenizer
 
     if component == "gate":
-        from moe2.runtime.onnx_models import OrtGate
+        from moe2.format.sessions import OrtGate
 
         info = read_json(bundle_dir / "gate" / "gate.json")
         g = OrtGate(
@@ -83,7 +86,7 @@ def _parity_feeds(
     tok = load_tokenizer(model_dir / "tokenizer")
     feeds = []
     for p in prompts:
-        ids = np.asarray([tok(p)["input_ids"]], np.int64)
+        ids = np.asarray([prompt_ids(tok, p)], np.int64)
         feed = {
             "input_ids": ids,
             "attention_mask": np.ones_like(ids),
@@ -98,9 +101,7 @@ def _parity_feeds(
 
 
 def _spec(model_dir: Path) -> Any:
-    from moe2.export.specs import ExportSpec
-
-    return ExportSpec.from_dict(read_json(model_dir / "export_spec.json"))
+    return spec_from_file(model_dir / "export_spec.json")
 
 
 def engine_parity(
@@ -113,10 +114,8 @@ def engine_parity(
     max_new_tokens: int,
 ) -> list[dict[str, Any]]:
     """TensorRT vs ONNX Runtime on the parity prompts (logits; greedy tokens for LMs)."""
-    from moe2.export.onnx_export import ort_session
-    from moe2.export.tensorrt.runner import TrtCausalLM, TrtEngine
-
-    from moe2.runtime.onnx_models import OrtCausalLM, load_tokenizer
+    from moe2.format.engines import TrtCausalLM, TrtEngine
+    from moe2.format.sessions import OrtCausalLM, load_tokenizer, ort_session
 
     engine = TrtEngine(engine_path)
     onnx_path = bundle_dir / engine_plan.onnx
@@ -134,7 +133,7 @@ def engine_parity(
     trt_lm = TrtCausalLM(engine, spec)
     ref_logits, got_logits, ref_tokens, got_tokens = [], [], [], []
     for p in prompts:
-        ids = tok(p)["input_ids"]
+        ids = prompt_ids(tok, p)
         a, _ = ort_lm.forward(np.asarray([ids], np.int64), ort_lm.empty_past())
         b, _ = trt_lm.forward(np.asarray([ids], np.int64), trt_lm.empty_past())
         ref_logits.append(a[0, -1])
@@ -211,7 +210,7 @@ def build_engines(
             calib.unlink()
         bad = failed(records)
         if bad:
-            from moe2.export.parity import describe
+            from moe2.format.parity import describe
 
             raise BundleError("TensorRT parity failed: " + "; ".join(describe(r) for r in bad))
         entry = {

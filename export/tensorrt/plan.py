@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from moe2.export.specs import ExportSpec
-
 from moe2.errors import BundleError, ConfigError
+from moe2.format.specs import ExportSpec
 
 PLAN_VERSION = 1
 GIB = 1024**3

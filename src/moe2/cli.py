@@ -1,131 +1,21 @@
 """The ``moe2`` console script: one subcommand per pipeline stage, each a Hydra app.
 
 ``moe2 <stage> [hydra overrides]`` composes ``conf/<stage>.yaml`` with the overrides and calls the
-stage's entry point in :mod:`moe2.pipelines`. A few stages take positional arguments
+stage's entry point named by the stage table (:mod:`moe2.stages`). A few stages take positional arguments
 (``moe2 verify BUNDLE``, ``moe2 ask BUNDLE "prompt"``); they are turned into overrides here.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import re
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
+from moe2.config import conf_dir
+from moe2.stages import STAGES, Stage, available_stages
 
-@dataclass(frozen=True)
-class Stage:
-    """A subcommand: its config, entry module, one-line help and argument mapping."""
-
-    name: str
-    help: str
-    module: str
-    config: str = ""
-    #: positional arguments, in order, mapped to these config keys
-    positional: tuple[str, ...] = ()
-    #: ``key=value`` overrides renamed before Hydra sees them (e.g. a path given for a group name)
-    aliases: dict[str, str] = field(default_factory=dict)
-    #: mappings whose keys are open (categories): ``prefix.new_key=v`` is passed as ``++`` (set or add)
-    open_keys: tuple[str, ...] = ()
-
-    @property
-    def config_name(self) -> str:
-        return self.config or self.name.replace("-", "_")
-
-
-#: Registered stages, in pipeline order. Only stages that work are listed.
-STAGES: dict[str, Stage] = {}
-
-
-def register(stage: Stage) -> Stage:
-    """Add a stage to the CLI (used by the registrations below)."""
-    STAGES[stage.name] = stage
-    return stage
-
-
-for _stage in (
-    Stage(
-        "import",
-        "Import an outcome table (LLMRouter JSON, RouterBench CSV, moe2 Parquet).",
-        "import_outcomes",
-    ),
-    Stage("profile", "Measure per-expert latency, energy and memory on this machine.", "profile"),
-    Stage(
-        "harvest",
-        "Run the experts over a prompt dataset and record outcomes (resumable).",
-        "harvest",
-    ),
-    Stage("train", "Train the gating network once over all experts.", "train"),
-    Stage(
-        "evaluate",
-        "Score a gate (or a selection) on another outcome table (gating=DIR [selection=DIR] outcomes=DIR).",
-        "evaluate",
-        aliases={
-            "gating": "eval.gating_dir",
-            "outcomes": "eval.outcomes_dir",
-            "selection": "eval.selection_dir",
-        },
-    ),
-    Stage(
-        "check-preserving",
-        "Retrain on random subsets and compare with the restricted full gate.",
-        "check_preserving",
-    ),
-    Stage(
-        "select",
-        "Choose the expert subset that maximises quality under the budgets.",
-        "select",
-        open_keys=("budget.latency_ms",),
-    ),
-    Stage(
-        "sweep",
-        "Sweep budgets and plot the Pareto front against baselines.",
-        "sweep",
-        open_keys=("budget.latency_ms",),
-    ),
-    Stage(
-        "export",
-        "Write a deployable bundle: ONNX gate and experts, build plans, manifest.",
-        "export",
-    ),
-    Stage(
-        "build-engines",
-        "Build TensorRT engines for a bundle on its target (needs tensorrt).",
-        "build_engines",
-        positional=("bundle.path",),
-    ),
-    Stage(
-        "verify",
-        "Check a bundle's manifest, checksums and parity records.",
-        "verify",
-        positional=("bundle.path",),
-    ),
-    Stage(
-        "ask",
-        "Answer a prompt with a bundle: gate, route, run, aggregate.",
-        "ask",
-        positional=("bundle.path", "prompt"),
-    ),
-    Stage(
-        "pipeline",
-        "Run every stage in order on the embedded default (offline).",
-        "pipeline",
-        open_keys=("budget.latency_ms",),
-    ),
-):
-    register(_stage)
-
-
-def _module_exists(stage: Stage) -> bool:
-    return importlib.util.find_spec(f"moe2.pipelines.{stage.module}") is not None
-
-
-def available_stages() -> list[Stage]:
-    """Registered stages whose entry point is installed."""
-    return [s for s in STAGES.values() if _module_exists(s)]
+__all__ = ["STAGES", "Stage", "available_stages", "conf_dir", "main", "split_args", "to_overrides"]
 
 
 def usage() -> str:
@@ -222,13 +112,6 @@ def _quote(value: str) -> str:
     return f"'{escaped}'"
 
 
-def conf_dir() -> str:
-    """Absolute path of the installed ``conf/`` directory (works from any working directory)."""
-    from importlib.resources import files
-
-    return str(files("moe2.conf"))
-
-
 def hydra_app(stage: Stage, argv: Sequence[str] | None = None) -> Callable[[], Any]:
     """Wrap the stage's entry point as a Hydra app reading ``conf/<stage>.yaml``.
 
@@ -244,18 +127,18 @@ def hydra_app(stage: Stage, argv: Sequence[str] | None = None) -> Callable[[], A
 
     from moe2.utils.stage import run_stage
 
-    entry = importlib.import_module(f"moe2.pipelines.{stage.module}")
+    entry = stage.load()
 
     def task(cfg: DictConfig) -> Any:
         parsed = sys.argv
         if argv is not None:
             sys.argv = list(argv)
         try:
-            return run_stage(stage.name, entry.main, cfg)
+            return run_stage(stage.name, entry, cfg)
         finally:
             sys.argv = parsed
 
-    task.__module__ = entry.__name__  # Hydra names the job after the task's module
+    task.__module__ = stage.module  # Hydra names the job after the task's module
     return hydra.main(version_base="1.3", config_path=conf_dir(), config_name=stage.config_name)(
         task
     )
@@ -276,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     name = args[0]
     stage = STAGES.get(name)
-    if stage is None or not _module_exists(stage):
+    if stage is None or not stage.installed():
         known = ", ".join(s.name for s in available_stages())
         sys.stderr.write(f"moe2: unknown stage '{name}'. Stages: {known}. See: moe2 --help\n")
         return 2

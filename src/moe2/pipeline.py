@@ -9,10 +9,9 @@ the run ends with a summary table read back from the artifacts.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +82,7 @@ def stage_overrides(
     Raises:
         ConfigError: when a user override applies to none of the stages (a typo, usually).
     """
-    from moe2.cli import STAGES
+    from moe2.stages import STAGES
 
     cache: dict[tuple[str, str], bool] = {}
     out: dict[str, list[str]] = {}
@@ -117,13 +116,18 @@ def stage_overrides(
     return out
 
 
-def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
+def run_pipeline(cfg: DictConfig, run: Callable[[str, DictConfig], Any]) -> dict[str, Any]:
     """Run the configured stages in order and print a summary.
+
+    Args:
+        cfg: the composed ``pipeline`` config.
+        run: runs one stage (by name) on its composed config; the entry layer passes the stage
+            table's functions (the library does not import the entry points).
 
     Returns:
         ``{"stages": {name: {"seconds": s, "result": ...}}, "summary": {...}}``.
     """
-    from moe2.cli import STAGES
+    from moe2.stages import STAGES
     from moe2.utils.stage import seed_everything
 
     stages = list(cfg.pipeline.stages)
@@ -141,9 +145,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         scfg = _compose(stage.config_name, plan[name])
         log.info("── stage %s (%s)", name, " ".join(plan[name]) or "defaults")
         seed_everything(int(scfg.get("seed", 0)))
-        entry = importlib.import_module(f"moe2.pipelines.{stage.module}")
         start = time.perf_counter()
-        result = entry.main(scfg)
+        result = run(name, scfg)
         timings[name] = {"seconds": round(time.perf_counter() - start, 2), "result": result}
         log.info("── stage %s done in %.1f s", name, timings[name]["seconds"])
     summary = summarize(Path(str(cfg.paths.artifacts)), timings, time.perf_counter() - total)

@@ -41,7 +41,7 @@ GIB = 1024**3
 
 
 def _conf() -> Path:
-    from moe2.cli import conf_dir
+    from moe2.config import conf_dir
 
     return Path(conf_dir())
 

@@ -83,7 +83,8 @@ class Interval:
             return f"{v * scale:+.{digits}f}".replace("-", "\u2212")
 
         if not self.has_interval:
-            return f"{f(self.mean)}{unit} (no interval: {self.note or 'too few prompts'})"
+            # short: the reason is in the report's warnings (and in ``note``)
+            return f"{f(self.mean)}{unit} (n={self.n}, no interval)"
         verdict = "significant" if self.significant else "not significant"
         return f"{f(self.mean)}{unit} [{f(self.lo)}, {f(self.hi)}] {verdict}"
 

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,9 @@ def oof_logits(
     base_embeddings: np.ndarray,
     folds: int = 5,
     seed: int = 0,
+    *,
+    fit: Callable[..., Any],
+    predict: Callable[..., np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Out-of-fold logits of the train+val prompts of ``data``.
 
@@ -53,12 +57,13 @@ def oof_logits(
         base_embeddings: ``[P, D]`` pretrained-encoder embeddings of ``data.texts``.
         folds: number of folds (≥ 2).
         seed: fold assignment seed.
+        fit: :func:`moe2.gating.train.fit_gate` (passed in: train imports this module).
+        predict: :func:`moe2.gating.train.predict_logits`.
 
     Returns:
         ``(rows [P] bool: the train+val prompts, logits [rows.sum(), E], info)``.
     """
     from moe2.errors import ConfigError
-    from moe2.gating.train import fit_gate, predict_logits
 
     if folds < 2:
         raise ConfigError(f"oof.folds={folds}: give at least 2 folds (0 turns OOF logits off)")
@@ -76,7 +81,7 @@ def oof_logits(
             splits[held] = "test"
             sub = data.select(np.arange(data.n_prompts))
             sub.splits = splits
-            res = fit_gate(
+            res = fit(
                 sub,
                 cfg,
                 base_embeddings=base_embeddings,
@@ -84,7 +89,7 @@ def oof_logits(
                 progress=False,
             )
             idx = np.flatnonzero(held)
-            out[idx] = predict_logits(res.net, [data.texts[i] for i in idx], base_embeddings[idx])
+            out[idx] = predict(res.net, [data.texts[i] for i in idx], base_embeddings[idx])
             epochs.append(res.epochs)
             log.info("oof fold %d/%d: %d prompts, %d epochs", f + 1, folds, len(idx), res.epochs)
     info = {

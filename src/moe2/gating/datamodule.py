@@ -76,13 +76,10 @@ class Collate:
                 np.stack([it["embedding"] for it in items])
             )  # [B, D]
         else:
-            enc = self.tokenizer(
-                [it["text"] for it in items],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
+            from moe2.format.tokenize import encode_gate
+
+            # the policy the exported gate is served with (one copy: moe2.format.tokenize)
+            enc = encode_gate(self.tokenizer, [it["text"] for it in items], self.max_length, "pt")
             batch["input_ids"] = enc["input_ids"]  # [B, L]
             batch["attention_mask"] = enc["attention_mask"]  # [B, L]
         return batch

@@ -133,6 +133,41 @@ def route_costs(data: OutcomeData, routed: dict[str, np.ndarray]) -> dict[str, d
     return out
 
 
+def profile_costs(
+    profile: dict[str, Any],
+    experts: list[str],
+    categories: np.ndarray,
+    routed: dict[str, np.ndarray],
+) -> dict[str, dict[str, Any]]:
+    """Mean energy (sum over the routed experts) and latency (max: they run in parallel) per request
+    from a cost profile (``selection.json["cost_profile"]``), per prompt category.
+
+    A category the profile does not know uses the mean over the profile's categories (counted).
+    """
+    from moe2.profiling.profile import CostProfile
+
+    prof = CostProfile.from_dict(profile)
+    cols = [prof.experts.index(e) for e in experts]
+    known = {c: i for i, c in enumerate(prof.categories)}
+    out: dict[str, dict[str, Any]] = {}
+    for name, mat, agg in (
+        ("profile_energy_j", prof.energy_j, "sum"),
+        ("profile_latency_ms", prof.latency_ms, "max"),
+    ):
+        m = np.asarray(mat, dtype=np.float64)[cols]  # [n, C]
+        per = np.stack(
+            [m[:, known[c]] if c in known else m.mean(axis=1) for c in categories]
+        )  # [P, n]
+        row: dict[str, Any] = {}
+        for r, t in routed.items():
+            v = np.where(t, per, 0.0).sum(1) if agg == "sum" else np.where(t, per, 0.0).max(1)
+            row[r] = float(v.mean())
+            row[f"{r}_n"] = int(len(v))
+        row["categories_not_in_profile"] = sorted({str(c) for c in categories if c not in known})
+        out[name] = row
+    return out
+
+
 def _onehot(choice: np.ndarray, n: int) -> np.ndarray:
     return np.eye(n, dtype=bool)[np.asarray(choice, dtype=np.int64)]
 
@@ -246,6 +281,10 @@ def evaluate_gate(
         )
     metrics["quality"] = quality
     metrics["costs"] = route_costs(data, routed)
+    prof = metrics.get("selection", {}).pop("cost_profile", None)
+    if prof:
+        cats = np.asarray(data.categories, dtype=object)[data.category_idx]
+        metrics["costs"].update(profile_costs(prof, experts, cats, routed))
     if out_dir is not None:
         out_dir = Path(out_dir)
         with atomic_path(out_dir) as tmp:
@@ -278,7 +317,7 @@ def _evaluate_rule(
     seed: int,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
     """The selection's two-level rule on ``data`` beside baselines within the same deployment."""
-    from moe2.selection.objective import SelectionObjective
+    from moe2.selection.objective import objective_on_table
 
     path = Path(selection_dir)
     path = path / "selection.json" if path.is_dir() else path
@@ -295,18 +334,7 @@ def _evaluate_rule(
         )
     k = int(sel.get("k", 1))
     agg = str(sel.get("aggregation", "top1"))
-    obj = SelectionObjective(
-        experts=experts,
-        logits=logits,
-        scores=data.scores,
-        category_idx=data.category_idx,
-        categories=data.categories,
-        aggregation=agg,
-        k=k,
-        metric="accuracy",
-        option_logprobs=data.option_logprobs,
-        answer_idx=data.answer_idx,
-    )
+    obj = objective_on_table(data, logits, aggregation=agg, k=k, metric="accuracy")
     mask = np.array([e in subset for e in experts], dtype=bool)
     router = obj.prompt_values(mask[None])[0]
     topk, _ = obj._topk(mask[None])
@@ -340,6 +368,7 @@ def _evaluate_rule(
         "aggregation": agg,
         "objective_on_selection_split": sel.get("objective"),
         "split": sel.get("split"),
+        "cost_profile": sel.get("cost_profile"),
         "best_single_from": "experts that fit the selection's budgets alone"
         if alone is not None
         else "the subset",
@@ -376,11 +405,15 @@ def _print_exclusion_and_costs(exclusion: dict[str, Any], costs: dict[str, dict[
     if not costs:
         con.print("costs: the table records none (cost, energy_j, latency_ms, output_tokens)")
         return
-    names = [k for k in next(iter(costs.values())) if not k.endswith("_n")]
+    names = [
+        k
+        for k in next(iter(costs.values()))
+        if not k.endswith("_n") and k != "categories_not_in_profile"
+    ]
     t = Table(title="mean cost per request", title_justify="left")
     t.add_column("cost")
     for nm in names:
         t.add_column(nm.replace("_", " "), justify="right")
     for col, row in costs.items():
-        t.add_row(col, *("—" if row[nm] is None else f"{row[nm]:.6g}" for nm in names))
+        t.add_row(col, *("—" if row.get(nm) is None else f"{row[nm]:.6g}" for nm in names))
     con.print(t)

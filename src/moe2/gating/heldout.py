@@ -12,7 +12,6 @@ column per expert). ``moe2 evaluate`` reads it to
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +24,6 @@ from moe2.data.tables import text_sha256
 from moe2.errors import DataError
 
 RECORD = "train_prompts.parquet"
-_META_KEY = b"moe2.experts"
 _FIXED = ("text_sha256", "prompt_id", "split", "category")
 
 
@@ -63,31 +61,20 @@ class TrainingRecord:
 
 def write_record(path: str | os.PathLike[str], record: TrainingRecord) -> Path:
     """Write ``record`` to a Parquet file atomically."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from moe2.gating.logits import write_expert_table
 
-    from moe2.utils.io import atomic_path
-
-    cols: dict[str, Any] = {
-        "text_sha256": pa.array([str(x) for x in record.text_sha256], pa.string()),
-        "prompt_id": pa.array([str(x) for x in record.prompt_ids], pa.string()),
-        "split": pa.array([str(x) for x in record.splits], pa.string()),
-        "category": pa.array([str(x) for x in record.categories], pa.string()),
+    fixed = {
+        "text_sha256": record.text_sha256,
+        "prompt_id": record.prompt_ids,
+        "split": record.splits,
+        "category": record.categories,
     }
-    for j, e in enumerate(record.experts):
-        cols[e] = pa.array(np.asarray(record.scores[:, j], dtype=np.float32))
-    table = pa.table(cols).replace_schema_metadata(
-        {_META_KEY: json.dumps(list(record.experts)).encode()}
-    )
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-    return path
+    return write_expert_table(path, fixed, record.experts, record.scores)
 
 
 def read_record(gating_dir: str | os.PathLike[str]) -> TrainingRecord:
     """Read ``gating_dir/train_prompts.parquet``; a clear error for gates written without it."""
-    import pyarrow.parquet as pq
+    from moe2.gating.logits import read_expert_table
 
     path = Path(gating_dir) / RECORD
     if not path.is_file():
@@ -96,25 +83,9 @@ def read_record(gating_dir: str | os.PathLike[str]) -> TrainingRecord:
             "prompts shared with the evaluation table cannot be excluded. Retrain it with `moe2 train` "
             "(the embedding cache makes that quick)."
         )
-    table = pq.read_table(path)
-    meta = table.schema.metadata or {}
-    experts = (
-        list(json.loads(meta[_META_KEY]))
-        if _META_KEY in meta
-        else [c for c in table.column_names if c not in _FIXED]
-    )
-    missing = [c for c in (*_FIXED, *experts) if c not in table.column_names]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; retrain with `moe2 train`")
-
-    def col(name: str) -> np.ndarray:
-        return np.asarray(table.column(name).to_pylist(), dtype=object)
-
-    scores = np.stack(
-        [table.column(e).to_numpy(zero_copy_only=False).astype(np.float32) for e in experts], axis=1
-    )
+    cols, experts, scores = read_expert_table(path, _FIXED, "retrain with `moe2 train`")
     return TrainingRecord(
-        col("text_sha256"), col("prompt_id"), col("split"), col("category"), experts, scores
+        cols["text_sha256"], cols["prompt_id"], cols["split"], cols["category"], experts, scores
     )
 
 

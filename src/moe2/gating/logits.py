@@ -69,24 +69,52 @@ class GateLogits:
         return self.logits[np.ix_(rows, cols)]
 
 
-def write_logits(path: str | os.PathLike[str], logits: GateLogits) -> Path:
-    """Write ``logits`` to a Parquet file atomically."""
-    if logits.logits.shape != (len(logits.prompt_ids), len(logits.experts)):
-        raise ValueError(f"logits shape {logits.logits.shape} does not match prompts x experts")
-    cols = {
-        "prompt_id": pa.array([str(p) for p in logits.prompt_ids], pa.string()),
-        "split": pa.array([str(s) for s in logits.splits], pa.string()),
-        "category": pa.array([str(c) for c in logits.categories], pa.string()),
-    }
-    for j, name in enumerate(logits.experts):
-        cols[name] = pa.array(np.asarray(logits.logits[:, j], dtype=np.float32))
-    table = pa.table(cols).replace_schema_metadata(
-        {_META_KEY: json.dumps(list(logits.experts)).encode()}
-    )
+def write_expert_table(
+    path: str | os.PathLike[str],
+    fixed: dict[str, Sequence[object]],
+    experts: Sequence[str],
+    values: np.ndarray,
+) -> Path:
+    """Write string columns ``fixed`` + one float32 column per expert (``values [P, E]``) atomically.
+
+    The expert order is kept in the file's metadata (expert names may look like anything).
+    """
+    cols = {k: pa.array([str(x) for x in v], pa.string()) for k, v in fixed.items()}
+    for j, name in enumerate(experts):
+        cols[name] = pa.array(np.asarray(values[:, j], dtype=np.float32))
+    table = pa.table(cols).replace_schema_metadata({_META_KEY: json.dumps(list(experts)).encode()})
     path = Path(path)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return path
+
+
+def read_expert_table(
+    path: Path, fixed: Sequence[str], hint: str
+) -> tuple[dict[str, np.ndarray], list[str], np.ndarray]:
+    """Inverse of :func:`write_expert_table`: ``({name: [P] object}, experts, values [P, E])``."""
+    table = pq.read_table(path)
+    meta = table.schema.metadata or {}
+    if _META_KEY in meta:
+        experts = list(json.loads(meta[_META_KEY]))
+    else:
+        experts = [c for c in table.column_names if c not in fixed]
+    missing = [c for c in (*fixed, *experts) if c not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; {hint}")
+    values = np.stack(
+        [table.column(e).to_numpy(zero_copy_only=False).astype(np.float32) for e in experts], axis=1
+    )
+    cols = {c: np.asarray(table.column(c).to_pylist(), dtype=object) for c in fixed}
+    return cols, experts, values
+
+
+def write_logits(path: str | os.PathLike[str], logits: GateLogits) -> Path:
+    """Write ``logits`` to a Parquet file atomically."""
+    if logits.logits.shape != (len(logits.prompt_ids), len(logits.experts)):
+        raise ValueError(f"logits shape {logits.logits.shape} does not match prompts x experts")
+    fixed = {"prompt_id": logits.prompt_ids, "split": logits.splits, "category": logits.categories}
+    return write_expert_table(path, fixed, logits.experts, logits.logits)
 
 
 def read_logits(path: str | os.PathLike[str]) -> GateLogits:
@@ -98,22 +126,13 @@ def read_logits(path: str | os.PathLike[str]) -> GateLogits:
         raise DataError(
             f"{path}: no gate logits; run `moe2 train` first (it writes gating/logits.parquet)"
         )
-    table = pq.read_table(path)
-    meta = table.schema.metadata or {}
-    if _META_KEY in meta:
-        experts = list(json.loads(meta[_META_KEY]))
-    else:
-        experts = [c for c in table.column_names if c not in ("prompt_id", "split", "category")]
-    missing = [
-        c for c in ("prompt_id", "split", "category", *experts) if c not in table.column_names
-    ]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; rewrite it with `moe2 train`")
-    logits = np.stack([table.column(e).to_numpy().astype(np.float32) for e in experts], axis=1)
+    cols, experts, values = read_expert_table(
+        path, ("prompt_id", "split", "category"), "rewrite it with `moe2 train`"
+    )
     return GateLogits(
-        prompt_ids=np.asarray(table.column("prompt_id").to_pylist(), dtype=object),
-        splits=np.asarray(table.column("split").to_pylist(), dtype=object),
-        categories=np.asarray(table.column("category").to_pylist(), dtype=object),
+        prompt_ids=cols["prompt_id"],
+        splits=cols["split"],
+        categories=cols["category"],
         experts=experts,
-        logits=logits,
+        logits=values,
     )

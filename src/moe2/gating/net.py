@@ -179,14 +179,10 @@ class GatingNet(nn.Module):
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Tokenise (padded, truncated to ``max_length``) -> ``input_ids``/``attention_mask`` ``[B, L]``."""
-        enc = self.tokenizer(
-            list(texts),
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        from moe2.format.tokenize import encode_gate
+
+        # the policy the exported gate is served with (one copy: moe2.format.tokenize)
+        return encode_gate(self.tokenizer, texts, self.max_length, "pt")
 
     @torch.no_grad()
     def encode_texts(

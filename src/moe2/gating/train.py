@@ -356,11 +356,21 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
     metrics["quality"] = quality
     oof = None
     folds = int(OmegaConf.select(cfg, "oof.folds", default=0) or 0)
+    if folds and res.world_size > 1:
+        # the fold gates would need every rank again; this process is rank 0 alone now
+        log.warning("oof.folds=%d skipped: out-of-fold logits need a single-process run", folds)
+        folds = 0
     if folds:
         from moe2.gating.crossfit import oof_logits
 
         oof_rows, oof_z, metrics["oof"] = oof_logits(
-            data, cfg, res.base_embeddings, folds, int(OmegaConf.select(cfg, "oof.seed", default=0))
+            data,
+            cfg,
+            res.base_embeddings,
+            folds,
+            int(OmegaConf.select(cfg, "oof.seed", default=0)),
+            fit=fit_gate,
+            predict=predict_logits,
         )
         oof = GateLogits.for_data(data.select(oof_rows), oof_z, data.experts)
     per_epoch = float(np.median(res.epoch_seconds)) if res.epoch_seconds else None

@@ -79,8 +79,7 @@ class Bundle:
         threads: int | None = None,
         int8_gate: bool = True,
     ):
-        from moe2.export.onnx_export import ort_session
-        from moe2.runtime.onnx_models import OrtGate, load_tokenizer
+        from moe2.format.sessions import OrtGate, load_tokenizer, ort_session
 
         self.path = path
         self.manifest = manifest
@@ -96,7 +95,7 @@ class Bundle:
         )
         session: Any
         if self.engine_target:
-            from moe2.export.tensorrt.runner import TrtEngine, TrtSession
+            from moe2.format.engines import TrtEngine, TrtSession
 
             session = TrtSession(TrtEngine(path / self._engine_file("gate")))
         else:
@@ -124,7 +123,7 @@ class Bundle:
             raise ConfigError(f"backend must be auto, onnxruntime or tensorrt, got {backend!r}")
         if backend == "onnxruntime":
             return None
-        from moe2.export.tensorrt.arch import local_sm_arch
+        from moe2.format.arch import local_sm_arch
         from moe2.utils.deps import available
 
         engines = self.manifest.get("engines", {})
@@ -141,7 +140,7 @@ class Bundle:
                     f"engines were built for {built}, but this GPU is {local or 'absent'}; they cannot run here"
                 )
             if not available("tensorrt"):
-                from moe2.export.tensorrt.builder import import_tensorrt
+                from moe2.format.engines import import_tensorrt
 
                 import_tensorrt()  # raises with the install hint
         if backend == "auto" and engines and not match:
@@ -172,15 +171,15 @@ class Bundle:
         raise BundleError(f"no {component} engine for {self.engine_target} in the manifest")
 
     def _lm(self, expert: str) -> tuple[Any, Any, dict[str, Any]]:
-        from moe2.export.onnx_export import ort_session
-        from moe2.runtime.onnx_models import OrtCausalLM, load_tokenizer, spec_from_file
+        from moe2.format.sessions import OrtCausalLM, load_tokenizer, ort_session
+        from moe2.format.specs import spec_from_file
 
         rel = self.routing["expert_dirs"][expert]
         if rel not in self._lms:
             d = self.path / rel
             spec = spec_from_file(d / "export_spec.json")
             if self.engine_target:
-                from moe2.export.tensorrt.runner import TrtCausalLM, TrtEngine
+                from moe2.format.engines import TrtCausalLM, TrtEngine
 
                 self._lms[rel] = TrtCausalLM(
                     TrtEngine(self.path / self._engine_file(f"expert:{rel}")), spec
@@ -225,14 +224,6 @@ class Bundle:
         return float(np.nanmean(lat)), float(np.nanmean(en))
 
     # ------------------------------------------------------------------ answering
-    def _prompt_ids(self, tok: Any, gen: dict[str, Any], prompt: str) -> list[int]:
-        if gen.get("chat_template") and getattr(tok, "chat_template", None):
-            ids = tok.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
-            )
-            return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-        return list(tok(prompt)["input_ids"])
-
     def ask(
         self,
         prompt: str,
@@ -254,9 +245,11 @@ class Bundle:
         """
         import time
 
+        from moe2.format.tokenize import option_ids, prompt_ids
+
         start = time.perf_counter()
         agg = aggregation or self.aggregation
-        from moe2.export.bundle import AGGREGATIONS
+        from moe2.format.manifest import AGGREGATIONS
 
         if agg not in AGGREGATIONS:
             raise ConfigError(f"aggregation {agg!r} is not one of {AGGREGATIONS}")
@@ -269,18 +262,11 @@ class Bundle:
         uses: list[ExpertUse] = []
         for name, w in routed:
             lm, tok, gen = self._lm(name)
-            ids = self._prompt_ids(tok, gen, prompt)
+            ids = prompt_ids(tok, prompt, bool(gen.get("chat_template")))
             t0 = time.perf_counter()
             logprobs = None
             if choices:
-                logprobs = [
-                    lm.continuation_logprob(
-                        ids,
-                        tok(" " + c, add_special_tokens=False)["input_ids"]
-                        or tok(c, add_special_tokens=False)["input_ids"],
-                    )
-                    for c in choices
-                ]
+                logprobs = [lm.continuation_logprob(ids, option_ids(tok, c)) for c in choices]
                 text = choices[int(np.argmax(logprobs))]
                 n_tokens = 0
             else:
@@ -359,7 +345,7 @@ def load_bundle(
         BundleError: a missing or modified file, a newer format, failed parity, or engines that
             cannot run here when ``backend="tensorrt"``.
     """
-    from moe2.export.bundle import verify_bundle
+    from moe2.format.manifest import verify_bundle
 
     root = Path(path)
     manifest = verify_bundle(root)

@@ -22,7 +22,13 @@ from moe2.profiling.profile import CostProfile
 from moe2.selection.budgets import BudgetModel, Budgets
 from moe2.selection.objective import SelectionObjective, build_objective
 from moe2.selection.optimizer import BASELINES, neighbours, solve
-from moe2.selection.report import describe_change, markdown_report, placement, result_figures
+from moe2.selection.report import (
+    describe_change,
+    markdown_report,
+    placement,
+    result_figures,
+    rule_quality,
+)
 from moe2.utils.io import read_json, sha256_file, write_json, write_text_atomic
 from moe2.utils.meta import run_metadata
 
@@ -139,60 +145,6 @@ def _oof_rows(
     return rows, out
 
 
-def rule_quality(
-    inp: SelectionInputs,
-    mask: np.ndarray,
-    bm: BudgetModel,
-    *,
-    n_boot: int = 2000,
-    seed: int = 0,
-    per_category: bool = True,
-) -> dict[str, Any]:
-    """The two-level rule (subset ``mask`` + gate) beside the baselines on the same prompts.
-
-    Baselines (:mod:`moe2.gating.baselines`) are chosen on the table's ``train`` split and respect
-    the deployment: lookup, kNN, random and oracle route within the subset; best single is the best
-    expert among those that fit the budgets alone. One report per split: the selection split and
-    the report split (``selection.report_split``, the held-out figure).
-    """
-    from moe2.gating.baselines import BaselineRouters, compare
-
-    d = inp.data
-    cats = np.asarray(d.categories, dtype=object)[d.category_idx]
-    train = d.split_mask("train")
-    alone = bm.feasible(np.eye(d.n_experts, dtype=bool))
-    routers = BaselineRouters.fit(
-        d.scores[train],
-        cats[train],
-        d.experts,
-        allowed=mask,
-        best_allowed=alone if alone.any() else mask,
-    )
-    out: dict[str, Any] = {}
-    for key, obj, rows in (
-        ("selection", inp.val, inp.val_rows),
-        ("report", inp.test, inp.test_rows),
-    ):
-        if obj is None or rows is None:
-            continue
-        router = obj.prompt_values(np.asarray(mask, dtype=bool)[None])[0]
-        knn = None if inp.knn is None else np.where(mask[None], inp.knn[rows], -np.inf)
-        out[key] = compare(
-            router,
-            obj.scores,
-            cats[rows],
-            routers,
-            knn=knn,
-            n_boot=n_boot,
-            seed=seed,
-            allowed=mask,
-            per_category=per_category,
-            name=f"two-level rule on the {key} split",
-            log_warnings=not out,
-        )
-    return out
-
-
 def budget_model(cfg_budget: Any, profile: CostProfile, k: int) -> BudgetModel:
     """The budget model of a ``budget`` config (or mapping) for a cost profile."""
     return BudgetModel(profile, Budgets.from_config(cfg_budget), k=k)
@@ -213,7 +165,14 @@ def select_with(
     }
     seed = int(_sel(cfg, "seed", cfg.get("seed", 0)))
     res = solve(inp.val, bm, method, seed=seed, **opts)
+    smaller = None
+    if _sel(cfg, "prefer_smaller", False):
+        res, smaller = prefer_smaller(
+            inp.val, bm, res, n_boot=int(_sel(cfg, "n_boot", 2000)), seed=seed
+        )
     sel = result_figures(res, inp.val, inp.test, bm)
+    if smaller is not None:
+        sel["prefer_smaller"] = smaller
     if baselines is None:
         baselines = [b for b in (_sel(cfg, "baselines") or list(BASELINES))]
     sel["baselines"] = {}
@@ -324,7 +283,7 @@ def run_sweep(cfg: DictConfig) -> dict[str, Any]:
     from moe2.selection.sweep import sweep
 
     inp = load_inputs(cfg)
-    result = sweep(inp, cfg)
+    result = sweep(inp, cfg, select_with)
     _write_meta(
         Path(cfg.paths.selection),
         "sweep",
@@ -333,3 +292,79 @@ def run_sweep(cfg: DictConfig) -> dict[str, Any]:
         optimized="F on the selection split at every budget of the grid",
     )
     return result
+
+
+def prefer_smaller(
+    obj: SelectionObjective,
+    bm: BudgetModel,
+    res: Any,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    max_n: int = 16,
+) -> tuple[Any, dict[str, Any]]:
+    """The smallest subset whose ``F`` is not significantly below the exact optimum's.
+
+    For each size ``s < |S*|`` the best feasible subset of that size (exhaustively, on the same
+    ``F``) is compared with ``S*`` by a paired bootstrap over the selection split's prompts; the first
+    size whose interval for ``F(S*) - F(S_s)`` holds 0 wins. The answer is then *not* the optimum of
+    ``F`` (``optimal`` is false); the exact optimum is reported beside it.
+    """
+    import dataclasses
+    import time
+
+    from moe2.gating.baselines import paired_bootstrap
+
+    if res.mask is None or res.mask.sum() <= 1:
+        return res, {"applied": False, "reason": "the optimum has one expert"}
+    n = obj.n
+    if n > max_n:
+        raise ConfigError(
+            f"selection.prefer_smaller enumerates every subset; {n} experts > {max_n}: turn it off"
+        )
+    t0 = time.perf_counter()
+    codes = np.arange(1, 2**n)
+    masks = ((codes[:, None] >> np.arange(n)) & 1).astype(bool)  # [2^n - 1, n]
+    masks = masks[bm.feasible(masks)]
+    vals = obj.evaluate(masks)
+    sizes = masks.sum(axis=1)
+    star = obj.prompt_values(res.mask[None])[0]
+    k_star = int(res.mask.sum())
+    tried = []
+    for s in range(1, k_star):
+        at = np.flatnonzero(sizes == s)
+        if not at.size:
+            continue
+        cand = masks[at[int(np.argmax(vals[at]))]]
+        iv = paired_bootstrap(star, obj.prompt_values(cand[None])[0], n_boot=n_boot, seed=seed)
+        tried.append(
+            {
+                "size": s,
+                "subset": [obj.experts[i] for i in np.flatnonzero(cand)],
+                "optimum_minus_it": iv.to_dict(),
+            }
+        )
+        if not iv.significant:
+            info = {
+                "applied": True,
+                "exact_optimum": [obj.experts[i] for i in np.flatnonzero(res.mask)],
+                "exact_objective": float(res.value),
+                "tried": tried,
+                "rule": "smallest subset whose F is not significantly below the exact optimum (paired bootstrap 95%)",
+            }
+            out = dataclasses.replace(
+                res,
+                mask=cand,
+                value=float(vals[at].max()),
+                optimal=False,
+                evaluations=res.evaluations + len(masks),
+                seconds=res.seconds + time.perf_counter() - t0,
+                note=f"prefer_smaller: {s} expert(s) instead of the exact optimum's {k_star} "
+                f"(F {float(res.value):.4f}; optimum - it {iv.format()})",
+            )
+            return out, info
+    return res, {
+        "applied": False,
+        "reason": "every smaller subset is significantly worse",
+        "tried": tried,
+    }

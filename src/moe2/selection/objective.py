@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -466,5 +466,34 @@ def build_objective(
         metric=metric,
         option_logprobs=None if option_logprobs is None else np.asarray(option_logprobs)[idx],
         answer_idx=None if answer_idx is None else np.asarray(answer_idx)[idx],
+        backend=backend,
+    )
+
+
+def objective_on_table(
+    data: Any,
+    logits: np.ndarray,
+    *,
+    aggregation: str = "top1",
+    k: int = 1,
+    metric: str = "accuracy",
+    backend: str = "auto",
+) -> SelectionObjective:
+    """``F`` on every prompt of an outcome table (:class:`~moe2.data.tables.OutcomeData`).
+
+    ``logits`` is ``[P, n]`` in ``data.experts`` order (e.g. a gate run on another table).
+    """
+    return build_objective(
+        data.scores,
+        logits,
+        np.ones(data.n_prompts, dtype=bool),
+        data.experts,
+        data.category_idx,
+        data.categories,
+        aggregation=aggregation,
+        k=k,
+        metric=metric,
+        option_logprobs=data.option_logprobs,
+        answer_idx=data.answer_idx,
         backend=backend,
     )

@@ -64,6 +64,60 @@ def result_figures(
     return out
 
 
+def rule_quality(
+    inp: Any,
+    mask: np.ndarray,
+    bm: BudgetModel,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    per_category: bool = True,
+) -> dict[str, Any]:
+    """The two-level rule (subset ``mask`` + gate) beside the baselines on the same prompts.
+
+    Baselines (:mod:`moe2.gating.baselines`) are chosen on the table's ``train`` split and respect
+    the deployment: lookup, kNN, random and oracle route within the subset; best single is the best
+    expert among those that fit the budgets alone. One report per split: the selection split and
+    the report split (``selection.report_split``, the held-out figure).
+    """
+    from moe2.gating.baselines import BaselineRouters, compare
+
+    d = inp.data
+    cats = np.asarray(d.categories, dtype=object)[d.category_idx]
+    train = d.split_mask("train")
+    alone = bm.feasible(np.eye(d.n_experts, dtype=bool))
+    routers = BaselineRouters.fit(
+        d.scores[train],
+        cats[train],
+        d.experts,
+        allowed=mask,
+        best_allowed=alone if alone.any() else mask,
+    )
+    out: dict[str, Any] = {}
+    for key, obj, rows in (
+        ("selection", inp.val, inp.val_rows),
+        ("report", inp.test, inp.test_rows),
+    ):
+        if obj is None or rows is None:
+            continue
+        router = obj.prompt_values(np.asarray(mask, dtype=bool)[None])[0]
+        knn = None if inp.knn is None else np.where(mask[None], inp.knn[rows], -np.inf)
+        out[key] = compare(
+            router,
+            obj.scores,
+            cats[rows],
+            routers,
+            knn=knn,
+            n_boot=n_boot,
+            seed=seed,
+            allowed=mask,
+            per_category=per_category,
+            name=f"two-level rule on the {key} split",
+            log_warnings=not out,
+        )
+    return out
+
+
 def placement(profile: CostProfile, subset: list[str]) -> list[dict[str, Any]]:
     """Each chosen expert's device, memory and worst-case latency/energy (for reports)."""
     rows = []
@@ -108,6 +162,15 @@ def markdown_report(sel: dict[str, Any]) -> str:
         f"- routing: top-{sel['k']}, aggregation `{sel['aggregation']}`, metric `{sel.get('metric', 'accuracy')}`",
         f"- objective F on `{sel.get('split', 'val')}`: **{_fmt(sel['objective'])}**; on test: {_fmt(sel['test_objective'])}",
         f"- subset ({len(sel['subset'])} of {len(sel['experts'])}): {', '.join(sel['subset'])}",
+        *(
+            [
+                f"- rule `selection.prefer_smaller`: {sel['note']}; the exact optimum of F is "
+                f"{', '.join(sel['prefer_smaller']['exact_optimum'])} "
+                f"(F = {_fmt(sel['prefer_smaller']['exact_objective'])})"
+            ]
+            if (sel.get("prefer_smaller") or {}).get("applied")
+            else []
+        ),
         "",
         "## Placement and costs",
         "",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,17 +72,18 @@ def _axis_values(axis: str, bm_loose: BudgetModel, points: int) -> list[float]:
     return [float(v) for v in np.unique(np.round(grid, 9))]
 
 
-def sweep(inp: Any, cfg: DictConfig) -> dict[str, Any]:
+def sweep(inp: Any, cfg: DictConfig, select_with: Callable[..., Any]) -> dict[str, Any]:
     """Run the sweep described by ``cfg.sweep`` and write ``pareto.json`` and ``pareto.png``.
 
     Args:
         inp: :class:`~moe2.selection.api.SelectionInputs`.
         cfg: the composed ``sweep`` config.
+        select_with: :func:`moe2.selection.api.select_with` (passed in: api imports this module).
 
     Returns:
         The ``pareto.json`` content.
     """
-    from moe2.selection.api import rule_quality, select_with
+    from moe2.selection.report import rule_quality
 
     sw = OmegaConf.to_container(cfg.sweep, resolve=True) if "sweep" in cfg else {}
     axes = list(sw.get("axes") or ["energy_j", "latency_ms"])
@@ -214,7 +216,7 @@ def heldout_objective(inp: Any, cfg: DictConfig, outcomes_dir: str) -> dict[str,
     from moe2.data.tables import load_outcomes
     from moe2.gating.evaluate import check_experts, gate_scores
     from moe2.gating.heldout import exclude_overlap, read_record
-    from moe2.selection.objective import SelectionObjective
+    from moe2.selection.objective import objective_on_table
 
     gating_dir = Path(cfg.paths.gating)
     gating_dir = gating_dir if gating_dir.is_dir() else gating_dir.parent
@@ -225,17 +227,8 @@ def heldout_objective(inp: Any, cfg: DictConfig, outcomes_dir: str) -> dict[str,
     other = other.select_experts(experts)
     logits, _, gate_experts = gate_scores(gating_dir, other, cache_dir=cfg.paths.cache)
     logits = logits[:, [gate_experts.index(e) for e in experts]]
-    obj = SelectionObjective(
-        experts=experts,
-        logits=logits,
-        scores=other.scores,
-        category_idx=other.category_idx,
-        categories=other.categories,
-        aggregation=inp.val.aggregation,
-        k=inp.val.k,
-        metric=inp.val.metric,
-        option_logprobs=other.option_logprobs,
-        answer_idx=other.answer_idx,
+    obj = objective_on_table(
+        other, logits, aggregation=inp.val.aggregation, k=inp.val.k, metric=inp.val.metric
     )
     log.info(
         "sweep: held-out table %s, %d prompts (%d excluded: in the gate's training table)",

@@ -70,7 +70,7 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from moe2.cli import conf_dir
+    from moe2.config import conf_dir
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):

@@ -1,14 +1,17 @@
 """Declarative export specs: what each model family's ONNX graph looks like.
 
 A spec names the graph's inputs and outputs, their dtypes and dynamic axes, the opset and the
-parity tolerance. :mod:`moe2.export.onnx_export` turns a spec into ``torch.onnx.export`` arguments;
-:mod:`moe2.export.tensorrt.plan` turns the same axes into TensorRT optimization profiles. Nothing
-here imports torch, so plans can be made (and tested) anywhere.
+parity tolerance. The exporter (``moe2.export.onnx_export``) turns a spec into ``torch.onnx.export``
+arguments, the engine planner (``moe2.export.tensorrt.plan``) turns the same axes into TensorRT
+optimization profiles, and the runtime reads it back from ``export_spec.json``. Nothing here
+imports torch, so plans can be made (and tested) anywhere.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from moe2.errors import ConfigError
@@ -177,7 +180,7 @@ def causal_lm_spec(
     if family not in CAUSAL_LM_FAMILIES:
         raise ConfigError(
             f"no export spec for model family '{family}'; known: {sorted(CAUSAL_LM_FAMILIES)}. "
-            "Add it to moe2.export.specs.CAUSAL_LM_FAMILIES with its parity tolerance."
+            "Add it to moe2.format.specs.CAUSAL_LM_FAMILIES with its parity tolerance."
         )
     tol = CAUSAL_LM_FAMILIES[family]
     kv = ("batch", n_kv_heads, "past", head_dim)
@@ -224,3 +227,10 @@ def spec_for_hf_config(config: Any, opset: int = 18) -> ExportSpec:
         vocab_size=int(text.vocab_size),
         opset=opset,
     )
+
+
+def spec_from_file(path: str | os.PathLike[str]) -> ExportSpec:
+    """Read an ``export_spec.json`` written beside an ONNX file."""
+    from moe2.utils.io import read_json
+
+    return ExportSpec.from_dict(read_json(Path(path)))

@@ -1,4 +1,8 @@
-"""Running built engines (TensorRT >= 10 name-based I/O, CUDA buffers from torch)."""
+"""Running built engines (TensorRT >= 10 name-based I/O, CUDA buffers from torch).
+
+The builder (``moe2.export.tensorrt``) checks its engines with these sessions and the runtime
+serves with them; both import TensorRT through :func:`import_tensorrt`.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from moe2.export.specs import ExportSpec
-from moe2.export.tensorrt.builder import import_tensorrt, make_logger
 
-from moe2.runtime.onnx_models import OrtCausalLM
+from moe2.errors import BundleError
+from moe2.format.sessions import OrtCausalLM
+from moe2.format.specs import ExportSpec
+from moe2.utils.deps import install_hint
+
+
+def import_tensorrt() -> Any:
+    """``import tensorrt`` or a BundleError with the install command."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise BundleError(
+            f"TensorRT is not installed here ({exc}); engines are built on the target: on Jetson it "
+            f"comes with JetPack (apt install python3-libnvinfer), elsewhere: {install_hint('tensorrt')}"
+        ) from exc
+    return trt
+
+
+def make_logger(trt: Any, verbose: bool = False) -> Any:
+    """A TensorRT logger (warnings, or everything when ``verbose``)."""
+    return trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
 
 
 class TrtEngine:
@@ -27,8 +49,6 @@ class TrtEngine:
         self.runtime = trt.Runtime(make_logger(trt))
         self.engine = self.runtime.deserialize_cuda_engine(Path(path).read_bytes())
         if self.engine is None:
-            from moe2.errors import BundleError
-
             raise BundleError(
                 f"{path}: TensorRT cannot load this engine (built by another TensorRT version or GPU?)"
             )
@@ -65,8 +85,6 @@ class TrtEngine:
             outs.append((t, shape))
             self.context.set_tensor_address(name, int(t.data_ptr()))
         if not self.context.execute_async_v3(self.stream.cuda_stream):
-            from moe2.errors import BundleError
-
             raise BundleError("TensorRT execution failed")
         self.stream.synchronize()
         return [t[: int(np.prod(shape))].reshape(shape).float().cpu().numpy() for t, shape in outs]

@@ -1,26 +1,46 @@
-"""ONNX Runtime wrappers of the bundle's graphs: the gate and the KV-cached causal LMs.
+"""ONNX Runtime sessions of the bundle's graphs: the gate and the KV-cached causal LMs.
 
-Numpy only (no torch): this is what runs on the edge device. The graph contracts are the
-:class:`~moe2.export.specs.ExportSpec` written beside each ONNX file.
+Numpy only (no torch): this is what runs on the edge device, and what the exporter checks parity
+with. The graph contracts are the :class:`~moe2.format.specs.ExportSpec` written beside each ONNX
+file; the engine backends (:mod:`moe2.format.engines`) reuse the same wrappers.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from moe2.export.specs import ExportSpec, past_names
+from moe2.format.specs import ExportSpec, past_names
+from moe2.format.tokenize import encode_gate, load_tokenizer
+from moe2.utils.deps import require
+
+__all__ = ["OrtCausalLM", "OrtGate", "load_tokenizer", "ort_session"]
 
 
-def load_tokenizer(directory: str | os.PathLike[str]) -> Any:
-    """A tokenizer saved with ``save_pretrained`` (offline, from the bundle)."""
-    from transformers import AutoTokenizer
+def ort_session(
+    path: str | os.PathLike[str], threads: int | None = None, providers: Sequence[str] | None = None
+) -> Any:
+    """An ONNX Runtime session for ``path`` (CPU unless ``providers`` says otherwise).
 
-    return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    Args:
+        path: the ``.onnx`` file.
+        threads: intra-op threads (``None``: ONNX Runtime's default).
+        providers: execution providers, in preference order.
+    """
+    ort = require("onnxruntime", "running ONNX models")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    available = set(ort.get_available_providers())
+    chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or [
+        "CPUExecutionProvider"
+    ]
+    return ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
 
 
 class OrtGate:
@@ -41,17 +61,7 @@ class OrtGate:
 
     def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Tokenize ``texts`` into int64 ``input_ids`` / ``attention_mask`` ``[B, S]``."""
-        enc = self.tokenizer(
-            list(texts),
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="np",
-        )
-        return {
-            "input_ids": enc["input_ids"].astype(np.int64),
-            "attention_mask": enc["attention_mask"].astype(np.int64),
-        }
+        return encode_gate(self.tokenizer, texts, self.max_length, "np")
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         """Gate logits ``[B, E]`` (float32) for ``texts``, tokenization included."""
@@ -133,10 +143,3 @@ class OrtCausalLM:
         lp = lp - np.log(np.exp(lp).sum(axis=-1, keepdims=True))
         start = len(prompt_ids)
         return float(sum(lp[start - 1 + i, tok] for i, tok in enumerate(continuation_ids)))
-
-
-def spec_from_file(path: str | os.PathLike[str]) -> ExportSpec:
-    """Read an ``export_spec.json`` written beside an ONNX file."""
-    from moe2.utils.io import read_json
-
-    return ExportSpec.from_dict(read_json(Path(path)))
