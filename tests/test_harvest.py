@@ -148,7 +148,9 @@ def test_expert_failing_midway_is_reported_and_retried(
         )
         return ExpertSpec("remote@cpu", card, cpu, "fp16")
 
-    prompts = _prompts(4)  # 20 prompts, shards of 4 -> the server breaks during the 2nd shard
+    prompts = _prompts(
+        20 // len(CATEGORIES)
+    )  # 20 prompts, shards of 4 -> the server breaks in the 2nd
     opts = _opts(tmp_path, shard_size=4, batch_size=2)
     with CompletionsServer(favored={"Paris"}, fail_after=3) as srv:
         res = run_harvest([tiny_pool[0], remote(srv.url)], prompts, tmp_path, opts)
