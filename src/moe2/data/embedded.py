@@ -222,21 +222,36 @@ def _numeric_distractors(rng: random.Random, value: int, spread: Sequence[int]) 
     return [str(x) for x in rng.sample(cands, N_OPTIONS - 1)]
 
 
+def _distinct(
+    n: int, family: str, draw: Callable[[], tuple[str, Callable[[], Question]]]
+) -> list[Question]:
+    """``n`` questions of distinct keys from ``draw() -> (key, build)``.
+
+    ``build`` runs only for a new key, so a repeated draw consumes no further random numbers.
+    """
+    out: dict[str, Question] = {}
+    tries = 0
+    while len(out) < n:
+        tries += 1
+        if tries > 100 * n:
+            raise ConfigError(f"{family}: cannot generate {n} distinct questions")
+        key, build = draw()
+        if key not in out:
+            out[key] = build()
+    return list(out.values())
+
+
 # ------------------------------------------------------------------------------------ categories
 def gen_arithmetic(rng: random.Random, n: int) -> list[Question]:
     """Addition, subtraction and multiplication; the answer is computed."""
-    out: dict[str, Question] = {}
     ops: dict[str, Callable[[int, int], int]] = {
         "+": lambda a, b: a + b,
         "-": lambda a, b: a - b,
         "*": lambda a, b: a * b,
     }
     words = {"+": "plus", "-": "minus", "*": "times"}
-    tries = 0
-    while len(out) < n:
-        tries += 1
-        if tries > 100 * n:
-            raise ConfigError(f"arithmetic: cannot generate {n} distinct questions")
+
+    def draw() -> tuple[str, Callable[[], Question]]:
         op = rng.choice("+-*")
         if op == "*":
             a, b = rng.randint(2, 12), rng.randint(2, 12)
@@ -246,28 +261,21 @@ def gen_arithmetic(rng: random.Random, n: int) -> list[Question]:
                 a, b = b, a
         value = ops[op](a, b)
         text = f"What is {a} {words[op]} {b}?"
-        if text in out:
-            continue
         spread = (-10, -2, -1, 1, 2, 10, a, -b) if op != "*" else (-a, a, -b, b, -1, 1, 10)
-        out[text] = _make(
+        return text, lambda: _make(
             rng, "arithmetic", text, str(value), _numeric_distractors(rng, value, spread)
         )
-    return list(out.values())
+
+    return _distinct(n, "arithmetic", draw)
 
 
 def gen_units(rng: random.Random, n: int) -> list[Question]:
     """Unit conversions with exact factors; the answer is computed."""
-    out: dict[str, Question] = {}
-    tries = 0
-    while len(out) < n:
-        tries += 1
-        if tries > 100 * n:
-            raise ConfigError(f"units: cannot generate {n} distinct questions")
+
+    def draw() -> tuple[str, Callable[[], Question]]:
         sing, plural, factor, target = rng.choice(UNITS)
         k = rng.randint(1, 9)
         text = f"How many {target} are in {k} {sing if k == 1 else plural}?"
-        if text in out:
-            continue
         value = k * factor
         cands = {
             value * 10,
@@ -278,9 +286,14 @@ def gen_units(rng: random.Random, n: int) -> list[Question]:
             k,
         }
         cands.discard(value)
-        distractors = [str(x) for x in rng.sample(sorted(cands), N_OPTIONS - 1)]
-        out[text] = _make(rng, "units", text, str(value), distractors)
-    return list(out.values())
+
+        def build() -> Question:
+            distractors = [str(x) for x in rng.sample(sorted(cands), N_OPTIONS - 1)]
+            return _make(rng, "units", text, str(value), distractors)
+
+        return text, build
+
+    return _distinct(n, "units", draw)
 
 
 def _all_geography(rng: random.Random) -> list[Question]:
@@ -400,47 +413,37 @@ def _listed(items: Sequence[str]) -> str:
 
 def gen_smallest(rng: random.Random, n: int) -> list[Question]:
     """The smallest of four listed two-digit numbers; the options are the listed numbers."""
-    out: dict[str, Question] = {}
-    tries = 0
-    while len(out) < n:
-        tries += 1
-        if tries > 100 * n:
-            raise ConfigError(f"smallest: cannot generate {n} distinct questions")
+
+    def draw() -> tuple[str, Callable[[], Question]]:
         nums = rng.sample(range(10, 100), N_OPTIONS)
         value = min(nums)
         text = f"Which number is the smallest: {_listed([str(x) for x in nums])}?"
-        if text in out:
-            continue
-        out[text] = _make(rng, "smallest", text, str(value), [str(x) for x in nums if x != value])
-    return list(out.values())
+        return text, lambda: _make(
+            rng, "smallest", text, str(value), [str(x) for x in nums if x != value]
+        )
+
+    return _distinct(n, "smallest", draw)
 
 
 def gen_alphabetical(rng: random.Random, n: int) -> list[Question]:
     """The word of four listed words that comes first in alphabetical order."""
-    out: dict[str, Question] = {}
-    tries = 0
-    while len(out) < n:
-        tries += 1
-        if tries > 100 * n:
-            raise ConfigError(f"alphabetical: cannot generate {n} distinct questions")
+
+    def draw() -> tuple[str, Callable[[], Question]]:
         words = rng.sample(ORDER_WORDS, N_OPTIONS)
         first = min(words)
         text = f"Which word comes first in alphabetical order: {_listed(words)}?"
-        if text in out:
-            continue
-        out[text] = _make(rng, "alphabetical", text, first, [w for w in words if w != first])
-    return list(out.values())
+        return text, lambda: _make(
+            rng, "alphabetical", text, first, [w for w in words if w != first]
+        )
+
+    return _distinct(n, "alphabetical", draw)
 
 
 def gen_kinds(rng: random.Random, n: int) -> list[Question]:
     """Which of four words is of a given kind (fruit, tool...); the others are of other kinds."""
-    out: dict[str, Question] = {}
     kinds = sorted(KINDS)
-    tries = 0
-    while len(out) < n:
-        tries += 1
-        if tries > 100 * n:
-            raise ConfigError(f"kinds: cannot generate {n} distinct questions")
+
+    def draw() -> tuple[str, Callable[[], Question]]:
         kind = rng.choice(kinds)
         answer = rng.choice(KINDS[kind])
         others = rng.sample([k for k in kinds if k != kind], N_OPTIONS - 1)
@@ -449,10 +452,11 @@ def gen_kinds(rng: random.Random, n: int) -> list[Question]:
         q = _make(rng, "kinds", text, answer, [rng.choice(KINDS[k]) for k in others])
         # one question text has many option sets: the id (and the key) covers the options
         key = f"kinds\n{text}\n{' | '.join(sorted(q.choices))}"
-        if key in out:
-            continue
-        out[key] = Question(prompt_id_for_text(key), q.text, q.category, q.choices, q.answer)
-    return list(out.values())
+        return key, lambda: Question(
+            prompt_id_for_text(key), q.text, q.category, q.choices, q.answer
+        )
+
+    return _distinct(n, "kinds", draw)
 
 
 GENERATED: dict[str, Callable[[random.Random, int], list[Question]]] = {
