@@ -264,9 +264,13 @@ def summarize(
     if summary.get("gate_vs") or summary.get("subset_vs"):
         from moe2.gating.baselines import interval_text
 
+        alone = summary.get("subset_vs_best_single_expert")
         for who, key in (("gate (all experts)", "gate_vs"), ("chosen subset", "subset_vs")):
             for base, iv in (summary.get(key) or {}).items():
-                table.add_row(f"{who} − {base.replace('_', ' ')} (test)", interval_text(iv))
+                name = base.replace("_", " ")
+                if key == "subset_vs" and base == "best_single" and alone:
+                    name += f" that fits ({alone})"
+                table.add_row(f"{who} − {name} (test)", interval_text(iv))
     if "selection" in summary:
         s = summary["selection"]
         table.add_row("chosen subset", ", ".join(s.get("subset") or []))
