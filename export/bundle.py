@@ -14,6 +14,8 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from moe2.export.tensorrt.plan import ONNX_PRECISIONS
+
 from moe2.errors import BundleError, ConfigError, DataError
 from moe2.format.manifest import (
     AGGREGATIONS,
@@ -111,8 +113,9 @@ def write_bundle(
         experts: the selected experts, in subset order.
         selection: ``selection.json`` of the selection stage (subset, k, aggregation, budgets,
             objective, cost_profile, ...).
-        options: export options (``opset``, ``parity.prompts``, ``parity.max_new_tokens``,
-            ``quantize.gate_int8``, ``quantize.max_drop_points``, ``targets``, ``tensorrt``...).
+        options: export options (``opset``, ``precision``, ``parity.prompts``,
+            ``parity.max_new_tokens``, ``quantize.gate_int8``, ``quantize.max_drop_points``,
+            ``targets``, ``tensorrt``...).
         config: the resolved config to store as ``config.yaml``.
         routing_texts: prompts for the int8 gate's routing check.
         routing_scores: their outcome scores ``[P, E]`` in gate expert order (optional).
@@ -122,7 +125,7 @@ def write_bundle(
         The bundle path.
     """
     from moe2.export.causal_lm import export_causal_lm
-    from moe2.export.gate import export_gate, quantize_gate
+    from moe2.export.gate import export_gate, quantize_gate, to_fp16
 
     from moe2.utils.meta import git_commit, now_iso, run_metadata, versions
 
@@ -134,6 +137,12 @@ def write_bundle(
     max_new = int(parity_opts.get("max_new_tokens", 16))
     opset = int(options.get("opset", 18))
     threads = options.get("threads")
+    precision = str(options.get("precision", "fp32"))
+    if precision not in ONNX_PRECISIONS:
+        raise ConfigError(
+            f"export.precision={precision!r}; use one of {list(ONNX_PRECISIONS)} (the precision of "
+            "the shipped ONNX graphs, which strongly typed TensorRT builds keep)"
+        )
     subset = [str(e) for e in selection.get("subset", [])]
     names = [e.name for e in experts]
     if sorted(names) != sorted(subset):
@@ -169,6 +178,9 @@ def write_bundle(
                 )
             )
             gate_info = read_json(tmp / "gate" / "gate.json")
+        if precision == "fp16":
+            records.append(to_fp16(tmp / "gate", gate.module, prompts, threads))
+            gate_info = read_json(tmp / "gate" / "gate.json")
 
         exported: dict[str, dict[str, Any]] = {}
         expert_entries = []
@@ -186,6 +198,7 @@ def write_bundle(
                     chat_template=ex.chat_template,
                     generation={"max_new_tokens": int(options.get("max_new_tokens", 64))},
                     threads=threads,
+                    precision=precision,
                 )
                 exported[ex.key] = info
                 records += recs
@@ -199,6 +212,7 @@ def write_bundle(
                     "placement": ex.placement or ex.device,
                     "dir": rel,
                     "family": exported[ex.key]["family"],
+                    "onnx_precision": precision,
                     **ex.extra,
                 }
             )
@@ -237,6 +251,7 @@ def write_bundle(
                 "experts": gate.experts,
                 "onnx": "gate/model.onnx",
                 "int8": f"gate/{gate_info['int8']}" if gate_info.get("int8") else None,
+                "precision": gate_info.get("precision", "fp32"),
             },
             "targets": plans,
             "engines": {},
@@ -267,32 +282,28 @@ def write_plans(
     from moe2.export.tensorrt.plan import ShapeLimits, make_plan
 
     from moe2.experts.registry import load_device
-    from moe2.format.specs import ExportSpec
+    from moe2.format.specs import spec_from_file
 
     trt_opts = dict(options.get("tensorrt", {}))
     shapes = dict(trt_opts.get("shapes", {}))
     shapes.setdefault("gate_max_seq", gate_max_len)
     shapes["gate_opt_seq"] = min(int(shapes.get("gate_opt_seq", 64)), int(shapes["gate_max_seq"]))
     limits = ShapeLimits(**shapes)
-    precisions = dict(trt_opts.get("precisions", {}))
     targets = [str(t) for t in options.get("targets", [])]
-    gate_spec = ExportSpec.from_dict(read_json(root / "gate" / "export_spec.json"))
+    gate_spec = spec_from_file(root / "gate" / "export_spec.json")
     for target in targets:
         device = load_device(target)
         on_target = [e for e in experts if e["device"] == target] or list(experts)
         graphs = [("gate", "gate/model.onnx", gate_spec)]
         for dir_ in dict.fromkeys(e["dir"] for e in on_target):
-            spec = ExportSpec.from_dict(read_json(root / dir_ / "export_spec.json"))
+            spec = spec_from_file(root / dir_ / "export_spec.json")
             graphs.append((f"expert:{dir_}", f"{dir_}/model.onnx", spec))
-        requested = [str(p) for p in precisions.get(target, precisions.get("default", ["fp16"]))]
         plan = make_plan(
             device,
             graphs,
-            requested,
             limits,
             workspace_fraction=float(trt_opts.get("workspace_fraction", 0.25)),
             workspace_max_gb=float(trt_opts.get("workspace_max_gb", 8.0)),
-            calibration_batches=int(trt_opts.get("calibration_batches", 8)),
         )
         write_json(root / "plans" / f"{target}.json", plan.to_dict())
     return targets

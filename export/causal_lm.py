@@ -7,16 +7,18 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from moe2.export.onnx_export import export_onnx
+from moe2.export.precision import FP32_COMPUTE_FAMILIES, convert_fp16
 
 from moe2.errors import BundleError
 from moe2.format.parity import compare_arrays, compare_tokens
 from moe2.format.sessions import OrtCausalLM, ort_session
-from moe2.format.specs import ExportSpec, spec_for_hf_config
+from moe2.format.specs import FP16_TOLERANCE, ExportSpec, spec_for_hf_config
 from moe2.format.tokenize import prompt_ids
 from moe2.utils.deps import require
 from moe2.utils.io import write_json
@@ -125,11 +127,13 @@ def export_causal_lm(
     generation: dict[str, Any] | None = None,
     threads: int | None = None,
     external_data: bool | None = None,
+    precision: str = "fp32",
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Export one expert LM to ``out_dir/model.onnx`` (+ ``.data`` over 2 GB) and check parity.
 
     Parity, per prompt: prefill logits and first decode-step logits (PyTorch vs ONNX Runtime, the
-    family's tolerance), and the 16-token greedy generations (identical tokens).
+    family's tolerance), and the 16-token greedy generations (identical tokens); for an FP16 graph
+    the same checks again against the FP32 PyTorch references with the FP16 tolerance.
 
     Args:
         name: the expert's name (for records).
@@ -143,6 +147,9 @@ def export_causal_lm(
         generation: extra generation settings for ``generation.json`` (``max_new_tokens``, ...).
         threads: ONNX Runtime threads for parity.
         external_data: force ONNX external data (default: when weights exceed 2 GB).
+        precision: ``fp32`` or ``fp16``: the precision of the shipped graph. FP16 is converted from
+            the checked FP32 export and checked again against PyTorch's FP32 references with
+            :data:`~moe2.format.specs.FP16_TOLERANCE`.
 
     Returns:
         ``(info, parity records)``; ``info`` is what ``generation.json`` holds.
@@ -173,50 +180,35 @@ def export_causal_lm(
     tokenizer.save_pretrained(str(out_dir / "tokenizer"))
     write_json(out_dir / "export_spec.json", spec.to_dict())
 
-    runner = OrtCausalLM(ort_session(out_dir / EXPERT_FILE, threads), spec)
     component = f"expert:{name}"
-    records: list[dict[str, Any]] = []
-    ref_tokens, ort_tokens = [], []
-    ref_pre, ort_pre, ref_dec, ort_dec = [], [], [], []
+    refs = []
     for prompt in prompts:
         ids = prompt_ids(tokenizer, prompt)
         if not ids:
             raise BundleError(f"parity prompt {prompt!r} tokenizes to nothing for expert {name}")
-        tokens, prefill, step = torch_greedy(model, ids, max_new_tokens)
-        ref_tokens.append(tokens)
-        ort_tokens.append(runner.greedy(ids, max_new_tokens))
-        logits, past = runner.forward(np.asarray([ids], np.int64), runner.empty_past())
-        ref_pre.append(prefill[0, -1].numpy())
-        ort_pre.append(logits[0, -1])
-        if step is not None:
-            # decode parity: feed PyTorch's first token so both sides see the same history
-            dec, _ = runner.forward(np.asarray([[tokens[0]]], np.int64), past)
-            ref_dec.append(step[0, -1].numpy())
-            ort_dec.append(dec[0, -1])
-    records.append(
-        compare_arrays(
-            component,
-            "torch->onnxruntime",
-            "prefill_logits",
-            np.stack(ref_pre),
-            np.stack(ort_pre),
-            spec.atol,
-            spec.rtol,
-        )
+        refs.append((ids, *torch_greedy(model, ids, max_new_tokens)))
+    ref_tokens = [r[1] for r in refs]
+    runner = OrtCausalLM(ort_session(out_dir / EXPERT_FILE, threads), spec)
+    records = ort_parity(
+        component, "torch->onnxruntime", runner, refs, prompts, spec.atol, spec.rtol
     )
-    if ref_dec:
-        records.append(
-            compare_arrays(
-                component,
-                "torch->onnxruntime",
-                "decode_logits",
-                np.stack(ref_dec),
-                np.stack(ort_dec),
-                spec.atol,
-                spec.rtol,
-            )
+    if precision == "fp16":
+        del runner  # release the FP32 session before rewriting its file
+        compute = "fp32" if spec.family in FP32_COMPUTE_FAMILIES else "fp16"
+        files = convert_fp16(out_dir / EXPERT_FILE, compute=compute)
+        spec = replace(spec, meta={**spec.meta, "precision": "fp16", "compute": compute})
+        write_json(out_dir / "export_spec.json", spec.to_dict())
+        runner = OrtCausalLM(ort_session(out_dir / EXPERT_FILE, threads), spec)
+        records += ort_parity(
+            component,
+            "torch->onnxruntime-fp16",
+            runner,
+            refs,
+            prompts,
+            FP16_TOLERANCE["atol"],
+            FP16_TOLERANCE["rtol"],
+            min_prefix_fraction=FP16_TOLERANCE["min_prefix_fraction"],
         )
-    records.append(compare_tokens(component, "torch->onnxruntime", ref_tokens, ort_tokens, prompts))
 
     eos = _eos_ids(model, tokenizer)
     info = {
@@ -232,6 +224,66 @@ def export_causal_lm(
     }
     write_json(out_dir / "generation.json", info)
     return info, records
+
+
+def ort_parity(
+    component: str,
+    hop: str,
+    runner: OrtCausalLM,
+    refs: Sequence[tuple[list[int], list[int], Any, Any]],
+    prompts: Sequence[str],
+    atol: float,
+    rtol: float,
+    min_prefix_fraction: float = 1.0,
+) -> list[dict[str, Any]]:
+    """Parity of an ONNX Runtime LM against PyTorch references, one record per output.
+
+    Args:
+        component: ``expert:<name>``.
+        hop: e.g. ``torch->onnxruntime`` or ``torch->onnxruntime-fp16``.
+        runner: the ONNX Runtime LM.
+        refs: per prompt ``(prompt ids, torch greedy tokens, prefill logits [1, S, V], first
+            decode-step logits [1, 1, V] or None)`` from :func:`torch_greedy`.
+        prompts: the prompts (for the generation record).
+        atol: absolute logits tolerance.
+        rtol: relative logits tolerance.
+        min_prefix_fraction: share of the greedy tokens that must match before the first
+            mismatch, averaged over prompts (1.0: identical generations).
+    """
+    ort_tokens, ref_pre, ort_pre, ref_dec, ort_dec = [], [], [], [], []
+    n_new = max((len(r[1]) for r in refs), default=0)
+    for ids, tokens, prefill, step in refs:
+        ort_tokens.append(runner.greedy(ids, n_new))
+        logits, past = runner.forward(np.asarray([ids], np.int64), runner.empty_past())
+        ref_pre.append(prefill[0, -1].numpy())
+        ort_pre.append(logits[0, -1])
+        if step is not None:
+            # decode parity: feed PyTorch's first token so both sides see the same history
+            dec, _ = runner.forward(np.asarray([[tokens[0]]], np.int64), past)
+            ref_dec.append(step[0, -1].numpy())
+            ort_dec.append(dec[0, -1])
+    records = [
+        compare_arrays(
+            component, hop, "prefill_logits", np.stack(ref_pre), np.stack(ort_pre), atol, rtol
+        )
+    ]
+    if ref_dec:
+        records.append(
+            compare_arrays(
+                component, hop, "decode_logits", np.stack(ref_dec), np.stack(ort_dec), atol, rtol
+            )
+        )
+    records.append(
+        compare_tokens(
+            component,
+            hop,
+            [r[1] for r in refs],
+            ort_tokens,
+            prompts,
+            min_prefix_fraction=min_prefix_fraction,
+        )
+    )
+    return records
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:

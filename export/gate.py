@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from moe2.export.onnx_export import export_onnx
+from moe2.export.precision import convert_fp16
 
 from moe2.errors import BundleError
 from moe2.format.parity import compare_arrays
 from moe2.format.sessions import OrtGate, ort_session
-from moe2.format.specs import gate_spec
+from moe2.format.specs import FP16_TOLERANCE, gate_spec, spec_from_file
 from moe2.format.tokenize import encode_gate, load_tokenizer
 from moe2.utils.deps import require
 from moe2.utils.io import read_json, write_json
@@ -57,7 +59,9 @@ def export_gate(
     rtol: float = 1e-3,
     threads: int | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Export the gate to ``out_dir/model.onnx`` with its tokenizer and check parity.
+    """Export the gate to ``out_dir/model.onnx`` (FP32) with its tokenizer and check parity.
+
+    :func:`to_fp16` then turns the shipped graph into FP16 (after the int8 copy is made from FP32).
 
     Args:
         gate: the gating ``nn.Module`` (``forward(input_ids, attention_mask) -> [B, E]``).
@@ -80,6 +84,9 @@ def export_gate(
     if len(prompts) < 2:
         raise BundleError("gate export needs at least 2 parity prompts (export.parity.prompts)")
     spec = gate_spec(len(experts), opset=opset, atol=atol, rtol=rtol)
+    ctx = _context_length(gate)
+    if ctx:
+        spec.meta["max_position_embeddings"] = ctx
     module = _graph_module(gate)
     feed = encode_gate(tokenizer, prompts, max_length)
     # torch.export specialises axes of size 1; the parity prompts give batch >= 2, seq >= 2
@@ -103,9 +110,68 @@ def export_gate(
     records = [
         compare_arrays("gate", "torch->onnxruntime", "logits", reference, ort_logits, atol, rtol)
     ]
-    info = {"experts": list(experts), "max_length": max_length, "onnx": GATE_FILE, "int8": None}
+    info = {
+        "experts": list(experts),
+        "max_length": max_length,
+        "onnx": GATE_FILE,
+        "int8": None,
+        "precision": "fp32",
+    }
     write_json(out_dir / "gate.json", info)
     return info, records
+
+
+def _context_length(gate: Any) -> int | None:
+    """The encoder's position-embedding count (the longest input the graph accepts), if any."""
+    for module in gate.modules():
+        ctx = getattr(getattr(module, "config", None), "max_position_embeddings", None)
+        if ctx:
+            return int(ctx)
+    return None
+
+
+def to_fp16(
+    out_dir: str | Path,
+    gate: Any,
+    prompts: Sequence[str],
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Convert ``out_dir/model.onnx`` to FP16 and check it against the FP32 PyTorch logits.
+
+    Args:
+        out_dir: the exported gate's directory.
+        gate: the gating ``nn.Module`` (the FP32 reference).
+        prompts: parity prompts.
+        threads: ONNX Runtime threads.
+
+    Returns:
+        The parity record (``hop: torch->onnxruntime-fp16``, FP16 tolerance).
+    """
+    torch = require("torch", "gate export")
+    out_dir = Path(out_dir)
+    info = read_json(out_dir / "gate.json")
+    tokenizer = load_tokenizer(out_dir / "tokenizer")
+    feed = encode_gate(tokenizer, prompts, info["max_length"], "pt")
+    with torch.no_grad():
+        reference = _graph_module(gate)(feed["input_ids"], feed["attention_mask"]).numpy()
+    convert_fp16(out_dir / GATE_FILE)
+    spec = spec_from_file(out_dir / "export_spec.json")
+    spec = replace(spec, meta={**spec.meta, "precision": "fp16"})
+    write_json(out_dir / "export_spec.json", spec.to_dict())
+    info["precision"] = "fp16"
+    write_json(out_dir / "gate.json", info)
+    runner = OrtGate(
+        ort_session(out_dir / GATE_FILE, threads), tokenizer, info["experts"], info["max_length"]
+    )
+    return compare_arrays(
+        "gate",
+        "torch->onnxruntime-fp16",
+        "logits",
+        reference,
+        runner.logits(prompts),
+        FP16_TOLERANCE["atol"],
+        FP16_TOLERANCE["rtol"],
+    )
 
 
 def routing_accuracy(logits: np.ndarray, scores: np.ndarray) -> float:

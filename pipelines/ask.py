@@ -54,10 +54,16 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     """Load (verify) the bundle, answer ``cfg.prompt``, print and return the answer."""
     from dataclasses import asdict
 
+    from moe2.data.validate import check_prompt
     from moe2.runtime import load_bundle
 
+    choices = cfg.choices
+    if choices is not None:
+        # choices=Paris (a single value) is one option, refused by check_prompt below
+        choices = OmegaConf.to_container(choices) if OmegaConf.is_config(choices) else [choices]
+    # refuse a bad prompt before the bundle's models are loaded
+    check_prompt(cfg.prompt, [str(c) for c in choices] if choices is not None else None, "prompt")
     bundle = load_bundle(str(cfg.bundle.path), backend=str(cfg.backend), threads=cfg.threads)
-    choices = OmegaConf.to_container(cfg.choices) if cfg.choices is not None else None
     answer = bundle.ask(
         str(cfg.prompt),
         choices=[str(c) for c in choices] if choices else None,

@@ -20,6 +20,11 @@ def main(cfg: DictConfig) -> Path:
 
     hf_logging.disable_progress_bar()  # our own progress bar / log lines instead of per-load bars
     p = cfg.profile
+    if p.get("deployment"):
+        # costs measured by a running `moe2 serve` (its experts' own counters) instead of here
+        from moe2.serving.profile_deployment import write_deployment_profiles
+
+        return write_deployment_profiles(str(p.deployment), cfg.paths.artifacts)[0]
     path, prof = run_profile(
         load_pool(cfg.experts),
         load_prompt_dataset(cfg.data),

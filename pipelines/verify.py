@@ -17,6 +17,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     Console().print(
         f"[green]OK[/green] {cfg.bundle.path}: {info['files']} files ({info['bytes'] / 1e6:.1f} MB) match "
         f"their sha256, {info['parity_records']} parity records pass; experts {', '.join(info['experts'])}; "
-        f"plans {', '.join(info['targets']) or 'none'}; engines {', '.join(info['engines']) or 'none'}"
+        f"plans {', '.join(info['targets']) or 'none'}; engines "
+        f"{', '.join(f'{t}: {b}' for t, b in info['engine_builders'].items()) or 'none'}"
     )
     return info

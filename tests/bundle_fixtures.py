@@ -172,8 +172,15 @@ def build_tiny_bundle(
     quantize: bool = False,
     distinct_models: bool = False,
     gate_experts: tuple[str, ...] = tuple(EXPERTS),
+    precision: str = "fp32",
+    shapes: dict[str, int] | None = None,
 ) -> Path:
-    """Export a bundle of a tiny random gate and tiny random Llama experts to ``path``."""
+    """Export a bundle of a tiny random gate and tiny random Llama experts to ``path``.
+
+    ``precision`` is the ONNX graphs' (``export.precision``); ``shapes`` the engine profiles'
+    bounds (``export.tensorrt.shapes``; default: small ones within the tiny models' 128/256
+    positions).
+    """
     from moe2.export.bundle import ExpertSource, GateSource, write_bundle
 
     tok = tiny_tokenizer()
@@ -199,6 +206,16 @@ def build_tiny_bundle(
         "quantize": {"gate_int8": quantize, "max_drop_points": 0.5},
         "targets": list(targets),
         "max_new_tokens": 8,
+        "precision": precision,
+        "tensorrt": {
+            "shapes": shapes
+            or {
+                "prefill_max_seq": 64,
+                "prefill_opt_seq": 16,
+                "max_context": 128,
+                "decode_opt_past": 16,
+            }
+        },
     }
     return write_bundle(
         path,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from moe2.cli import STAGES, available_stages, main, to_overrides, usage
-from moe2.errors import ConfigError
+from moe2.errors import ConfigError, DataError
 
 
 def _script() -> str:
@@ -90,9 +90,9 @@ def test_installed_script_imports_from_another_cwd(tmp_path: Path) -> None:
         "experts.parquet",
         "meta.json",
     }
-    # a user error is a one-line log message and exit code 2, and writes no outcomes
+    # a user error is a one-line log message and its class's exit code, and writes no outcomes
     bad = _run(["import", "data=llmrouter", "data.path=missing.json", "paths.artifacts=art2"], work)
-    assert bad.returncode == 2
+    assert bad.returncode == DataError.exit_code
     logged = bad.stdout + bad.stderr
     assert "missing.json: file not found" in logged and "Traceback" not in logged
     assert not (work / "art2" / "outcomes").exists()
@@ -141,3 +141,55 @@ def test_free_text_with_an_equals_sign_is_a_positional_argument() -> None:
         "prompt='Is 1+1=2 true?'",
         "k=1",
     ]
+
+
+def test_stage_help_shows_the_stages_own_groups_and_options(tmp_path: Path) -> None:
+    out = _run(["train", "--help"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert text.startswith("moe2 train — ")
+    groups = {
+        ln.split()[0]: ln for ln in text.split("config groups")[1].split("\n\n")[0].splitlines()[1:]
+    }
+    assert {"gating", "trainer", "logger", "paths", "debug"} <= set(groups)
+    assert "minilm*" in groups["gating"] and "minilm_lora" in groups["gating"]
+    # registry folders and other stages' groups are not this stage's groups
+    assert not {"hardware", "experts/models", "selection", "budget"} & set(groups)
+    assert "max_epochs:" in text and "optimized_metric: val/router_acc" in text
+    # overrides apply to the help's config
+    lora = _run(["train", "gating=minilm_lora", "-h"], tmp_path)
+    assert "minilm_lora*" in lora.stdout and "mode: lora" in lora.stdout
+
+
+def test_a_registry_folder_is_not_a_config_group(tmp_path: Path) -> None:
+    from moe2.utils.stage import compose
+
+    for args in (["+hardware=rtx4090"], ["+hardware=rtx4090", "--cfg", "job"]):
+        out = _run(["train", *args], tmp_path)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "conf/hardware/ holds registry data" in out.stderr
+    with pytest.raises(ConfigError, match="experts/models"):
+        compose("select", ["+experts/models=tiny-random-llama"])
+
+
+def test_shell_completion_installs_and_completes(tmp_path: Path) -> None:
+    script = _run(["train", "-sc", "install=bash"], tmp_path)
+    assert script.returncode == 0 and "complete -o nospace" in script.stdout
+    (tmp_path / "c.sh").write_text(script.stdout)
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("bash not found")
+    probe = (
+        'source c.sh; for L in "moe2 tr" "moe2 train gating=" "moe2 train trainer.max_"; do '
+        'COMP_LINE="$L"; COMP_POINT=${#L}; _moe2_completion; echo "${COMPREPLY[*]}"; done'
+    )
+    env = {**os.environ, "PATH": f"{Path(_script()).parent}:{os.environ['PATH']}"}
+    out = subprocess.run(
+        [bash, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env
+    )
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["train"], out.stderr
+    assert "gating=minilm" in lines[1].split() and "gating=minilm_lora" in lines[1].split()
+    assert lines[2].split() == ["trainer.max_epochs="]
+    bad = _run(["-sc", "install=powershell"], tmp_path)
+    assert bad.returncode == 2 and "install=bash" in bad.stderr

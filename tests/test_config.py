@@ -15,7 +15,7 @@ import pytest
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from moe2.cli import conf_dir
+from moe2.config import REGISTRY_DIRS, conf_dir
 from moe2.utils.stage import compose
 
 CONF = Path(conf_dir())
@@ -33,7 +33,8 @@ def _options() -> list[tuple[str, str]]:
     out = []
     for path in sorted(CONF.rglob("*.yaml")):
         rel = path.relative_to(CONF)
-        if len(rel.parts) < 2 or rel.parts[0] in SKIP_GROUPS:
+        group = "/".join(rel.parts[:-1])
+        if len(rel.parts) < 2 or rel.parts[0] in SKIP_GROUPS or group in REGISTRY_DIRS:
             continue
         out.append(("/".join(rel.parts[:-1]), path.stem))
     return out
@@ -82,7 +83,10 @@ def _compose_resolved(primary: str, overrides: list[str]) -> None:
 
 def test_there_is_something_to_compose() -> None:
     assert "import" in _primaries()
-    assert ("data", "llmrouter") in _options() and ("hardware", "orin_agx") in _options()
+    assert ("data", "llmrouter") in _options() and ("gating", "minilm") in _options()
+    # registry data (devices, model cards) is read by moe2.experts.registry, not composed
+    assert not [o for o in _options() if o[0] in REGISTRY_DIRS]
+    assert (CONF / "hardware" / "orin_agx.yaml").is_file()
 
 
 @pytest.mark.parametrize("primary", _primaries())
@@ -122,3 +126,46 @@ def test_group_option_composes(group: str, option: str) -> None:
         except Exception as exc:  # noqa: BLE001 - try the next primary, report all failures
             errors.append(f"{primary} [{override}]: {type(exc).__name__}: {exc}")
     pytest.fail(f"{group}/{option}.yaml composes with no primary config:\n" + "\n".join(errors))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("selection.k=two", "could not be converted to Integer"),
+        ("selection.methd=greedy", "Key 'methd' not in 'SelectionCfg'"),
+        ("paths.artefacts=x", "Key 'artefacts' not in 'PathsCfg'"),
+        ("selection.max_nodes=[1]", "selection.max_nodes"),
+    ],
+)
+def test_typed_groups_fail_at_compose_with_hydras_message(override: str, message: str) -> None:
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as info:
+        compose("select", [override])
+    text = f"{info.value} {info.value.__cause__}"
+    assert message in text, text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["selection.method=optimal"], "selection.method='optimal'; use one of monotonic"),
+        (["selection.metric=loglik"], "loglik needs selection.aggregation=mixture"),
+        (["selection.k=0"], "selection.k=0; it must be at least 1"),
+        (["selection.split=test"], "cannot also report it"),
+    ],
+)
+def test_cross_field_rules_run_before_the_stage(overrides: list[str], message: str) -> None:
+    from moe2.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        compose("select", overrides)
+
+
+def test_typed_defaults_are_the_yaml_defaults() -> None:
+    from moe2.config.schema import SelectionCfg
+
+    cfg = compose("select", [])
+    assert OmegaConf.get_type(cfg.selection) is SelectionCfg
+    assert cfg.selection.max_nodes is None and cfg.selection.k == 1
+    assert compose("select", ["selection.k=2", "selection.aggregation=vote"]).selection.k == 2

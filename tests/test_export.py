@@ -128,3 +128,39 @@ def test_smollm2_export_matches_pytorch(tmp_path) -> None:
         "smollm2", model, tok, tmp_path / "s", PARITY_PROMPTS[:2], max_new_tokens=16
     )
     assert all(r["passed"] for r in records), records
+
+
+@pytest.mark.parametrize("compute", ["fp16", "fp32"])
+def test_fp16_conversion_keeps_io_and_halves_weights(tmp_path, compute) -> None:
+    """FP16 graphs (compute or weights only) keep FP32 I/O and stay close to the FP32 graph."""
+    import onnx
+    from moe2.export.precision import convert_fp16
+    from onnx import TensorProto, helper, numpy_helper
+
+    from moe2.format.sessions import ort_session
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 64)).astype(np.float32) / 8
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"]),
+            helper.make_node("Softmax", ["h"], ["p"]),  # kept FP32 inside an FP16 graph
+            helper.make_node("MatMul", ["p", "w"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 64])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    ref = ort_session(path).run(None, {"x": x})[0]
+    size = path.stat().st_size
+    convert_fp16(path, compute=compute)
+    model = onnx.load(path)
+    assert [i.type.tensor_type.elem_type for i in model.graph.input] == [TensorProto.FLOAT]
+    assert {i.data_type for i in model.graph.initializer} == {TensorProto.FLOAT16}
+    assert path.stat().st_size < 0.6 * size
+    got = ort_session(path).run(None, {"x": x})[0]
+    assert got.dtype == np.float32 and np.abs(got - ref).max() < 1e-2

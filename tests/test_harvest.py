@@ -16,7 +16,7 @@ from _completions_server import CompletionsServer
 
 from moe2.data.embedded import CATEGORIES, generate_questions, questions_frame
 from moe2.data.tables import load_outcomes, read_tables
-from moe2.errors import ConfigError, ExpertError
+from moe2.errors import ConfigError, ExpertError, IncompleteHarvestError
 from moe2.experts.harvest import HarvestOptions, run_harvest
 from moe2.experts.registry import ExpertSpec, ModelCard, load_device, load_pool
 from moe2.utils.stage import compose
@@ -152,8 +152,16 @@ def test_expert_failing_midway_is_reported_and_retried(
         20 // len(CATEGORIES)
     )  # 20 prompts, shards of 4 -> the server breaks in the 2nd
     opts = _opts(tmp_path, shard_size=4, batch_size=2)
+    # without allow_partial the harvest refuses to write the incomplete table
+    with (
+        CompletionsServer(favored={"Paris"}, fail_after=3) as srv,
+        pytest.raises(IncompleteHarvestError, match=r"remote@cpu \(model remote-toy"),
+    ):
+        run_harvest([tiny_pool[0], remote(srv.url)], prompts, tmp_path / "strict", opts)
+    assert not (tmp_path / "strict" / "outcomes").exists()
+    partial = _opts(tmp_path, shard_size=4, batch_size=2, allow_partial=True)
     with CompletionsServer(favored={"Paris"}, fail_after=3) as srv:
-        res = run_harvest([tiny_pool[0], remote(srv.url)], prompts, tmp_path, opts)
+        res = run_harvest([tiny_pool[0], remote(srv.url)], prompts, tmp_path, partial)
     assert "remote-toy" in res.failures and "HTTP 500" in res.failures["remote-toy"]
     assert res.missing["tiny-llama@orin_agx"] == 0
     assert 0 < res.missing["remote@cpu"] < 20

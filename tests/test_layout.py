@@ -139,3 +139,22 @@ def test_light_modules_import_nothing_heavy(module: str) -> None:
     code = f"import sys, {module}; print(sorted(m for m in ('torch', 'hydra', 'lightning') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_module_imports_without_the_extras() -> None:
+    """The base install's check (.ci/run builds a real one), here by hiding every extra."""
+    import subprocess
+    import sys
+
+    from moe2.utils.deps import EXTRAS
+
+    hidden = [*EXTRAS, "optuna", "hydra_plugins.hydra_optuna_sweeper"]
+    script = Path(__file__).resolve().parents[1] / ".ci" / "import_all.py"
+    code = (
+        "import runpy, sys\n"
+        f"for m in {hidden!r}: sys.modules[m] = None  # import fails as if not installed\n"
+        f"runpy.run_path({str(script)!r})\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "moe2 modules import" in out.stdout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from moe2.errors import ConfigError
@@ -45,3 +47,17 @@ def test_new_latency_category_is_set_or_add_and_reaches_budget_stages() -> None:
     plan = stage_overrides(["train", "select"], base=[], user=["++budget.latency_ms.gsm8k=800"])
     assert "++budget.latency_ms.gsm8k=800" in plan["select"]
     assert "++budget.latency_ms.gsm8k=800" not in plan["train"]
+
+
+def test_searchpath_reaches_every_stage(tmp_path: Path) -> None:
+    """A group option from `hydra.searchpath` composes for the stages that have the group."""
+    (tmp_path / "gating").mkdir()
+    from moe2.config import conf_dir
+
+    src = Path(conf_dir()) / "gating" / "minilm.yaml"
+    (tmp_path / "gating" / "mine.yaml").write_text(
+        src.read_text().replace("hidden: 256", "hidden: 7")
+    )
+    search = f"hydra.searchpath=[file://{tmp_path}]"
+    plan = stage_overrides(["train", "select"], [], [search, "gating=mine"])
+    assert plan["train"] == [search, "gating=mine"] and plan["select"] == [search]

@@ -1,28 +1,45 @@
-"""The TensorRT build, one small stage per function (TensorRT >= 10 Python API).
+"""One TensorRT build for every target, one small stage per function.
 
-``parse_onnx`` -> ``create_config`` (precisions, workspace, timing cache) -> ``add_profiles`` ->
-``set_calibration`` (INT8) -> ``build_serialized`` -> caller writes the bytes. Each stage takes and
-returns TensorRT objects, so a test on a TensorRT machine can run any one of them.
+Written against the API that TensorRT (JetPack, on the Orin) and TensorRT for RTX share:
+``parse_onnx`` (a strongly typed network: precision comes from the ONNX) -> ``create_config``
+(workspace, compute capability for ahead-of-time builds, timing cache) -> ``add_profiles``
+(prefill and decode, from the plan) -> ``build_serialized``; the caller writes the bytes. The
+module (``tensorrt_rtx`` or ``tensorrt``) is the plan's, imported by
+:func:`moe2.format.engines.import_trt`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from moe2.export.tensorrt.plan import BuildPlan, EnginePlan, Profile
 
 from moe2.errors import BundleError
-from moe2.format.engines import import_tensorrt, make_logger
+from moe2.format.arch import parse_sm
+from moe2.format.engines import import_trt, make_logger
 
-__all__ = ["build_engine", "import_tensorrt", "make_logger"]
+__all__ = [
+    "add_profiles",
+    "build_engine",
+    "build_serialized",
+    "create_config",
+    "import_trt",
+    "parse_onnx",
+]
 
 log = logging.getLogger(__name__)
 
-_FLAGS = {"fp16": "FP16", "bf16": "BF16", "int8": "INT8", "fp8": "FP8"}
+
+def strongly_typed_network(trt: Any, builder: Any) -> Any:
+    """A network whose layers run in the types of their ONNX tensors.
+
+    TensorRT for RTX networks are strongly typed by construction; TensorRT 10 takes the flag.
+    """
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return builder.create_network(0 if flag is None else 1 << int(flag))
 
 
 def parse_onnx(trt: Any, builder: Any, logger: Any, onnx_path: str | Path) -> tuple[Any, Any]:
@@ -30,30 +47,54 @@ def parse_onnx(trt: Any, builder: Any, logger: Any, onnx_path: str | Path) -> tu
 
     Returns:
         ``(network, parser)``; keep the parser alive as long as the network.
+
+    Raises:
+        BundleError: naming each node TensorRT cannot parse, with its op and the reason.
     """
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    network = strongly_typed_network(trt, builder)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BundleError(f"TensorRT cannot parse {onnx_path}: {errors}")
+        errors = []
+        for i in range(parser.num_errors):
+            e = parser.get_error(i)
+            where = f"node {e.node()} '{e.node_name()}' (op {e.node_operator()})"
+            errors.append(f"{where}: {e.desc()}" if e.node() >= 0 else str(e.desc()))
+        raise BundleError(
+            f"TensorRT cannot parse {onnx_path}: {'; '.join(errors) or 'no error reported'}; "
+            "re-export the graph with ops TensorRT supports (see its ONNX operator list)"
+        )
     return network, parser
 
 
-def create_config(
-    trt: Any, builder: Any, plan: BuildPlan, engine: EnginePlan, timing_cache: bytes | None
-) -> Any:
-    """Builder config: precision flags, workspace limit, shared timing cache."""
+def compute_capability(trt: Any, sm_arch: str) -> Any:
+    """``"sm_89"`` -> ``trt.ComputeCapability.SM89`` (BundleError if this builder lacks it)."""
+    major, minor = parse_sm(sm_arch)
+    value = getattr(trt.ComputeCapability, f"SM{major}{minor}", None)
+    if value is None:
+        known = [c for c in dir(trt.ComputeCapability) if c.startswith("SM")]
+        raise BundleError(
+            f"{trt.__name__} {trt.__version__} cannot compile for {sm_arch} (it knows {known})"
+        )
+    return value
+
+
+def create_config(trt: Any, builder: Any, plan: BuildPlan, timing_cache: bytes | None) -> Any:
+    """Builder config: workspace limit, target compute capability, shared timing cache (TensorRT).
+
+    No precision flags: the network is strongly typed. An ahead-of-time builder (TensorRT for RTX)
+    compiles for the plan's architecture whatever GPU (if any) this machine has; TensorRT builds
+    for the local GPU, which :func:`~moe2.format.arch.check_arch` has matched to the plan.
+    """
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(plan.workspace_bytes))
-    for precision in engine.precisions:
-        if precision == "fp32":
-            continue
-        flag = getattr(trt.BuilderFlag, _FLAGS[precision], None)
-        if flag is None:
-            raise BundleError(f"this TensorRT ({trt.__version__}) has no {precision} builder flag")
-        config.set_flag(flag)
-    cache = config.create_timing_cache(timing_cache or b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if plan.builder_info["ahead_of_time"]:
+        config.num_compute_capabilities = 1
+        config.set_compute_capability(compute_capability(trt, plan.sm_arch), 0)
+    if plan.timing_cache:
+        # TensorRT times tactics and shares the timings across the target's engines; TensorRT
+        # for RTX has no tactic timing (its kernels are finished on the card), so no cache there
+        cache = config.create_timing_cache(timing_cache or b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
     return config
 
 
@@ -69,54 +110,15 @@ def add_profiles(builder: Any, network: Any, config: Any, profiles: Sequence[Pro
             )
         p = builder.create_optimization_profile()
         for name, s in profile.shapes.items():
-            p.set_shape(name, tuple(s["min"]), tuple(s["opt"]), tuple(s["max"]))
+            lo, opt, hi = (tuple(int(d) for d in s[k]) for k in ("min", "opt", "max"))
+            if not all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True)):
+                raise BundleError(
+                    f"profile {profile.name}: input {name} needs min <= opt <= max per axis, got "
+                    f"{list(lo)} / {list(opt)} / {list(hi)}; fix export.tensorrt.shapes and re-export"
+                )
+            p.set_shape(name, lo, opt, hi)
         indices.append(config.add_optimization_profile(p))
     return indices
-
-
-def calibration_batches(
-    engine: EnginePlan, feeds: Sequence[dict[str, np.ndarray]]
-) -> Iterator[dict[str, np.ndarray]]:
-    """The INT8 calibration inputs: the parity feeds, cycled up to the planned batch count."""
-    n = int((engine.calibration or {}).get("batches", len(feeds)))
-    for i in range(n):
-        yield feeds[i % len(feeds)]
-
-
-def make_calibrator(trt: Any, feeds: Sequence[dict[str, np.ndarray]], cache_path: Path) -> Any:
-    """An entropy calibrator feeding ``feeds`` (one dict of input arrays per batch) from the GPU."""
-    import torch
-
-    class Calibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self) -> None:
-            super().__init__()
-            self.feeds = list(feeds)
-            self.i = 0
-            self.buffers: dict[str, torch.Tensor] = {}
-
-        def get_batch_size(self) -> int:
-            return 1
-
-        def get_batch(self, names: list[str]) -> list[int] | None:
-            if self.i >= len(self.feeds):
-                return None
-            feed = self.feeds[self.i]
-            self.i += 1
-            ptrs = []
-            for name in names:
-                # at least one element: TensorRT wants a valid address even for empty past tensors
-                arr = feed[name] if feed[name].size else np.zeros(1, feed[name].dtype)
-                self.buffers[name] = torch.from_numpy(np.ascontiguousarray(arr)).cuda()
-                ptrs.append(int(self.buffers[name].data_ptr()))
-            return ptrs
-
-        def read_calibration_cache(self) -> bytes | None:
-            return cache_path.read_bytes() if cache_path.is_file() else None
-
-        def write_calibration_cache(self, cache: bytes) -> None:
-            cache_path.write_bytes(bytes(cache))
-
-    return Calibrator()
 
 
 def build_serialized(builder: Any, network: Any, config: Any, name: str) -> bytes:
@@ -124,7 +126,7 @@ def build_serialized(builder: Any, network: Any, config: Any, name: str) -> byte
     blob = builder.build_serialized_network(network, config)
     if blob is None:
         raise BundleError(
-            f"TensorRT failed to build the engine of {name}; rerun with verbose logging"
+            f"TensorRT failed to build the engine of {name}; rerun with verbose=true for its log"
         )
     return bytes(blob)
 
@@ -136,37 +138,24 @@ def build_engine(
     bundle_dir: Path,
     out_path: Path,
     timing_cache: bytes | None,
-    calibration_feeds: Sequence[dict[str, np.ndarray]] = (),
     verbose: bool = False,
 ) -> bytes:
-    """All stages for one engine; writes ``out_path`` and returns the updated timing cache."""
+    """All stages for one engine; writes ``out_path`` and returns the updated timing cache (or
+    ``b""`` where the builder keeps none)."""
     logger = make_logger(trt, verbose)
     builder = trt.Builder(logger)
     network, _parser = parse_onnx(trt, builder, logger, bundle_dir / engine.onnx)
-    config = create_config(trt, builder, plan, engine, timing_cache)
-    indices = add_profiles(builder, network, config, engine.profiles)
-    if engine.calibration and "int8" in engine.precisions:
-        if not calibration_feeds:
-            raise BundleError(
-                f"{engine.component}: int8 is planned but no calibration inputs were given"
-            )
-        names = [p.name for p in engine.profiles]
-        profile = indices[names.index(engine.calibration["profile"])]
-        feeds = list(calibration_batches(engine, calibration_feeds))
-        config.int8_calibrator = make_calibrator(trt, feeds, out_path.with_suffix(".calib"))
-        config.set_calibration_profile(
-            builder_profile(builder, engine.profiles[indices.index(profile)])
-        )
-    log.info("building %s for %s (%s)", engine.component, plan.target, "+".join(engine.precisions))
+    config = create_config(trt, builder, plan, timing_cache)
+    add_profiles(builder, network, config, engine.profiles)
+    log.info(
+        "building %s for %s (%s, %s, %s)",
+        engine.component,
+        plan.target,
+        plan.sm_arch,
+        engine.precision,
+        "+".join(p.name for p in engine.profiles),
+    )
     blob = build_serialized(builder, network, config, engine.component)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_bytes(blob)
-    return bytes(config.get_timing_cache().serialize())
-
-
-def builder_profile(builder: Any, profile: Profile) -> Any:
-    """A fresh TensorRT optimization profile object for ``profile`` (the calibration profile)."""
-    p = builder.create_optimization_profile()
-    for name, s in profile.shapes.items():
-        p.set_shape(name, tuple(s["min"]), tuple(s["opt"]), tuple(s["max"]))
-    return p
+    return bytes(config.get_timing_cache().serialize()) if plan.timing_cache else b""

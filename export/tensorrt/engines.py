@@ -1,8 +1,11 @@
 """``moe2 build-engines``: build every planned engine of one target, check TensorRT vs ONNX
-Runtime parity, record the engines and parity in the bundle's manifest.
+Runtime parity where the target's GPU is here, record the engines in the bundle's manifest.
 
-Order of checks (cheap and clear first): the bundle verifies -> the target was planned -> this GPU
-has the plan's architecture -> TensorRT imports. Nothing is built unless all hold.
+Order of checks (cheap and clear first): the bundle verifies -> the target was planned -> the
+plan's builder module imports -> for builders that build for the local GPU (JetPack's
+``tensorrt``), this GPU has the plan's architecture. Nothing is built unless all hold, and a build
+that fails leaves the bundle as it was: engines are staged beside it and moved in, with the
+manifest resealed, only after every engine built.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from moe2.export.tensorrt.plan import BuildPlan
 
 from moe2.errors import BundleError
 from moe2.format.arch import check_arch, local_sm_arch
-from moe2.format.parity import compare_arrays, compare_tokens, failed
+from moe2.format.parity import compare_arrays, compare_tokens, describe, failed
 from moe2.format.specs import spec_from_file
 from moe2.format.tokenize import prompt_ids
 from moe2.utils.io import read_json
@@ -43,65 +46,56 @@ def load_plan(
 def preflight(
     bundle_dir: str | Path, target: str, local_arch: str | None = None
 ) -> tuple[dict[str, Any], BuildPlan, Any]:
-    """Every check before a build: bundle verifies, target planned, GPU arch, TensorRT present.
+    """Every check before a build: bundle verifies, target planned, builder present, GPU arch.
 
     Args:
         bundle_dir: the bundle.
-        target: a target name (``orin_agx``).
+        target: a target name (``rtx4090``, ``orin_agx``).
         local_arch: this machine's GPU architecture (default: detected).
 
     Returns:
-        ``(manifest, plan, tensorrt module)``.
+        ``(manifest, plan, builder module)``.
     """
-    from moe2.export.tensorrt.builder import import_tensorrt
-
+    from moe2.format.engines import import_trt
     from moe2.format.manifest import verify_bundle
 
     manifest = verify_bundle(bundle_dir)
     plan = load_plan(bundle_dir, target, manifest)
-    check_arch(target, plan.sm_arch, local_arch if local_arch is not None else local_sm_arch())
-    trt = import_tensorrt()
+    for engine in plan.engines:
+        check_profile_context(engine)
+    if not plan.builder_info["ahead_of_time"]:
+        check_arch(target, plan.sm_arch, local_arch if local_arch is not None else local_sm_arch())
+    trt = import_trt(plan.builder)
     return manifest, plan, trt
 
 
-def _parity_feeds(
-    bundle_dir: Path, component: str, prompts: list[str]
-) -> list[dict[str, np.ndarray]]:
-    """Graph inputs for calibration and parity: the parity prompts, one feed each."""
-    from moe2.format.sessions import load_tokenizer
+def check_profile_context(engine: Any) -> None:
+    """Refuse a plan whose profiles reach past the model's context length (an edited plan).
 
-    if component == "gate":
-        from moe2.format.sessions import OrtGate
-
-        info = read_json(bundle_dir / "gate" / "gate.json")
-        g = OrtGate(
-            None,
-            load_tokenizer(bundle_dir / "gate" / "tokenizer"),
-            info["experts"],
-            info["max_length"],
-        )
-        return [g.encode([p]) for p in prompts]
-    model_dir = bundle_dir / component.removeprefix("expert:")
-    spec = _spec(model_dir)
-    tok = load_tokenizer(model_dir / "tokenizer")
-    feeds = []
-    for p in prompts:
-        ids = np.asarray([prompt_ids(tok, p)], np.int64)
-        feed = {
-            "input_ids": ids,
-            "attention_mask": np.ones_like(ids),
-            "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None],
-        }
-        for name in spec.input_names[3:]:
-            feed[name] = np.zeros(
-                (1, spec.meta["n_kv_heads"], 0, spec.meta["head_dim"]), np.float32
-            )
-        feeds.append(feed)
-    return feeds
+    Raises:
+        BundleError: naming the engine, the profile, the input and the limit.
+    """
+    ctx = engine.context_length
+    if not ctx:
+        return
+    for profile in engine.profiles:
+        for name, shape in profile.shapes.items():
+            if name in ("attention_mask", "input_ids") and shape["max"][-1] > ctx:
+                raise BundleError(
+                    f"{engine.component}: profile {profile.name} lets {name} reach "
+                    f"{shape['max'][-1]} tokens, beyond the model's context length {ctx}; "
+                    "re-export with export.tensorrt.shapes within it"
+                )
 
 
-def _spec(model_dir: Path) -> Any:
-    return spec_from_file(model_dir / "export_spec.json")
+def _gate_feeds(bundle_dir: Path, prompts: list[str]) -> list[dict[str, np.ndarray]]:
+    """The gate's inputs for the parity prompts, one feed each."""
+    from moe2.format.sessions import OrtGate, load_tokenizer
+
+    info = read_json(bundle_dir / "gate" / "gate.json")
+    tok = load_tokenizer(bundle_dir / "gate" / "tokenizer")
+    gate = OrtGate(None, tok, info["experts"], info["max_length"])
+    return [gate.encode([p]) for p in prompts]
 
 
 def engine_parity(
@@ -112,22 +106,26 @@ def engine_parity(
     atol: float,
     rtol: float,
     max_new_tokens: int,
+    module: str = "tensorrt",
 ) -> list[dict[str, Any]]:
-    """TensorRT vs ONNX Runtime on the parity prompts (logits; greedy tokens for LMs)."""
+    """TensorRT vs ONNX Runtime on the parity prompts (logits; greedy tokens for LMs).
+
+    Needs a GPU of the engine's architecture (engines run nowhere else).
+    """
     from moe2.format.engines import TrtCausalLM, TrtEngine
     from moe2.format.sessions import OrtCausalLM, load_tokenizer, ort_session
 
-    engine = TrtEngine(engine_path)
+    engine = TrtEngine(engine_path, module)
     onnx_path = bundle_dir / engine_plan.onnx
     comp = engine_plan.component
     if engine_plan.kind == "gate":
         sess = ort_session(onnx_path)
-        feeds = _parity_feeds(bundle_dir, comp, prompts)
+        feeds = _gate_feeds(bundle_dir, prompts)
         ref = np.concatenate([sess.run(None, f)[0] for f in feeds])
         got = np.concatenate([engine.run(f, 0)[0] for f in feeds])
         return [compare_arrays(comp, "onnxruntime->tensorrt", "logits", ref, got, atol, rtol)]
     model_dir = onnx_path.parent
-    spec = _spec(model_dir)
+    spec = spec_from_file(model_dir / "export_spec.json")
     tok = load_tokenizer(model_dir / "tokenizer")
     ort_lm = OrtCausalLM(ort_session(onnx_path), spec)
     trt_lm = TrtCausalLM(engine, spec)
@@ -162,26 +160,37 @@ def build_engines(
     rtol: float = 5e-2,
     verbose: bool = False,
 ) -> dict[str, Any]:
-    """Build every engine planned for ``target``, check parity, record them in the manifest.
+    """Build every engine planned for ``target``, check parity where possible, record them.
 
     Args:
         bundle_dir: the bundle (verified first).
-        target: the planned target to build (``orin_agx``, ``rtx4090``, ...).
+        target: the planned target to build (``rtx4090``, ``orin_agx``, ...).
         local_arch: override the detected GPU architecture (tests).
-        atol: TensorRT vs ONNX Runtime absolute logits tolerance (reduced precisions).
+        atol: TensorRT vs ONNX Runtime absolute logits tolerance (same ONNX, other kernels).
         rtol: relative tolerance.
         verbose: TensorRT verbose logging.
 
     Returns:
         The manifest's new ``engines[target]`` entry.
+
+    Raises:
+        BundleError: a check of :func:`preflight` fails, an ONNX cannot be parsed (naming the node
+            and op), a build fails, or TensorRT parity fails; the bundle is left as it was.
     """
+    import time
+
     from moe2.export.bundle import record_engines
     from moe2.export.tensorrt.builder import build_engine
+
+    from moe2.utils.io import sha256_file
 
     bundle_dir = Path(bundle_dir)
     manifest, plan, trt = preflight(bundle_dir, target, local_arch)
     prompts = list(manifest.get("parity_prompts", []))
     max_new = int(manifest.get("parity_max_new_tokens", 16))
+    local = local_arch if local_arch is not None else local_sm_arch()
+    # engines run only on their architecture: parity needs that GPU here
+    can_run = local == plan.sm_arch
     # staged beside (not inside) the bundle: verification refuses unrecorded files
     staging = bundle_dir.parent / f".{bundle_dir.name}.engines-{target}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
@@ -192,34 +201,46 @@ def build_engines(
     try:
         for engine in plan.engines:
             out = staging / Path(engine.engine).name
-            feeds = (
-                _parity_feeds(bundle_dir, engine.component, prompts) if engine.calibration else []
-            )
-            timing = build_engine(trt, plan, engine, bundle_dir, out, timing, feeds, verbose)
-            records += engine_parity(bundle_dir, engine, out, prompts, atol, rtol, max_new)
+            start = time.perf_counter()
+            # one timing cache across the target's engines (TensorRT; TensorRT for RTX has none)
+            timing = build_engine(trt, plan, engine, bundle_dir, out, timing, verbose)
+            seconds = time.perf_counter() - start
+            if can_run:
+                records += engine_parity(
+                    bundle_dir, engine, out, prompts, atol, rtol, max_new, plan.builder
+                )
             built.append(
                 {
                     "component": engine.component,
                     "engine": engine.engine,
-                    "precisions": engine.precisions,
+                    "onnx": engine.onnx,
+                    "precision": engine.precision,
                     "profiles": [p.name for p in engine.profiles],
+                    "sha256": sha256_file(out),
+                    "bytes": out.stat().st_size,
+                    "build_seconds": round(seconds, 2),
                 }
             )
-        (staging / Path(plan.timing_cache).name).write_bytes(timing or b"")
-        for calib in staging.glob("*.calib"):
-            calib.unlink()
+            log.info(
+                "built %s (%.1f MB) in %.1f s", engine.engine, out.stat().st_size / 1e6, seconds
+            )
+        if plan.timing_cache:
+            (staging / Path(plan.timing_cache).name).write_bytes(timing or b"")
         bad = failed(records)
         if bad:
-            from moe2.format.parity import describe
-
             raise BundleError("TensorRT parity failed: " + "; ".join(describe(r) for r in bad))
         entry = {
             "target": target,
             "sm_arch": plan.sm_arch,
-            "tensorrt": str(trt.__version__),
-            "precisions": plan.precisions,
+            "builder": {"module": plan.builder, "version": str(trt.__version__)},
             "engines": built,
             "timing_cache": plan.timing_cache,
+            "parity": (
+                "onnxruntime->tensorrt on the parity prompts"
+                if can_run
+                else f"not run: engines for {plan.sm_arch} cannot run on this machine "
+                f"({local or 'no GPU'}); they are checked by sha256 and run on the {target}"
+            ),
         }
         record_engines(bundle_dir, target, staging, entry, records)
     finally:

@@ -1,25 +1,37 @@
-"""Build plans: what ``moe2 build-engines`` will build for one target, decided at export time.
+"""Build plans: what ``build-engines`` will do for one target, decided at export time.
 
-A plan is pure data (``plans/<target>.json`` in the bundle): for each ONNX graph, the engine file,
-the precisions, the optimization profiles (min/opt/max shape of every input) and the calibration
-inputs; for the target, its GPU architecture, workspace limit and timing-cache path. Nothing here
-imports TensorRT, so plans are made and tested on any machine.
+A plan holds, for each ONNX graph of the bundle, the engine file, the precision the graph carries
+(strongly typed networks: precision lives in the ONNX, never in builder flags) and the optimization
+profiles (min/opt/max shape of every input: prefill and decode for LMs); for the target, its GPU
+architecture, the builder module that builds for it (``tensorrt_rtx`` for GeForce RTX cards,
+ahead of time on any x86-64 machine; JetPack's ``tensorrt`` on the Orin), the workspace limit and
+the timing-cache path; and, for LLM families that TensorRT Edge-LLM supports, its export and
+``llm_build`` commands with the same profiles. Nothing here imports TensorRT, so plans are made and
+tested on any machine.
 """
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from moe2.errors import BundleError, ConfigError
+from moe2.format.engines import BUILDERS
 from moe2.format.specs import ExportSpec
 
-PLAN_VERSION = 1
+__all__ = ["BUILDERS", "BuildPlan", "EnginePlan", "Profile", "ShapeLimits", "make_plan"]
+
+#: 2: builder module per target, precision from the ONNX (strongly typed), no calibration
+PLAN_VERSION = 2
 GIB = 1024**3
 
-#: builder precisions TensorRT knows (fp32 is always on: it is the fallback of every layer)
-TRT_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+#: precisions an exported graph can carry (``model.onnx``'s weights and compute)
+ONNX_PRECISIONS = ("fp32", "fp16")
+
+#: LLM families TensorRT Edge-LLM exports and builds (Llama, Qwen); not Gemma 3
+EDGELLM_FAMILIES = ("llama", "qwen2", "qwen3")
 
 
 @dataclass(frozen=True)
@@ -77,10 +89,11 @@ class EnginePlan:
     onnx: str  # bundle-relative path
     engine: str  # bundle-relative path of the serialized engine
     kind: str  # spec kind: gate | causal_lm
-    precisions: list[str]
+    precision: str  # what the ONNX carries (fp16, fp32): the network is strongly typed
     profiles: list[Profile]
-    #: int8 (implicit quantization) calibration: which profile and how many batches
-    calibration: dict[str, Any] | None = None
+    family: str = "gate"
+    #: the model's longest context (position embeddings), the bound of every profile
+    context_length: int | None = None
 
 
 @dataclass
@@ -90,12 +103,19 @@ class BuildPlan:
     target: str
     sm_arch: str
     cpu_arch: str
-    precisions: list[str]
+    builder: str  # import name of the builder module: tensorrt_rtx | tensorrt
     workspace_bytes: int
-    timing_cache: str
+    timing_cache: str | None  # bundle-relative; None for builders without tactic timing
     engines: list[EnginePlan] = field(default_factory=list)
+    #: TensorRT Edge-LLM route per LLM graph it supports (commands, profiles); informational
+    edgellm: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     version: int = PLAN_VERSION
+
+    @property
+    def builder_info(self) -> dict[str, Any]:
+        """Package, install command and mode of the plan's builder module."""
+        return BUILDERS[self.builder]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``plans/<target>.json``)."""
@@ -103,11 +123,17 @@ class BuildPlan:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BuildPlan:
-        """Inverse of :meth:`to_dict` (BundleError on a newer plan version)."""
-        if int(d.get("version", 0)) > PLAN_VERSION:
+        """Inverse of :meth:`to_dict` (BundleError on another plan version)."""
+        version = int(d.get("version", 0))
+        if version > PLAN_VERSION:
             raise BundleError(
-                f"build plan for {d.get('target')} has version {d.get('version')}, newer than this moe2 "
+                f"build plan for {d.get('target')} has version {version}, newer than this moe2 "
                 f"understands ({PLAN_VERSION}); upgrade moe2 on this machine"
+            )
+        if version < PLAN_VERSION:
+            raise BundleError(
+                f"build plan for {d.get('target')} has version {version} (weakly typed builds with "
+                f"precision flags, which TensorRT no longer keeps); re-export the bundle with this moe2"
             )
         engines = [
             EnginePlan(**{**e, "profiles": [Profile(**p) for p in e["profiles"]]})
@@ -193,6 +219,33 @@ def causal_lm_profiles(spec: ExportSpec, limits: ShapeLimits) -> list[Profile]:
     return [prefill, decode]
 
 
+def context_limit(spec: ExportSpec) -> int | None:
+    """The longest sequence a graph accepts (``meta.max_position_embeddings``), if known."""
+    value = spec.meta.get("max_position_embeddings")
+    return int(value) if value else None
+
+
+def check_limits(component: str, spec: ExportSpec, limits: ShapeLimits) -> None:
+    """Refuse profiles longer than the model's context (its position embeddings end there).
+
+    Raises:
+        ConfigError: naming the graph, the limit and the shape key to lower.
+    """
+    ctx = context_limit(spec)
+    if ctx is None:
+        return
+    if spec.kind == "causal_lm" and limits.max_context > ctx:
+        raise ConfigError(
+            f"{component}: export.tensorrt.shapes.max_context={limits.max_context} exceeds the "
+            f"model's context length {ctx}; lower max_context (and prefill_max_seq) to at most {ctx}"
+        )
+    if spec.kind == "gate" and limits.gate_max_seq > ctx:
+        raise ConfigError(
+            f"{component}: the gate's longest input gate_max_seq={limits.gate_max_seq} exceeds its "
+            f"encoder's {ctx} positions; lower export.tensorrt.shapes.gate_max_seq to at most {ctx}"
+        )
+
+
 def profiles_for(spec: ExportSpec, limits: ShapeLimits) -> list[Profile]:
     """The optimization profiles of a graph, by its spec kind."""
     if spec.kind == "gate":
@@ -202,31 +255,38 @@ def profiles_for(spec: ExportSpec, limits: ShapeLimits) -> list[Profile]:
     raise ConfigError(f"no TensorRT profiles for spec kind {spec.kind!r}")
 
 
-def target_precisions(device: Any, requested: Sequence[str]) -> list[str]:
-    """The builder precisions for a target: ``requested`` checked against what the device supports.
+def target_builder(device: Any) -> str:
+    """The builder module of a target (``conf/hardware/<name>.yaml`` ``tensorrt.builder``).
 
-    Args:
-        device: a :class:`~moe2.experts.registry.DeviceSpec` (its ``tensorrt.precisions``).
-        requested: precisions asked for in ``export.tensorrt.precisions.<target>``.
+    Raises:
+        ConfigError: the device has no NVIDIA GPU, or names an unknown builder.
     """
     if not device.sm_arch:
         raise ConfigError(
             f"target {device.name} has no NVIDIA GPU (sm_arch is null in conf/hardware/{device.name}.yaml); "
             "TensorRT engines need one. Use it with ONNX Runtime only (drop it from export.targets)."
         )
-    supported = [str(p) for p in (device.tensorrt or {}).get("precisions", [])]
-    unknown = [p for p in requested if p not in TRT_PRECISIONS]
-    if unknown:
+    builder = str((device.tensorrt or {}).get("builder", "tensorrt"))
+    if builder not in BUILDERS:
         raise ConfigError(
-            f"unknown TensorRT precision(s) {unknown}; use some of {list(TRT_PRECISIONS)}"
+            f"conf/hardware/{device.name}.yaml: tensorrt.builder {builder!r} is not one of {sorted(BUILDERS)}"
         )
-    missing = [p for p in requested if p not in supported]
-    if missing:
+    return builder
+
+
+def check_precision(device: Any, precision: str) -> str:
+    """Check that the target runs graphs of ``precision`` (``tensorrt.precisions`` of the device)."""
+    if precision not in ONNX_PRECISIONS:
         raise ConfigError(
-            f"target {device.name} does not support TensorRT precision(s) {missing} "
+            f"unknown ONNX precision {precision!r}; use one of {list(ONNX_PRECISIONS)}"
+        )
+    supported = [str(p) for p in (device.tensorrt or {}).get("precisions", [])]
+    if precision not in supported:
+        raise ConfigError(
+            f"target {device.name} does not run {precision} graphs "
             f"(conf/hardware/{device.name}.yaml tensorrt.precisions: {supported})"
         )
-    return list(dict.fromkeys(["fp32", *requested]))
+    return precision
 
 
 def workspace_bytes(device: Any, fraction: float, max_gb: float) -> int:
@@ -236,71 +296,107 @@ def workspace_bytes(device: Any, fraction: float, max_gb: float) -> int:
     return int(min(device.capacity_bytes * fraction, max_gb * GIB))
 
 
+def edgellm_route(
+    component: str, onnx: str, spec: ExportSpec, limits: ShapeLimits
+) -> dict[str, Any]:
+    """The TensorRT Edge-LLM commands for one LLM graph (families in :data:`EDGELLM_FAMILIES`).
+
+    Edge-LLM exports from the Hugging Face checkpoint with its own graph layout and plugins
+    (``tensorrt-edgellm-export CKPT OUT``, ONNX under ``OUT/llm``; precision from the checkpoint)
+    and builds on the Jetson with ``llm_build``; the bounds are the bundle's profiles, so both
+    routes serve the same prompt and context lengths.
+    """
+    model_dir = onnx.rsplit("/", 1)[0]
+    out = f"edgellm/{model_dir.rsplit('/', 1)[-1]}"
+    export_cmd = [
+        "tensorrt-edgellm-export",
+        "<hugging face checkpoint of this expert>",
+        f"{out}/onnx",
+    ]
+    build_cmd = [
+        "llm_build",
+        "--onnxDir", f"{out}/onnx/llm",
+        "--engineDir", f"{out}/engine",
+        "--maxBatchSize", str(limits.max_batch),
+        "--maxInputLen", str(limits.prefill_max_seq),
+        "--maxKVCacheCapacity", str(limits.max_context),
+    ]  # fmt: skip
+    return {
+        "component": component,
+        "family": spec.family,
+        "export": shlex.join(export_cmd),
+        "build": shlex.join(build_cmd),
+        "profiles": {
+            "max_batch": limits.max_batch,
+            "max_input_len": limits.prefill_max_seq,
+            "max_kv_cache_capacity": limits.max_context,
+        },
+    }
+
+
 def make_plan(
     device: Any,
     graphs: Sequence[tuple[str, str, ExportSpec]],
-    requested: Sequence[str],
     limits: ShapeLimits,
     workspace_fraction: float = 0.25,
     workspace_max_gb: float = 8.0,
-    calibration_batches: int = 8,
 ) -> BuildPlan:
     """The build plan of one target.
 
     Args:
         device: the target's :class:`~moe2.experts.registry.DeviceSpec`.
-        graphs: ``(component, bundle-relative onnx path, spec)`` of every graph to build.
-        requested: precisions asked for this target (``fp16``, ``int8``, ``fp8``, ...).
-        limits: shape ranges of the profiles.
+        graphs: ``(component, bundle-relative onnx path, spec)`` of every graph to build; the
+            spec's ``meta.precision`` is the precision the ONNX carries.
+        limits: shape ranges of the profiles (checked against each model's context length).
         workspace_fraction: share of the target's memory the builder may use as workspace.
         workspace_max_gb: cap on the workspace.
-        calibration_batches: INT8 calibration batches (parity prompts, cycled).
     """
-    precisions = target_precisions(device, requested)
-    notes = []
-    if "fp8" in precisions:
-        notes.append(
-            "fp8: TensorRT uses FP8 only for layers with explicit FP8 Q/DQ nodes in the ONNX graph "
-            "(no implicit FP8 calibration exists); graphs exported by moe2 carry none, so those "
-            "layers run in FP16. Quantize with NVIDIA ModelOpt before export to get FP8 kernels."
-        )
-    if "int8" in precisions:
-        notes.append(
-            "int8: implicit quantization calibrated on the bundle's parity prompts (entropy "
-            "calibrator, prefill profile for LMs); layers TensorRT finds faster or unsupported in "
-            "INT8 stay FP16."
-        )
+    builder = target_builder(device)
     root = f"engines/{device.name}"
-    engines = []
+    engines, edgellm = [], []
     for component, onnx_path, spec in graphs:
+        check_limits(component, spec, limits)
+        precision = check_precision(device, str(spec.meta.get("precision", "fp32")))
         stem = component.replace("expert:", "expert-").replace("/", "_")
-        profiles = profiles_for(spec, limits)
         engines.append(
             EnginePlan(
                 component=component,
                 onnx=onnx_path,
                 engine=f"{root}/{stem}.engine",
                 kind=spec.kind,
-                precisions=precisions,
-                profiles=profiles,
-                calibration=(
-                    {
-                        "profile": profiles[0].name,
-                        "batches": int(calibration_batches),
-                        "source": "parity prompts",
-                    }
-                    if "int8" in precisions
-                    else None
-                ),
+                precision=precision,
+                profiles=profiles_for(spec, limits),
+                family=spec.family,
+                context_length=context_limit(spec),
             )
+        )
+        if builder == "tensorrt" and spec.kind == "causal_lm" and spec.family in EDGELLM_FAMILIES:
+            edgellm.append(edgellm_route(component, onnx_path, spec, limits))
+    notes = [
+        "strongly typed networks: each layer runs in the precision of its ONNX tensors "
+        "(no builder precision flags, no INT8 calibration)",
+    ]
+    if BUILDERS[builder]["ahead_of_time"]:
+        notes.append(
+            f"{builder}: compiled ahead of time for {device.sm_arch} on any x86-64 machine; the "
+            "kernels are finished just in time on the card at first load"
+        )
+    else:
+        notes.append(f"{builder}: built on the {device.name} itself, for its GPU")
+    if edgellm:
+        notes.append(
+            "TensorRT Edge-LLM route (Llama/Qwen): run the `edgellm` commands on the device; "
+            "moe2 records them but does not install tensorrt-edgellm (its pins, transformers "
+            "5.14.1 and onnx 1.19, conflict with moe2's)"
         )
     return BuildPlan(
         target=device.name,
         sm_arch=str(device.sm_arch),
         cpu_arch=str(device.cpu_arch),
-        precisions=precisions,
+        builder=builder,
         workspace_bytes=workspace_bytes(device, workspace_fraction, workspace_max_gb),
-        timing_cache=f"{root}/timing.cache",
+        timing_cache=None if BUILDERS[builder]["ahead_of_time"] else f"{root}/timing.cache",
         engines=engines,
+        edgellm=edgellm,
         notes=notes,
     )

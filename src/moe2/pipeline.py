@@ -58,16 +58,28 @@ def _user_overrides(cfg: DictConfig) -> list[str]:
 
     if HydraConfig.initialized():
         return [
-            o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith("hydra.")
+            o
+            for o in HydraConfig.get().overrides.task
+            if _is_searchpath(o) or not o.lstrip("+~").startswith("hydra.")
         ]
     return list(cfg.pipeline.get("extra_overrides", []) or [])
 
 
-def _applies(config_name: str, override: str, cache: dict[tuple[str, str], bool]) -> bool:
+def _is_searchpath(override: str) -> bool:
+    """``hydra.searchpath=[...]``: where more config groups live; every stage composes with it."""
+    return override.lstrip("+~").startswith("hydra.searchpath")
+
+
+def _applies(
+    config_name: str,
+    override: str,
+    cache: dict[tuple[str, str], bool],
+    search: Sequence[str] = (),
+) -> bool:
     key = (config_name, override)
     if key not in cache:
         try:
-            _compose(config_name, [override])
+            _compose(config_name, [*search, override])
             cache[key] = True
         except Exception:  # noqa: BLE001 - Hydra raises several types for "not in this config"
             cache[key] = False
@@ -86,11 +98,15 @@ def stage_overrides(
 
     cache: dict[tuple[str, str], bool] = {}
     out: dict[str, list[str]] = {}
+    # the config search path applies to every stage, and before any group choice it provides
+    search = [o for o in [*base, *user] if _is_searchpath(o)]
+    base = [o for o in base if not _is_searchpath(o)]
+    user = [o for o in user if not _is_searchpath(o)]
     used: set[str] = set()
     absent = object()
     for name in stages:
         conf = STAGES[name].config_name
-        base_ok = [o for o in base if _applies(conf, o, cache)]
+        base_ok = [*search, *[o for o in base if _applies(conf, o, cache, search)]]
         stage_cfg = _compose(conf, base_ok)
         user_ok = []
         for o in user:
@@ -103,7 +119,7 @@ def stage_overrides(
                     and isinstance(OmegaConf.select(stage_cfg, parent, default=None), DictConfig)
                 ):
                     user_ok.append(o)
-            elif _applies(conf, o, cache):
+            elif _applies(conf, o, cache, search):
                 user_ok.append(o)
         out[name] = [*base_ok, *user_ok]
         used.update(user_ok)
@@ -128,6 +144,7 @@ def run_pipeline(cfg: DictConfig, run: Callable[[str, DictConfig], Any]) -> dict
         ``{"stages": {name: {"seconds": s, "result": ...}}, "summary": {...}}``.
     """
     from moe2.stages import STAGES
+    from moe2.utils.lock import stage_guard
     from moe2.utils.stage import seed_everything
 
     stages = list(cfg.pipeline.stages)
@@ -138,6 +155,13 @@ def run_pipeline(cfg: DictConfig, run: Callable[[str, DictConfig], Any]) -> dict
         )
     base = _base_overrides(cfg)
     plan = stage_overrides(stages, base, _user_overrides(cfg))
+    from moe2.config import quote
+    from moe2.utils.sweep import in_multirun
+
+    if in_multirun():
+        # this job's own directories (set by the stage wrapper) win over the command line's
+        pinned = [f"++paths.{k}={quote(str(cfg.paths[k]))}" for k in cfg.paths if k != "cache"]
+        plan = {name: [*o, *pinned] for name, o in plan.items()}
     timings: dict[str, dict[str, Any]] = {}
     total = time.perf_counter()
     for name in stages:
@@ -146,7 +170,8 @@ def run_pipeline(cfg: DictConfig, run: Callable[[str, DictConfig], Any]) -> dict
         log.info("── stage %s (%s)", name, " ".join(plan[name]) or "defaults")
         seed_everything(int(scfg.get("seed", 0)))
         start = time.perf_counter()
-        result = run(name, scfg)
+        with stage_guard(name, scfg):  # the stage's own lock, as when it runs alone
+            result = run(name, scfg)
         timings[name] = {"seconds": round(time.perf_counter() - start, 2), "result": result}
         log.info("── stage %s done in %.1f s", name, timings[name]["seconds"])
     summary = summarize(Path(str(cfg.paths.artifacts)), timings, time.perf_counter() - total)

@@ -33,6 +33,9 @@ class Stage:
         aliases: ``key=value`` overrides renamed before Hydra sees them (a path for a group name).
         open_keys: mappings whose keys are open (categories): ``prefix.new_key=v`` is passed as
             ``++`` (set or add).
+        writes: config keys of what the stage writes; under ``-m`` each job writes them in its
+            own directory (``paths.<x>`` keys, or ``"paths"`` for all of them), the other
+            ``paths.*`` keep their values (the inputs every job shares).
     """
 
     name: str
@@ -42,6 +45,7 @@ class Stage:
     positional: tuple[str, ...] = ()
     aliases: dict[str, str] = field(default_factory=dict)
     open_keys: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
 
     @property
     def config_name(self) -> str:
@@ -85,22 +89,31 @@ for _stage in (
         "import",
         "Import an outcome table (LLMRouter JSON, RouterBench CSV, moe2 Parquet).",
         _entry("import_outcomes"),
+        writes=("paths.outcomes",),
     ),
     Stage(
         "profile",
         "Measure per-expert latency, energy and memory on this machine.",
         _entry("profile"),
+        writes=("paths.profiles",),
     ),
     Stage(
         "harvest",
         "Run the experts over a prompt dataset and record outcomes (resumable).",
         _entry("harvest"),
+        writes=("paths.outcomes",),
     ),
-    Stage("train", "Train the gating network once over all experts.", _entry("train")),
+    Stage(
+        "train",
+        "Train the gating network once over all experts.",
+        _entry("train"),
+        writes=("paths.gating",),
+    ),
     Stage(
         "evaluate",
         "Score a gate (or a selection) on another outcome table (gating=DIR [selection=DIR] outcomes=DIR).",
         _entry("evaluate"),
+        writes=("eval.out_dir",),
         aliases={
             "gating": "eval.gating_dir",
             "outcomes": "eval.outcomes_dir",
@@ -111,27 +124,31 @@ for _stage in (
         "check-preserving",
         "Retrain on random subsets and compare with the restricted full gate.",
         _entry("check_preserving"),
+        writes=("preserving.out",),
     ),
     Stage(
         "select",
         "Choose the expert subset that maximises quality under the budgets.",
         _entry("select"),
+        writes=("paths.selection",),
         open_keys=("budget.latency_ms",),
     ),
     Stage(
         "sweep",
         "Sweep budgets and plot the Pareto front against baselines.",
         _entry("sweep"),
+        writes=("paths.selection",),
         open_keys=("budget.latency_ms",),
     ),
     Stage(
         "export",
         "Write a deployable bundle: ONNX gate and experts, build plans, manifest.",
         _entry("export"),
+        writes=("paths.bundle",),
     ),
     Stage(
         "build-engines",
-        "Build TensorRT engines for a bundle on its target (needs tensorrt).",
+        "Build TensorRT engines for a bundle (rtx4090: anywhere x86-64 with tensorrt_rtx; orin_agx: on the device).",
         _entry("build_engines"),
         positional=("bundle.path",),
     ),
@@ -148,9 +165,22 @@ for _stage in (
         positional=("bundle.path", "prompt"),
     ),
     Stage(
+        "serve",
+        "Serve a bundle as an OpenAI-compatible router (gate, route, fail over, aggregate).",
+        _entry("serve"),
+        positional=("bundle.path",),
+    ),
+    Stage(
+        "serve-expert",
+        "Serve one bundle expert as an OpenAI-compatible endpoint with measured latency/energy.",
+        _entry("serve_expert"),
+        positional=("bundle.path",),
+    ),
+    Stage(
         "pipeline",
         "Run every stage in order on the embedded default (offline).",
         _entry("pipeline"),
+        writes=("paths",),
         open_keys=("budget.latency_ms",),
     ),
 ):

@@ -8,3 +8,36 @@ def conf_dir() -> str:
     from importlib.resources import files
 
     return str(files("moe2.conf"))
+
+
+def quote(value: str) -> str:
+    """``value`` quoted for Hydra's override grammar (paths and free text taken verbatim)."""
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'"
+
+
+#: folders of ``conf/`` that hold registry data (one file per device or model card), read by
+#: :mod:`moe2.experts.registry`; they are not config groups and cannot be chosen with ``group=x``
+REGISTRY_DIRS: dict[str, str] = {
+    "hardware": "devices are named by profile.target=NAME or export.targets=[NAME,...]",
+    "experts/models": "model cards are named by the experts of a pool (conf/experts/<pool>.yaml: model: NAME)",
+}
+
+
+def check_choices(choices: dict[str, object]) -> None:
+    """Refuse a registry folder chosen as a config group (``+hardware=rtx4090`` is a mistake).
+
+    Args:
+        choices: Hydra's ``hydra.runtime.choices`` of the composed config.
+
+    Raises:
+        ConfigError: naming the folder and what to write instead.
+    """
+    from moe2.errors import ConfigError
+
+    for group, option in choices.items():
+        if option is not None and group in REGISTRY_DIRS:
+            raise ConfigError(
+                f"'{group}={option}': conf/{group}/ holds registry data, not a config group; "
+                f"{REGISTRY_DIRS[group]}"
+            )

@@ -126,6 +126,7 @@ class OutcomeTables:
             missing = [f.name for f in schema if not f.nullable and f.name not in df.columns]
             if missing:
                 raise DataError(f"{where}: table '{name}' lacks column(s) {missing}")
+        self._check_types(where)
         p, o, e = self.prompts, self.outcomes, self.experts
         if len(p) == 0:
             raise DataError(f"{where}: no prompts")
@@ -161,6 +162,13 @@ class OutcomeTables:
                 f"{where}: outcome ({row['prompt_id']!r}, {row['expert']!r}) appears twice"
             )
         s = o["score"].to_numpy(dtype=float)
+        inf = np.isinf(s)
+        if inf.any():
+            row = o[inf].iloc[0]
+            raise DataError(
+                f"{where}: score {row['score']} for ({row['prompt_id']!r}, {row['expert']!r}) is not "
+                "a number in [0, 1]; give a missing score as empty (null/NaN), not infinity"
+            )
         bad = np.isfinite(s) & ((s < 0) | (s > 1))
         if bad.any():
             row = o[bad].iloc[0]
@@ -168,6 +176,47 @@ class OutcomeTables:
                 f"{where}: score {row['score']} for ({row['prompt_id']!r}, {row['expert']!r}) is outside [0, 1]; "
                 "rescale scores to [0, 1]"
             )
+
+    def _check_types(self, where: str) -> None:
+        """Required columns hold no nulls, text columns hold text and number columns numbers."""
+        for name, schema in SCHEMAS.items():
+            df = getattr(self, name)
+            for f in schema:
+                if f.name not in df.columns:
+                    continue
+                col = df[f.name]
+                if not f.nullable and col.isna().any():
+                    row = int(np.flatnonzero(col.isna().to_numpy())[0])
+                    at = f"row {row}"
+                    if f.name != "prompt_id" and "prompt_id" in df.columns:
+                        at += f" (prompt_id {df['prompt_id'].iloc[row]!r})"
+                    raise DataError(
+                        f"{where}: table '{name}' has an empty (null) {f.name!r} in {at}; "
+                        f"every row needs one"
+                    )
+                numeric = pa.types.is_floating(f.type) or pa.types.is_integer(f.type)
+                if numeric and not (
+                    pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)
+                ):
+                    vals = col.dropna()
+                    if len(vals) == 0:
+                        continue  # all missing: an absent measurement
+                    bad = vals[pd.to_numeric(vals, errors="coerce").isna()]
+                    example = bad.iloc[0] if len(bad) else vals.iloc[0]
+                    raise DataError(
+                        f"{where}: column {f.name!r} of table '{name}' holds "
+                        f"{type(example).__name__} values (e.g. {example!r}), not numbers; "
+                        f"write it as a numeric column"
+                    )
+                if pa.types.is_string(f.type):
+                    vals = col.dropna()
+                    not_text = vals[~vals.map(lambda v: isinstance(v, str))]
+                    if len(not_text):
+                        raise DataError(
+                            f"{where}: column {f.name!r} of table '{name}' holds "
+                            f"{type(not_text.iloc[0]).__name__} values (e.g. {not_text.iloc[0]!r}), "
+                            "not text"
+                        )
 
 
 def _to_arrow(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:

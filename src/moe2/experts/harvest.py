@@ -30,7 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from moe2.data.tables import OutcomeTables, write_tables
-from moe2.errors import ConfigError, DataError, Moe2Error
+from moe2.data.validate import check_prompts
+from moe2.errors import ConfigError, DataError, IncompleteHarvestError, Moe2Error
 from moe2.experts.base import Expert
 from moe2.experts.scoring import batched, grade
 from moe2.utils.io import atomic_path, read_json, write_json
@@ -67,6 +68,8 @@ class HarvestOptions:
     max_length: int | None = None
     limit: int | None = None
     restart: bool = False
+    #: write DIR/outcomes and succeed even when (prompt, expert) pairs are missing
+    allow_partial: bool = False
     progress: bool = True
     cache_dir: str | None = None
 
@@ -288,7 +291,13 @@ def run_harvest(
 
     Returns:
         A :class:`HarvestResult`; experts that failed mid-run are listed in ``failures`` and their
-        missing pairs in ``missing`` (running harvest again retries only those).
+        missing pairs in ``missing`` (running harvest again retries only those). A result with
+        missing pairs is only returned (and ``DIR/outcomes`` only written) with
+        ``opts.allow_partial``.
+
+    Raises:
+        IncompleteHarvestError: pairs are missing and ``opts.allow_partial`` is off.
+        DataError: an empty prompt, invalid UTF-8, or options fewer than 2 or repeated.
     """
     from moe2.experts import load_expert
     from moe2.experts.registry import experts_table
@@ -299,6 +308,7 @@ def run_harvest(
         prompts = prompts.iloc[: int(opts.limit)].reset_index(drop=True)
     if len(prompts) == 0:
         raise DataError("harvest: the prompt dataset is empty")
+    check_prompts(prompts, "harvest")  # empty prompts, bad UTF-8, < 2 or repeated options
     models: dict[str, list[str]] = {}
     cards: dict[str, Any] = {}
     for spec in pool:
@@ -359,12 +369,52 @@ def run_harvest(
                 bar.update(task, advance=len(chunk), rate=f"{rate:.1f}")
             if m in (experts or {}) and hasattr(experts[m], "stats"):  # type: ignore[index]
                 log.info("%s: %s", m, experts[m].stats.as_dict())  # type: ignore[index]
+    if not opts.allow_partial:
+        check_complete(pool, prompts, artifacts, models, shard_dirs, failures)
     result = consolidate(
         pool, prompts, artifacts, models, shard_dirs, experts_table, fingerprint, config, failures
     )
     result.seconds = time.perf_counter() - t_start
     result.items_per_s = n_items / result.seconds if result.seconds > 0 else 0.0
     return result
+
+
+def check_complete(
+    pool: Sequence[Any],
+    prompts: pd.DataFrame,
+    artifacts: Path,
+    models: dict[str, list[str]],
+    shard_dirs: dict[str, Path],
+    failures: dict[str, str],
+) -> None:
+    """Refuse to write ``DIR/outcomes`` while any (prompt, expert) pair is missing.
+
+    Raises:
+        IncompleteHarvestError: naming each expert with missing pairs, why its model failed, and
+            how to resume (the scored pairs stay in ``DIR/harvest/shards``).
+    """
+    wanted = set(prompts["prompt_id"].astype(str))
+    lines = []
+    n_missing = 0
+    for m, names in models.items():
+        df = read_shards(shard_dirs[m])
+        have = set(df["prompt_id"].astype(str)) & wanted if len(df) else set()
+        gap = len(wanted) - len(have)
+        if gap:
+            n_missing += gap * len(names)
+            why = failures.get(m, "no error recorded")
+            lines.append(
+                f"{', '.join(names)} (model {m}: {gap} of {len(wanted)} prompts missing; {why})"
+            )
+    if not lines:
+        return
+    raise IncompleteHarvestError(
+        f"harvest incomplete: {n_missing} of {len(wanted) * len(pool)} (prompt, expert) pairs are "
+        f"missing; failed expert(s): {'; '.join(lines)}. {artifacts / 'outcomes'} was not written. "
+        f"The scored pairs are kept in {artifacts / 'harvest' / 'shards'}: fix the expert and run "
+        "the same command again to score only the missing pairs, or add harvest.allow_partial=true "
+        "to write the incomplete table"
+    )
 
 
 def consolidate(

@@ -37,6 +37,31 @@ RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 CHARS_PER_TOKEN = 4  # prompt length estimate for left truncation (no tokenizer on this side)
 
 
+def echo_loglik(choice: dict[str, Any], start: int, expert: str = "expert") -> float:
+    """Log-likelihood of the text after character ``start`` of an echoed prompt.
+
+    ``choice`` is one choice of a ``/completions`` answer to ``echo: true, logprobs: 1,
+    max_tokens: 1``: the prompt's tokens with their ``token_logprobs`` and ``text_offset``, then
+    the one generated token, which is left out.
+
+    Raises:
+        ExpertError: the answer carries no prompt log-probabilities.
+    """
+    lp = choice.get("logprobs") or {}
+    toks, offs = lp.get("token_logprobs"), lp.get("text_offset")
+    if not isinstance(toks, list) or not isinstance(offs, list):
+        raise ExpertError(
+            f"expert {expert}: the endpoint returned no prompt logprobs (echo); set source.logprobs: false"
+        )
+    # echo returns prompt tokens then the generated one: keep the option's prompt tokens
+    n_prompt = len(toks) - 1 if len(toks) > 1 else len(toks)
+    return sum(
+        float(v)
+        for v, o in zip(toks[:n_prompt], offs[:n_prompt], strict=False)
+        if o is not None and o >= start and v is not None
+    )
+
+
 class OpenAIExpert:
     """An expert served behind an OpenAI-compatible completions endpoint.
 
@@ -228,22 +253,7 @@ class OpenAIExpert:
             raise ExpertError(
                 f"expert {self.name}: asked for {len(strings)} completions, got {len(choices)}"
             )
-        lls = []
-        for ch, start in zip(choices, spans, strict=False):
-            lp = ch.get("logprobs") or {}
-            toks, offs = lp.get("token_logprobs"), lp.get("text_offset")
-            if toks is None or offs is None:
-                raise ExpertError(
-                    f"expert {self.name}: the endpoint returned no prompt logprobs (echo); set source.logprobs: false"
-                )
-            # echo returns prompt tokens then the generated one: keep the option's prompt tokens
-            n_prompt = len(toks) - 1 if len(toks) > 1 else len(toks)
-            s = sum(
-                float(v)
-                for v, o in zip(toks[:n_prompt], offs[:n_prompt], strict=False)
-                if o is not None and o >= start and v is not None
-            )
-            lls.append(s)
+        lls = [echo_loglik(ch, start, self.name) for ch, start in zip(choices, spans, strict=False)]
         out, k = [], 0
         for _, choices_ in job:
             out.append(np.asarray(lls[k : k + len(choices_)], dtype=np.float64))

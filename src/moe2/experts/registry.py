@@ -77,7 +77,8 @@ class DeviceSpec:
         power_modes: named power modes (Jetson nvpmodel) -> watts; ``power_mode`` the active one.
         efficiency: ``{compute, bandwidth}`` achievable fractions of the peaks.
         network: ``{rtt_ms, bandwidth_mbps}`` of the link clients reach the device over.
-        tensorrt: ``{precisions: [...]}`` TensorRT builder precisions the device supports.
+        tensorrt: ``{builder: tensorrt_rtx | tensorrt, precisions: [...]}``: the TensorRT module
+            that builds its engines and the ONNX precisions they are built from.
     """
 
     name: str

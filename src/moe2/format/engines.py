@@ -1,11 +1,13 @@
 """Running built engines (TensorRT >= 10 name-based I/O, CUDA buffers from torch).
 
 The builder (``moe2.export.tensorrt``) checks its engines with these sessions and the runtime
-serves with them; both import TensorRT through :func:`import_tensorrt`.
+serves with them; both import TensorRT through :func:`import_trt`, by the module that the plan
+and the manifest name (``tensorrt_rtx`` for GeForce RTX targets, JetPack's ``tensorrt`` on the Orin).
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -14,19 +16,47 @@ import numpy as np
 from moe2.errors import BundleError
 from moe2.format.sessions import OrtCausalLM
 from moe2.format.specs import ExportSpec
-from moe2.utils.deps import install_hint
+
+#: the TensorRT builds moe2 knows: import name -> how to get it and what it targets
+BUILDERS: dict[str, dict[str, Any]] = {
+    "tensorrt_rtx": {
+        "package": "tensorrt-rtx-cu13",
+        "install": "pip install tensorrt-rtx-cu13  (included in: pip install 'moe2[all]')",
+        # compiles ahead of time for a named compute capability, with or without a GPU
+        "ahead_of_time": True,
+    },
+    "tensorrt": {
+        "package": "tensorrt",
+        "install": (
+            "on Jetson it comes with JetPack (sudo apt install python3-libnvinfer); "
+            "elsewhere: pip install 'moe2[tensorrt]' (or: pip install tensorrt)"
+        ),
+        # builds for the GPU of the machine it runs on
+        "ahead_of_time": False,
+    },
+}
+
+
+def import_trt(module: str = "tensorrt") -> Any:
+    """Import a TensorRT builder/runtime module (``tensorrt_rtx`` or ``tensorrt``).
+
+    Raises:
+        BundleError: an unknown module, or a missing one, with its install command.
+    """
+    if module not in BUILDERS:
+        raise BundleError(f"unknown TensorRT module {module!r}; known: {sorted(BUILDERS)}")
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise BundleError(
+            f"TensorRT is not installed here: no module {module} ({exc}); install it with: "
+            f"{BUILDERS[module]['install']}"
+        ) from exc
 
 
 def import_tensorrt() -> Any:
-    """``import tensorrt`` or a BundleError with the install command."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise BundleError(
-            f"TensorRT is not installed here ({exc}); engines are built on the target: on Jetson it "
-            f"comes with JetPack (apt install python3-libnvinfer), elsewhere: {install_hint('tensorrt')}"
-        ) from exc
-    return trt
+    """``import tensorrt`` (JetPack / full TensorRT) or a BundleError with the install command."""
+    return import_trt("tensorrt")
 
 
 def make_logger(trt: Any, verbose: bool = False) -> Any:
@@ -39,12 +69,13 @@ class TrtEngine:
 
     Args:
         path: the ``.engine`` file.
+        module: the TensorRT module that built it (``tensorrt_rtx`` or ``tensorrt``).
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, module: str = "tensorrt"):
         import torch
 
-        self.trt = trt = import_tensorrt()
+        self.trt = trt = import_trt(module)
         self.torch = torch
         self.runtime = trt.Runtime(make_logger(trt))
         self.engine = self.runtime.deserialize_cuda_engine(Path(path).read_bytes())

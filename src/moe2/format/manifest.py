@@ -144,7 +144,56 @@ def verify_bundle(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
     bad = failed(manifest["parity"])
     if bad:
         raise BundleError(f"parity record failed: {describe(bad[0])}")
+    for target, entry in manifest.get("engines", {}).items():
+        verify_engines(root, manifest, target, entry)
     return manifest
+
+
+def verify_engines(
+    root: Path, manifest: dict[str, Any], target: str, entry: dict[str, Any]
+) -> None:
+    """Check one target's engines against the manifest and the target's build plan.
+
+    Each engine file is recorded with the sha256 the build wrote; the builder module is the one
+    the plan names, with a version; the compute capability is the plan's.
+
+    Raises:
+        BundleError: naming the target and what does not match.
+    """
+    from moe2.format.engines import BUILDERS
+
+    where = f"{MANIFEST} engines.{target}"
+    plan_rel = f"plans/{target}.json"
+    if plan_rel not in manifest["files"]:
+        raise BundleError(f"{where}: engines for a target with no build plan ({plan_rel})")
+    plan = read_json(root / plan_rel)
+    builder = entry.get("builder") or {}
+    module, version = builder.get("module"), builder.get("version")
+    if module not in BUILDERS or not version:
+        raise BundleError(
+            f"{where}: builder module/version missing or unknown ({builder}); rebuild with "
+            f"`moe2 build-engines BUNDLE target={target}`"
+        )
+    if module != plan.get("builder"):
+        raise BundleError(
+            f"{where}: built with {module}, but the plan names {plan.get('builder')}; rebuild them"
+        )
+    if entry.get("sm_arch") != plan.get("sm_arch"):
+        raise BundleError(
+            f"{where}: compute capability {entry.get('sm_arch')} differs from the plan's "
+            f"{plan.get('sm_arch')}; rebuild them"
+        )
+    planned = {e["component"]: e["engine"] for e in plan.get("engines", [])}
+    for e in entry.get("engines", []):
+        rel = e.get("engine")
+        if planned.get(e.get("component")) != rel:
+            raise BundleError(f"{where}: engine {rel} of {e.get('component')} is not in the plan")
+        rec = manifest["files"].get(rel)
+        if rec is None or rec["sha256"] != e.get("sha256"):
+            raise BundleError(
+                f"{rel}: engine file does not match the sha256 its build recorded; rebuild with "
+                f"`moe2 build-engines BUNDLE target={target}`"
+            )
 
 
 def summary(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -159,6 +208,10 @@ def summary(manifest: dict[str, Any]) -> dict[str, Any]:
         "parity_records": len(manifest["parity"]),
         "targets": manifest.get("targets", []),
         "engines": sorted(manifest.get("engines", {})),
+        "engine_builders": {
+            t: f"{e.get('builder', {}).get('module')} {e.get('builder', {}).get('version')} ({e.get('sm_arch')})"
+            for t, e in manifest.get("engines", {}).items()
+        },
     }
 
 

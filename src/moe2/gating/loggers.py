@@ -8,8 +8,6 @@ W&B runs online only when an API key is configured (``WANDB_API_KEY`` or a ``wan
 from __future__ import annotations
 
 import logging
-import netrc
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -18,19 +16,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from moe2.errors import ConfigError
 from moe2.utils.deps import require
+from moe2.utils.tracking import run_group, wandb_key_configured, wandb_offline
+
+__all__ = ["build_loggers", "wandb_key_configured", "wandb_logger"]
 
 log = logging.getLogger(__name__)
-
-
-def wandb_key_configured() -> bool:
-    """Whether a W&B API key is configured (environment or ``~/.netrc``), without any network call."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].rstrip("/")
-        return netrc.netrc().authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
 
 
 def wandb_logger(
@@ -47,17 +37,19 @@ def wandb_logger(
         project: W&B project.
         name: run name.
         mode: ``auto``, ``online`` or ``offline``.
-        **kwargs: passed to ``WandbLogger`` (tags, group, entity, ...).
+        **kwargs: passed to ``WandbLogger`` (tags, entity, ...; group defaults to the pipeline's
+            group, :func:`moe2.utils.tracking.run_group`).
     """
     require("wandb", "W&B experiment tracking (logger=wandb)")
     from lightning.pytorch.loggers import WandbLogger
 
     if mode not in ("auto", "online", "offline"):
         raise ConfigError(f"logger.wandb.mode must be auto, online or offline, got {mode!r}")
-    env_mode = os.environ.get("WANDB_MODE")
-    offline = mode == "offline" or (
-        mode == "auto" and (env_mode in ("offline", "dryrun") or not wandb_key_configured())
-    )
+    offline = wandb_offline(mode)
+    # the same project and group as every other stage writing to these artifacts
+    # (save_dir is ${paths.artifacts}/logs)
+    kwargs.setdefault("group", run_group(Path(save_dir).parent))
+    kwargs.setdefault("job_type", "train")
     if offline:
         log.info(
             "W&B: offline (no API key configured); sync later with `wandb sync %s/wandb/offline-run-*`",

@@ -393,7 +393,19 @@ def load_gate(
     if "gate" not in meta or "experts" not in meta:
         raise DataError(f"{meta_path}: lacks 'gate'/'experts'; retrain with `moe2 train`")
     net = GatingNet(meta["experts"], **meta["gate"])
-    state = torch.load(model_path, map_location=map_location, weights_only=True)
+    import pickle
+
+    try:  # weights_only: a model.pt holding pickled code is refused, never run
+        state = torch.load(model_path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        why = (
+            "it holds pickled objects besides tensors, which could run code when loaded"
+            if isinstance(exc, pickle.UnpicklingError)
+            else "it is damaged or not a PyTorch file"
+        )
+        raise DataError(f"{model_path}: refused, {why}; retrain with `moe2 train`") from exc
+    if not isinstance(state, dict):
+        raise DataError(f"{model_path}: holds a {type(state).__name__}, not a state dict")
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatch, e.g. a different number of experts

@@ -33,6 +33,7 @@ from moe2.gating.module import GateModule, routing_metrics
 from moe2.gating.net import GatingNet, build_gate, cached_embeddings
 from moe2.utils.instantiate import instantiate
 from moe2.utils.io import atomic_path, write_json, write_text_atomic
+from moe2.utils.lock import run_id
 from moe2.utils.meta import run_metadata
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,9 @@ def fit_gate(
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     run_dir = (
-        Path(run_dir) if run_dir is not None else Path(cfg.paths.artifacts) / "logs" / "gating"
+        Path(run_dir)
+        if run_dir is not None
+        else Path(cfg.paths.artifacts) / "logs" / "gating" / run_id()  # own dir per run
     )
     ckpt = ModelCheckpoint(
         dirpath=str(run_dir / "checkpoints"),
@@ -220,8 +223,10 @@ def fit_gate(
     fit_seconds = time.perf_counter() - t0
     best_path = ckpt.best_model_path
     best_score = None if ckpt.best_model_score is None else float(ckpt.best_model_score)
+    best_epoch = None
     if best_path and Path(best_path).is_file():
-        state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+        saved = torch.load(best_path, map_location="cpu", weights_only=True)
+        state, best_epoch = saved["state_dict"], int(saved.get("epoch", -1))
         missing, unexpected = module.load_state_dict(state, strict=False)
         bad = [k for k in missing if not (frozen and k.startswith("net.encoder."))]
         if bad or unexpected:
@@ -230,13 +235,6 @@ def fit_gate(
             )
     elif not trainer.fast_dev_run and trainer.is_global_zero:
         log.warning("no checkpoint was saved (is %s logged?); keeping the last weights", monitor)
-    best_epoch = None
-    if best_score is not None:
-        best_epoch = (
-            int(torch.load(best_path, map_location="cpu", weights_only=False).get("epoch", -1))
-            if best_path
-            else None
-        )
     device = str(trainer.strategy.root_device)
     return FitResult(
         net=module.net,
@@ -327,7 +325,8 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("gating.monitor is required (e.g. val/router_acc)")
     data = load_outcomes(cfg.paths.outcomes)
     check_gating_data(data, str(cfg.paths.outcomes))
-    run_dir = Path(cfg.paths.artifacts) / "logs" / "gating"
+    # checkpoints of this run only: concurrent or earlier runs keep theirs
+    run_dir = Path(cfg.paths.artifacts) / "logs" / "gating" / run_id()
     loggers = build_loggers(cfg.get("logger"))
     for lg in loggers:
         if hasattr(lg, "log_hyperparams"):

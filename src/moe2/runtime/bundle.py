@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from moe2.data.validate import check_prompt
 from moe2.errors import BundleError, ConfigError
 from moe2.utils.io import read_json
 
@@ -85,6 +86,8 @@ class Bundle:
         self.manifest = manifest
         self.routing = read_json(path / "routing.json")
         self.threads = threads
+        #: why the bundle runs on ONNX Runtime although it has engines (shown with every answer)
+        self.notes: list[str] = []
         gate_info = read_json(path / "gate" / "gate.json")
         self.engine_target = self._engine_target(backend)
         self.backend = "tensorrt" if self.engine_target else "onnxruntime"
@@ -97,7 +100,7 @@ class Bundle:
         if self.engine_target:
             from moe2.format.engines import TrtEngine, TrtSession
 
-            session = TrtSession(TrtEngine(path / self._engine_file("gate")))
+            session = TrtSession(TrtEngine(path / self._engine_file("gate"), self._engine_module))
         else:
             session = ort_session(gate_file, threads)
         self.gate = OrtGate(
@@ -119,49 +122,37 @@ class Bundle:
 
     # ------------------------------------------------------------------ backends
     def _engine_target(self, backend: Backend) -> str | None:
+        """The target whose engines run here, or ``None`` for ONNX Runtime.
+
+        ``auto`` takes engines built for this GPU's architecture when their builder module imports
+        at the version that built them, and otherwise says why (a note on every answer) and uses
+        ONNX Runtime; ``tensorrt`` raises instead.
+        """
         if backend not in ("auto", "onnxruntime", "tensorrt"):
             raise ConfigError(f"backend must be auto, onnxruntime or tensorrt, got {backend!r}")
         if backend == "onnxruntime":
             return None
         from moe2.format.arch import local_sm_arch
-        from moe2.utils.deps import available
 
         engines = self.manifest.get("engines", {})
-        local = local_sm_arch() if engines else None
-        match = [t for t, e in engines.items() if e.get("sm_arch") == local]
-        if backend == "tensorrt":
-            if not engines:
+        if not engines:
+            if backend == "tensorrt":
                 raise BundleError(
-                    "this bundle has no TensorRT engines; run `moe2 build-engines BUNDLE target=<target>` on the target"
+                    "this bundle has no TensorRT engines; run `moe2 build-engines BUNDLE target=<target>`"
                 )
-            if not match:
-                built = ", ".join(f"{t} ({e.get('sm_arch')})" for t, e in engines.items())
-                raise BundleError(
-                    f"engines were built for {built}, but this GPU is {local or 'absent'}; they cannot run here"
-                )
-            if not available("tensorrt"):
-                from moe2.format.engines import import_tensorrt
+            return None
+        try:
+            return engine_target_for(engines, local_sm_arch())
+        except BundleError as exc:
+            if backend == "tensorrt":
+                raise
+            self.notes.append(f"{exc}; using ONNX Runtime")
+            log.warning("%s; using ONNX Runtime", exc)
+            return None
 
-                import_tensorrt()  # raises with the install hint
-        if backend == "auto" and engines and not match:
-            built = ", ".join(f"{t} ({e.get('sm_arch')})" for t, e in engines.items())
-            log.warning(
-                "the bundle's TensorRT engines are for %s, this machine's GPU is %s: using ONNX Runtime",
-                built,
-                local or "absent",
-            )
-        if match and available("tensorrt"):
-            import tensorrt
-
-            target = match[0]
-            if engines[target].get("tensorrt") != tensorrt.__version__:
-                msg = f"engines of {target} were built with TensorRT {engines[target].get('tensorrt')}, this is {tensorrt.__version__}"
-                if backend == "tensorrt":
-                    raise BundleError(msg + "; rebuild them with `moe2 build-engines`")
-                log.warning("%s; using ONNX Runtime", msg)
-                return None
-            return target
-        return None
+    @property
+    def _engine_module(self) -> str:
+        return str(self.manifest["engines"][self.engine_target]["builder"]["module"])
 
     def _engine_file(self, component: str) -> str:
         entry = self.manifest["engines"][self.engine_target]
@@ -182,7 +173,8 @@ class Bundle:
                 from moe2.format.engines import TrtCausalLM, TrtEngine
 
                 self._lms[rel] = TrtCausalLM(
-                    TrtEngine(self.path / self._engine_file(f"expert:{rel}")), spec
+                    TrtEngine(self.path / self._engine_file(f"expert:{rel}"), self._engine_module),
+                    spec,
                 )
             else:
                 self._lms[rel] = OrtCausalLM(ort_session(d / "model.onnx", self.threads), spec)
@@ -248,12 +240,13 @@ class Bundle:
         from moe2.format.tokenize import option_ids, prompt_ids
 
         start = time.perf_counter()
+        check_prompt(prompt, choices)  # empty prompt, bad UTF-8, < 2 or repeated options
         agg = aggregation or self.aggregation
         from moe2.format.manifest import AGGREGATIONS
 
         if agg not in AGGREGATIONS:
             raise ConfigError(f"aggregation {agg!r} is not one of {AGGREGATIONS}")
-        notes: list[str] = []
+        notes: list[str] = list(self.notes)
         weights = self.gate_weights(prompt)
         routed = self.route(prompt, k)
         if agg == "top1":
@@ -331,6 +324,47 @@ class Bundle:
             count, key=lambda a: (count[a], weight[a]) if agg == "vote" else (weight[a], count[a])
         )
         return first[best], None
+
+
+def engine_target_for(engines: dict[str, Any], local: str | None) -> str:
+    """The target of ``engines`` (the manifest's) that can run on a GPU of arch ``local``.
+
+    Raises:
+        BundleError: no GPU here, no engines for this GPU's compute capability, the builder
+            module is not installed (with its install command), or it has another version than
+            the one that built the engines.
+    """
+    from moe2.format.engines import BUILDERS
+
+    built = ", ".join(
+        f"{t} ({e.get('sm_arch')}, {e.get('builder', {}).get('module')})"
+        for t, e in engines.items()
+    )
+    match = [t for t, e in engines.items() if e.get("sm_arch") == local]
+    if not match:
+        raise BundleError(
+            f"the bundle's engines are for {built}, but this machine's GPU is {local or 'absent'}: "
+            "engines run only on the compute capability they were built for"
+        )
+    target = match[0]
+    builder = engines[target]["builder"]
+    module = str(builder["module"])
+    try:
+        import importlib
+
+        trt = importlib.import_module(module)
+    except ImportError as exc:
+        hint = BUILDERS.get(module, {}).get("install", f"pip install {module}")
+        raise BundleError(
+            f"the {target} engines need {module}, which is not installed here ({exc}); install it "
+            f"with: {hint}"
+        ) from exc
+    if str(trt.__version__) != str(builder["version"]):
+        raise BundleError(
+            f"the {target} engines were built with {module} {builder['version']}, this machine has "
+            f"{trt.__version__}: rebuild them with `moe2 build-engines BUNDLE target={target}`"
+        )
+    return target
 
 
 def load_bundle(

@@ -16,6 +16,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from moe2.data.tables import OutcomeData, load_outcomes
+from moe2.data.validate import check_choosable
 from moe2.errors import BudgetInfeasibleError, ConfigError, DataError
 from moe2.gating.logits import read_logits
 from moe2.profiling.profile import CostProfile
@@ -99,6 +100,7 @@ def load_inputs(cfg: DictConfig) -> SelectionInputs:
         raise DataError(
             f"the outcome table has no '{split}' prompts; set selection.split to a split that has prompts"
         )
+    check_choosable(data.scores, data.experts, rows, f"{cfg.paths.outcomes} ('{split}' split)")
     val = build_objective(data.scores, sel_logits, rows, **kw)
     test = None
     if report_split:

@@ -24,6 +24,45 @@ from moe2.errors import BudgetInfeasibleError, ConfigError
 from moe2.profiling.profile import CostProfile
 
 
+def budget_number(value: Any, key: str) -> float:
+    """A budget value as a float, or :class:`ConfigError` naming the key (``fast``, ``nan``, ``[]``).
+
+    Args:
+        value: the configured value (a number, or text that spells one).
+        key: the config key, for the message (e.g. ``budget.latency_ms.default``).
+    """
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} is not a number; give a limit, or null for no limit")
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{key}={value!r} is not a number; give a limit such as {key}=1500, or null for no limit"
+        ) from None
+    if out != out:  # NaN: every comparison is False, which would make every subset infeasible
+        raise ConfigError(f"{key}=nan is not a limit; give a number, or null for no limit")
+    return out
+
+
+#: spellings of an on/off switch on the command line (Hydra passes `off` and `no` as text)
+_SWITCH = {"true": True, "on": True, "yes": True, "1": True,
+           "false": False, "off": False, "no": False, "0": False}  # fmt: skip
+
+
+def budget_switch(value: Any, key: str) -> bool:
+    """An on/off budget (``budget.memory``) from a bool or its spelling; anything else is refused."""
+    if isinstance(value, bool):
+        return value
+    if value is None:
+        return False
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _SWITCH:
+        return _SWITCH[text]
+    raise ConfigError(f"{key}={value!r} is not a switch; use {key}=true or {key}=false")
+
+
 def _limits(value: Any, categories: list[str], name: str) -> np.ndarray | None:
     """A ``[C]`` array of limits from a scalar, a per-category mapping (``default`` key allowed) or None."""
     if value is None:
@@ -34,6 +73,9 @@ def _limits(value: Any, categories: list[str], name: str) -> np.ndarray | None:
             raise ConfigError(
                 f"budget.{name} names unknown categor(ies) {unknown}; categories: {categories}"
             )
+        for key, v in value.items():
+            if v is not None:
+                budget_number(v, f"budget.{name}.{key}")
         default = value.get("default")
         out = np.array(
             [
@@ -43,12 +85,9 @@ def _limits(value: Any, categories: list[str], name: str) -> np.ndarray | None:
             dtype=np.float64,
         )
     else:
-        try:
-            out = np.full(len(categories), float(value))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(
-                f"budget.{name}={value!r} is not a number or a per-category mapping"
-            ) from exc
+        if isinstance(value, (list, tuple)):
+            raise ConfigError(f"budget.{name}={value!r} is not a number or a per-category mapping")
+        out = np.full(len(categories), budget_number(value, f"budget.{name}"))
     if np.any(out <= 0):
         raise ConfigError(f"budget.{name} must be positive (got {value!r})")
     return out
@@ -93,8 +132,8 @@ class Budgets:
         return cls(
             energy_j=d.get("energy_j"),
             latency_ms=d.get("latency_ms"),
-            memory=bool(d.get("memory", True)),
-            t_agg_ms=float(d.get("t_agg_ms") or 0.0),
+            memory=budget_switch(d.get("memory", True), "budget.memory"),
+            t_agg_ms=budget_number(d.get("t_agg_ms") or 0.0, "budget.t_agg_ms"),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -242,6 +242,244 @@ def _informative_prompts(obj: SelectionObjective) -> np.ndarray:
     return np.ones(obj.n_prompts, dtype=bool)
 
 
+class _Node(NamedTuple):
+    """A node ``(I, U)`` of the search, with what its subtree inherits from its parent.
+
+    Attributes:
+        fixed: ``[n]`` experts fixed in (``I``).
+        und: ``[n]`` undecided experts that still fit (``U``).
+        bound: the parent's bound for this child (the node is pruned if it is no better).
+        act: ``[A]`` indices of the prompts not settled in this subtree.
+        const: the summed value of the settled prompts.
+        arrs: for ``k = 1``, ``(oT [n, A] experts in rank order, cT [n, A] their c values,
+            top [A] gate rank of I's best expert)``; ``None`` otherwise.
+    """
+
+    fixed: np.ndarray
+    und: np.ndarray
+    bound: float
+    act: np.ndarray
+    const: float
+    arrs: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+
+
+class _Branch(NamedTuple):
+    """The bound of a node and how to branch on it (expert ``u``)."""
+
+    u: int
+    node_bound: float
+    inc_bound: float
+    exc_bound: float
+    child_act: np.ndarray
+    child_const: float
+    #: ``[A]`` prompts that stay active below (``None``: all of them)
+    keep_a: np.ndarray | None = None
+    #: for ``k = 1``: the node's arrays cut to the reachable positions, and I's best position
+    oT: np.ndarray | None = None
+    cT: np.ndarray | None = None
+    top_rank: np.ndarray | None = None
+    top_pos: np.ndarray | None = None
+
+
+def _grouped_reduction(
+    loss: np.ndarray, l_exc: np.ndarray, d: np.ndarray, oT: np.ndarray, n: int
+) -> float:
+    """How much the grouped bound (bound 3 of :func:`monotonic`) lowers the node's bound.
+
+    Args:
+        loss: ``[n]`` exclusion losses per expert.
+        l_exc: ``[A]`` each prompt's loss if its bounding expert is dropped.
+        d: ``[n_r, A]`` minus the inclusion losses, in rank order.
+        oT: ``[n_r, A]`` experts in rank order.
+        n: number of experts.
+    """
+    free = (l_exc <= 0) & (d < 0).any(axis=0)
+    if not free.any():
+        return 0.0
+    fr = np.flatnonzero(free)
+    l_fr = -d[:, fr]  # [n, F] inclusion losses of the free prompts
+    cand = l_fr > 0  # experts whose inclusion costs prompt f
+    o_fr = oT[:, fr]
+    ar_f = np.arange(fr.size)
+    deficit = loss
+    red = 0.0
+    for _ in range(3):  # a few rounds of water-filling to unmet exclusion losses
+        j = np.where(cand, deficit[o_fr], -np.inf).argmax(axis=0)
+        a_inc = np.bincount(o_fr[j, ar_f], weights=l_fr[j, ar_f], minlength=n)
+        red = max(red, float(np.minimum(a_inc, loss).sum()))
+        deficit = loss - a_inc
+    return red
+
+
+class _Search:
+    """The branch-and-bound state of one :func:`monotonic` run: the objective's arrays in rank
+    order, the incumbent and the counters; :meth:`bound` and :meth:`branch` work on one node."""
+
+    def __init__(self, sub: SelectionObjective, bm: BudgetModel, best_mask: np.ndarray) -> None:
+        self.sub, self.bm = sub, bm
+        n = self.n = sub.n
+        c = self.c = sub.bound_values  # [P', n]
+        ranks = self.ranks = sub.ranks.astype(np.int32)  # [P', n]
+        self.n_p = ranks.shape[0]
+        # rank-order layout, position-major for fast scans over positions: row j = each prompt's
+        # j-th ranked expert. orderT [n, P'] expert ids, c_ordT [n, P'] their c values.
+        self.orderT = np.ascontiguousarray(np.argsort(-ranks, axis=1, kind="stable").T)
+        self.c_ordT = np.ascontiguousarray(np.take_along_axis(c, self.orderT.T, axis=1).T)
+        self.pos_col = np.arange(n)[:, None]  # [n, 1]
+        self.rankT = np.ascontiguousarray(ranks.T)  # [n, P'] gate rank of each expert per prompt
+        # prompts whose value is settled in a subtree (every expert they can still reach has the
+        # same value: exact for top1, where the value is c of the top expert) leave the arrays of
+        # that subtree; their sum is carried as a constant
+        self.settle = sub.aggregation == "top1"
+        self.cT_exp = np.ascontiguousarray(c.T)  # [n, P'] c of each expert per prompt
+        self.state = np.zeros(n, dtype=np.int8)  # per expert: 0 out, 1 fixed in, 2 undecided
+        self.best_mask = best_mask
+        self.best_sum = float(sub.prompt_values(best_mask[None])[0].sum()) if self.n_p else 0.0
+        self.nodes = self.bounds = 0
+
+    def root(self, single: np.ndarray) -> _Node:
+        """The root node: nothing fixed, every feasible single expert undecided.
+
+        For k = 1 the node carries per-branch arrays of the active prompts (incremental state along
+        a branch); top starts at 0 (the last-ranked position, so every allowed expert is
+        reachable). Including u updates top with one [A] maximum; settled prompts are dropped from
+        the arrays of the subtree once (not re-gathered at every node).
+        """
+        n_p = self.n_p
+        arrs = (
+            (self.orderT, self.c_ordT, np.zeros(n_p, dtype=np.int32)) if self.sub.k == 1 else None
+        )
+        return _Node(np.zeros(self.n, dtype=bool), single.copy(), np.inf, np.arange(n_p), 0.0, arrs)
+
+    def pruned(self, bound: float) -> bool:
+        """Whether a subtree with this bound cannot beat the incumbent."""
+        return bound <= self.best_sum + _TOL
+
+    def bound(self, node: _Node, und: np.ndarray) -> _Branch:
+        """The node's bound and branching expert (bounds 1-3 of :func:`monotonic`)."""
+        self.bounds += 1
+        return self._bound_k1(node, und) if self.sub.k == 1 else self._bound_k(node, und)
+
+    def _bound_k1(self, node: _Node, und: np.ndarray) -> _Branch:
+        n, fixed, act, const = self.n, node.fixed, node.act, node.const
+        assert node.arrs is not None
+        oT, cT, top_rank = node.arrs
+        a_n = top_rank.size
+        cols_a = np.arange(a_n)
+        top_pos = (n - 1) - top_rank  # [A] position of I's best expert
+        # rank positions below every prompt's best fixed expert are unreachable: work on the first
+        # n_r rows only (views; deep in the tree n_r is well below n)
+        n_r = int(top_pos.max()) + 1 if a_n else 1
+        oT, cT = oT[:n_r], cT[:n_r]
+        state = self.state
+        state[:] = 0
+        state[fixed] = 1
+        state[und] = 2
+        # routable experts: allowed (fixed or undecided) and not below I's best
+        reach_ord = (state[oT] != 0) & (self.pos_col[:n_r] <= top_pos[None, :])  # [n_r, A]
+        vals_ord = np.where(reach_ord, cT, -np.inf)
+        if a_n <= 200:  # prefix max in rank order: accumulate wins on narrow arrays,
+            pm = np.maximum.accumulate(vals_ord, axis=0)
+        else:  # a row loop on wide ones (accumulate is strided along the short axis)
+            pm = vals_ord.copy()
+            for jj in range(1, n_r):
+                np.maximum(pm[jj - 1], pm[jj], out=pm[jj])
+        ub_p = pm[-1]
+        ub = const + float(ub_p.sum())
+        # include u: prompt p then reaches only the experts ranked at or above u. d = minus the
+        # inclusion loss; the only reachable fixed expert is I's best, where d = 0.
+        d = np.where(reach_ord, pm - ub_p[None, :], 0.0)  # [n, A] <= 0
+        inc = ub + np.bincount(oT.ravel(), weights=d.ravel(), minlength=n)
+        # exclude u: per-prompt max without u (the second max where u is the argmax)
+        arg = vals_ord.argmax(axis=0)
+        arg_e = oT[arg, cols_a]  # [A] expert achieving the prompt's bound
+        vals_ord[arg, cols_a] = -np.inf
+        m2 = vals_ord.max(axis=0)
+        l_exc = np.where(und[arg_e], ub_p - m2, 0.0)  # [A] loss if arg_e is dropped
+        loss = np.bincount(arg_e, weights=l_exc, minlength=n)
+        exc = ub - loss
+        child = np.where(und, np.maximum(inc, exc), np.inf)
+        u = int(np.argmin(child))
+        # grouped bound: prompts split into groups G_u (one per undecided u); whatever S does with
+        # u, group G_u loses at least min(inclusion losses, exclusion losses) of u
+        ub2 = ub - _grouped_reduction(loss, l_exc, d, oT, n) if loss.any() else ub
+        child_act, child_const, keep_a = act, const, None
+        if self.settle:
+            # settled: the smallest reachable value equals the largest (reach only shrinks)
+            settled = np.where(reach_ord, cT, np.inf).min(axis=0) >= ub_p
+            if settled.any():
+                keep_a = ~settled
+                child_act = act[keep_a]
+                child_const = const + float(ub_p[settled].sum())
+        return _Branch(
+            u,
+            min(ub2, float(child[u])),
+            float(inc[u]),
+            float(exc[u]),
+            child_act,
+            child_const,
+            keep_a,
+            oT,
+            cT,
+            top_rank,
+            top_pos,
+        )
+
+    def _bound_k(self, node: _Node, und: np.ndarray) -> _Branch:
+        sub, c, ranks, fixed = self.sub, self.c, self.ranks, node.fixed
+        allowed = fixed | und
+        rf = np.where(fixed[None], ranks, -1)  # [P', n]
+        thr = -np.partition(-rf, sub.k - 1, axis=1)[:, sub.k - 1 : sub.k]
+        reach = allowed[None] & (ranks >= thr)  # [P', n] experts each prompt can reach
+        ub = float(np.where(reach, c, -np.inf).max(axis=1).sum())
+        base = np.where(reach & fixed[None], c, -np.inf).max(axis=1)
+        base = np.where(np.isfinite(base), base, np.minimum(c.min(axis=1), 0.0))
+        slack = np.where(reach & und[None], np.maximum(c - base[:, None], 0.0), 0.0).sum(axis=0)
+        u = int(np.argmax(np.where(und, slack, -1.0)))
+        return _Branch(u, ub, ub, ub, node.act, node.const)
+
+    def branch(self, node: _Node, und: np.ndarray, br: _Branch, stack: list[_Node]) -> None:
+        """Push the node's children (exclude u, then include u: explored first), scoring
+        ``F(I ∪ {u})`` against the incumbent."""
+        sub, fixed, u, act = self.sub, node.fixed, br.u, node.act
+        und_child = und.copy()
+        und_child[u] = False
+        arrs_c = None
+        if sub.k == 1:
+            assert br.oT is not None and br.cT is not None and br.top_rank is not None
+            if br.keep_a is None:
+                arrs_c = (br.oT, br.cT, br.top_rank)
+            else:
+                arrs_c = (br.oT[:, br.keep_a], br.cT[:, br.keep_a], br.top_rank[br.keep_a])
+        if not self.pruned(br.exc_bound):
+            stack.append(
+                _Node(fixed, und_child, br.exc_bound, br.child_act, br.child_const, arrs_c)
+            )
+        if self.pruned(br.inc_bound):
+            return  # F(I ∪ {u}) and everything below it are bounded by inc_bound
+        inc_mask = fixed.copy()
+        inc_mask[u] = True
+        if sub.k == 1:
+            r_u = self.rankT[u].take(act)  # [A] gate rank of u on the active prompts
+            top_inc = np.maximum(br.top_rank, r_u)  # I ∪ {u}'s best expert, incrementally
+        if self.settle and bool(fixed.any()):
+            # F(I ∪ {u}) for top1, incrementally: a prompt moves to u iff u outranks I's best
+            sub.evaluations += 1
+            c_top = br.cT[br.top_pos, np.arange(br.top_rank.size)]  # [A] F(I) per active prompt
+            moved = np.where(r_u > br.top_rank, self.cT_exp[u].take(act), c_top)
+            f_sum = node.const + float(moved.sum())
+        else:
+            f_sum = float(sub.prompt_values(inc_mask[None])[0].sum())
+        if f_sum > self.best_sum + _TOL:
+            self.best_sum, self.best_mask = f_sum, inc_mask
+        arrs_i = None
+        if sub.k == 1:
+            assert arrs_c is not None
+            top_c = top_inc if br.keep_a is None else top_inc[br.keep_a]
+            arrs_i = (arrs_c[0], arrs_c[1], top_c)
+        stack.append(_Node(inc_mask, und_child, br.inc_bound, br.child_act, br.child_const, arrs_i))
+
+
 def monotonic(
     obj: SelectionObjective,
     bm: BudgetModel,
@@ -285,7 +523,6 @@ def monotonic(
         BudgetInfeasibleError: no expert is feasible on its own (hence no subset is).
     """
     run = _Run(obj)
-    n = obj.n
     single = bm.check_any_feasible()  # [n]; raises BudgetInfeasibleError with the smallest budgets
 
     # incumbent: the best single expert (n evaluations); the include-first dive improves it quickly
@@ -295,183 +532,47 @@ def monotonic(
     keep = _informative_prompts(obj)
     sub = obj if keep.all() else obj.restrict(keep)
     e_sub0 = sub.evaluations
-    c = sub.bound_values  # [P', n]
-    ranks = sub.ranks.astype(np.int32)  # [P', n]
-    n_p = ranks.shape[0]
-    # rank-order layout, position-major for fast scans over positions: row j = each prompt's j-th
-    # ranked expert. orderT [n, P'] expert ids, c_ordT [n, P'] their c values.
-    orderT = np.ascontiguousarray(np.argsort(-ranks, axis=1, kind="stable").T)
-    c_ordT = np.ascontiguousarray(np.take_along_axis(c, orderT.T, axis=1).T)
-    pos_col = np.arange(n)[:, None]  # [n, 1]
-    rankT = np.ascontiguousarray(ranks.T)  # [n, P'] gate rank of each expert per prompt
-    best_sum = float(sub.prompt_values(best_mask[None])[0].sum()) if n_p else 0.0
-
-    nodes = bounds = 0
+    search = _Search(sub, bm, best_mask)
+    stack = [search.root(single)]
     complete = True
-    # prompts whose value is settled in a subtree (every expert they can still reach has the same
-    # value: exact for top1, where the value is c of the top expert) leave the arrays of that
-    # subtree; their sum is carried as a constant. Node: (I, U, parent's bound, active prompts, constant)
-    settle = sub.aggregation == "top1"
-    cT_exp = np.ascontiguousarray(c.T)  # [n, P'] c of each expert per prompt
-    # k = 1 keeps per-branch arrays of the active prompts (incremental state along a branch):
-    # oT [n, A] experts in rank order, cT [n, A] their c values, top [A] gate rank of I's best
-    # expert (0 while I is empty: the last-ranked position, so every allowed expert is reachable).
-    # Including u updates top with one [A] maximum; settled prompts are dropped from the arrays of
-    # the subtree once (not re-gathered at every node).
-    root_arrs = (orderT, c_ordT, np.zeros(n_p, dtype=np.int32)) if sub.k == 1 else None
-    stack: list[tuple[Any, ...]] = [
-        (np.zeros(n, dtype=bool), single.copy(), np.inf, np.arange(n_p), 0.0, root_arrs)
-    ]
-    state = np.zeros(n, dtype=np.int8)  # per expert: 0 out, 1 fixed in, 2 undecided
-    errstate = np.errstate(invalid="ignore")  # -inf - -inf in masked-out entries
-    errstate.__enter__()
-    try:
+    with np.errstate(invalid="ignore"):  # -inf - -inf in masked-out entries
         while stack:
-            if (max_nodes is not None and nodes >= max_nodes) or (
+            if (max_nodes is not None and search.nodes >= max_nodes) or (
                 time_limit_s is not None and time.perf_counter() - run.t0 > time_limit_s
             ):
                 complete = False
                 break
-            fixed, und, parent_bound, act, const, arrs = stack.pop()
-            if parent_bound <= best_sum + _TOL:
+            node = stack.pop()
+            if search.pruned(node.bound):
                 continue
-            nodes += 1
-            has_fixed = bool(fixed.any())
+            search.nodes += 1
+            has_fixed = bool(node.fixed.any())
+            und = node.und
             if has_fixed and und.any():
                 # monotone budgets: u stays undecided only if fixed ∪ {u} is feasible
-                und = bm.feasible_additions(fixed, und, singles_ok=True)
-            if not und.any() or n_p == 0:
+                und = bm.feasible_additions(node.fixed, und, singles_ok=True)
+            if not und.any() or search.n_p == 0:
                 continue  # leaf: F(fixed) was evaluated when its last expert was fixed in
-            if settle and has_fixed and act.size == 0:
+            if search.settle and has_fixed and node.act.size == 0:
                 # every prompt is settled: F is the constant F(I) on the whole subtree, and F(I)
                 # was compared with the incumbent when its last expert was fixed in
                 continue
-            bounds += 1
-            if sub.k == 1:
-                oT, cT, top_rank = arrs
-                a_n = top_rank.size
-                cols_a = np.arange(a_n)
-                top_pos = (n - 1) - top_rank  # [A] position of I's best expert
-                # rank positions below every prompt's best fixed expert are unreachable: work on
-                # the first n_r rows only (views; deep in the tree n_r is well below n)
-                n_r = int(top_pos.max()) + 1 if a_n else 1
-                oT, cT = oT[:n_r], cT[:n_r]
-                state[:] = 0
-                state[fixed] = 1
-                state[und] = 2
-                # routable experts: allowed (fixed or undecided) and not below I's best
-                reach_ord = (state[oT] != 0) & (pos_col[:n_r] <= top_pos[None, :])  # [n_r, A]
-                vals_ord = np.where(reach_ord, cT, -np.inf)
-                if a_n <= 200:  # prefix max in rank order: accumulate wins on narrow arrays,
-                    pm = np.maximum.accumulate(vals_ord, axis=0)
-                else:  # a row loop on wide ones (accumulate is strided along the short axis)
-                    pm = vals_ord.copy()
-                    for jj in range(1, n_r):
-                        np.maximum(pm[jj - 1], pm[jj], out=pm[jj])
-                ub_p = pm[-1]
-                ub = const + float(ub_p.sum())
-                # include u: prompt p then reaches only the experts ranked at or above u. d = minus
-                # the inclusion loss; the only reachable fixed expert is I's best, where d = 0.
-                d = np.where(reach_ord, pm - ub_p[None, :], 0.0)  # [n, A] <= 0
-                inc = ub + np.bincount(oT.ravel(), weights=d.ravel(), minlength=n)
-                # exclude u: per-prompt max without u (the second max where u is the argmax)
-                arg = vals_ord.argmax(axis=0)
-                arg_e = oT[arg, cols_a]  # [A] expert achieving the prompt's bound
-                vals_ord[arg, cols_a] = -np.inf
-                m2 = vals_ord.max(axis=0)
-                l_exc = np.where(und[arg_e], ub_p - m2, 0.0)  # [A] loss if arg_e is dropped
-                loss = np.bincount(arg_e, weights=l_exc, minlength=n)
-                exc = ub - loss
-                child = np.where(und, np.maximum(inc, exc), np.inf)
-                u = int(np.argmin(child))
-                # grouped bound: prompts split into groups G_u (one per undecided u); whatever S
-                # does with u, group G_u loses at least min(inclusion losses, exclusion losses) of u
-                ub2 = ub
-                if loss.any():
-                    free = (l_exc <= 0) & (d < 0).any(axis=0)
-                    if free.any():
-                        fr = np.flatnonzero(free)
-                        l_fr = -d[:, fr]  # [n, F] inclusion losses of the free prompts
-                        cand = l_fr > 0  # experts whose inclusion costs prompt f
-                        o_fr = oT[:, fr]
-                        ar_f = np.arange(fr.size)
-                        deficit = loss
-                        red = 0.0
-                        for _ in range(
-                            3
-                        ):  # a few rounds of water-filling to unmet exclusion losses
-                            j = np.where(cand, deficit[o_fr], -np.inf).argmax(axis=0)
-                            a_inc = np.bincount(o_fr[j, ar_f], weights=l_fr[j, ar_f], minlength=n)
-                            red = max(red, float(np.minimum(a_inc, loss).sum()))
-                            deficit = loss - a_inc
-                        ub2 = ub - red
-                node_bound = min(ub2, float(child[u]))
-                inc_bound, exc_bound = float(inc[u]), float(exc[u])
-                child_act, child_const, keep_a = act, const, None
-                if settle:
-                    # settled: the smallest reachable value equals the largest (reach only shrinks)
-                    settled = np.where(reach_ord, cT, np.inf).min(axis=0) >= ub_p
-                    if settled.any():
-                        keep_a = ~settled
-                        child_act = act[keep_a]
-                        child_const = const + float(ub_p[settled].sum())
-            else:
-                allowed = fixed | und
-                rf = np.where(fixed[None], ranks, -1)  # [P', n]
-                thr = -np.partition(-rf, sub.k - 1, axis=1)[:, sub.k - 1 : sub.k]
-                reach = allowed[None] & (ranks >= thr)  # [P', n] experts each prompt can reach
-                ub = float(np.where(reach, c, -np.inf).max(axis=1).sum())
-                node_bound = inc_bound = exc_bound = ub
-                base = np.where(reach & fixed[None], c, -np.inf).max(axis=1)
-                base = np.where(np.isfinite(base), base, np.minimum(c.min(axis=1), 0.0))
-                slack = np.where(reach & und[None], np.maximum(c - base[:, None], 0.0), 0.0).sum(
-                    axis=0
-                )
-                u = int(np.argmax(np.where(und, slack, -1.0)))
-                child_act, child_const = act, const
-            if node_bound <= best_sum + _TOL:
+            br = search.bound(node, und)
+            if search.pruned(br.node_bound):
                 continue
-            und_child = und.copy()
-            und_child[u] = False
-            if sub.k == 1:
-                if keep_a is None:
-                    arrs_c = (oT, cT, top_rank)
-                else:
-                    arrs_c = (oT[:, keep_a], cT[:, keep_a], top_rank[keep_a])
-            else:
-                arrs_c = None
-            if exc_bound > best_sum + _TOL:
-                stack.append((fixed, und_child, exc_bound, child_act, child_const, arrs_c))
-            if inc_bound <= best_sum + _TOL:
-                continue  # F(I ∪ {u}) and everything below it are bounded by inc_bound
-            inc_mask = fixed.copy()
-            inc_mask[u] = True
-            if sub.k == 1:
-                r_u = rankT[u].take(act)  # [A] gate rank of u on the active prompts
-                top_inc = np.maximum(top_rank, r_u)  # I ∪ {u}'s best expert, incrementally
-            if settle and has_fixed:
-                # F(I ∪ {u}) for top1, incrementally: a prompt moves to u iff u outranks I's best
-                sub.evaluations += 1
-                c_top = cT[top_pos, cols_a]  # [A] F(I) per active prompt
-                f_sum = const + float(np.where(r_u > top_rank, cT_exp[u].take(act), c_top).sum())
-            else:
-                f_sum = float(sub.prompt_values(inc_mask[None])[0].sum())
-            if f_sum > best_sum + _TOL:
-                best_sum, best_mask = f_sum, inc_mask
-            if sub.k == 1:
-                top_c = top_inc if keep_a is None else top_inc[keep_a]
-                arrs_i = (arrs_c[0], arrs_c[1], top_c)
-            else:
-                arrs_i = None
-            # include u (explored first)
-            stack.append((inc_mask, und_child, inc_bound, child_act, child_const, arrs_i))
-    finally:
-        errstate.__exit__(None, None, None)
+            search.branch(node, und, br, stack)
     obj.evaluations += sub.evaluations - e_sub0 if sub is not obj else 0
+    best_mask = search.best_mask
     best_val = float(obj.prompt_values(best_mask[None])[0].mean())
     note = "" if complete else "search stopped at a node/time limit: best found, not proven optimal"
     return run.result(
-        "monotonic", best_mask, best_val, complete, nodes=nodes, bound_evaluations=bounds, note=note
+        "monotonic",
+        best_mask,
+        best_val,
+        complete,
+        nodes=search.nodes,
+        bound_evaluations=search.bounds,
+        note=note,
     )
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from moe2.errors import BudgetInfeasibleError, ConfigError
-from moe2.selection.budgets import BudgetModel, Budgets
+from moe2.selection.budgets import BudgetModel, Budgets, budget_number
 from moe2.utils.io import atomic_path, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,10 @@ def sweep(inp: Any, cfg: DictConfig, select_with: Callable[..., Any]) -> dict[st
     k = inp.val.k
     loose = BudgetModel(inp.profile, Budgets(None, None, base.memory, base.t_agg_ms), k=k)
     values = {
-        a: [float(v) for v in (sw.get("values") or {}).get(a) or _axis_values(a, loose, points)]
+        a: [
+            budget_number(v, f"sweep.values.{a}")
+            for v in (sw.get("values") or {}).get(a) or _axis_values(a, loose, points)
+        ]
         for a in axes
     }
 

@@ -22,6 +22,7 @@ _TOOLCHAIN = (
     "onnx",
     "onnxruntime",
     "tensorrt",
+    "tensorrt-rtx-cu13",
 )
 
 

@@ -1,0 +1,72 @@
+"""A quiet console: a tiny train run prints each event once, no third-party tips or notices."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from moe2.utils.console import QuietFilter
+
+
+def _record(
+    name: str, msg: str, level: int = logging.INFO, path: str = "x.py"
+) -> logging.LogRecord:
+    return logging.LogRecord(name, level, path, 1, msg, None, None)
+
+
+def test_quiet_filter() -> None:
+    f = QuietFilter()
+    assert not f.filter(_record("lightning.pytorch.utilities.rank_zero", "💡 Tip: try litlogger"))
+    assert f.filter(_record("lightning.pytorch.utilities.rank_zero", "GPU available: False"))
+    # the ONNX quantiser logs through the root logger: known by its source file
+    quant = "/venv/site-packages/onnxruntime/quantization/onnx_quantizer.py"
+    assert not f.filter(_record("root", "Quantization parameters for tensor", path=quant))
+    assert f.filter(_record("root", "real problem", logging.WARNING, path=quant))
+    assert not f.filter(_record("onnxscript.rewriter", "applied rule"))
+    assert f.filter(_record("moe2.gating.train", "gate written"))
+
+
+def test_a_tiny_train_run_prints_each_line_once(
+    tmp_path: Path, tiny_tables, tiny_encoder_dir: Path
+) -> None:  # noqa: ANN001
+    from moe2.data.tables import write_tables
+
+    write_tables(tiny_tables, tmp_path / "art" / "outcomes")
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "WANDB_MODE": "offline", "PYTHONWARNINGS": ""}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "moe2.cli",
+            "train",
+            "paths.artifacts=art",
+            "paths.cache=art/cache",
+            f"gating.net.encoder={tiny_encoder_dir}",
+            "trainer=cpu",
+            "logger=csv",
+            "trainer.max_epochs=2",
+            "trainer.log_every_n_steps=1",
+            "trainer.enable_progress_bar=false",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    # the message of each line, without the time stamp: no event twice (Lightning's own handler)
+    messages = Counter(ln.split("]", 3)[-1].strip() for ln in lines)
+    assert [m for m, n in messages.items() if n > 1] == []
+    assert not any(ln.startswith("INFO: ") for ln in lines)
+    for noise in ("Tip", "Deprecat", "deprecated", "torchvision", "Loading weights", "%|"):
+        assert noise not in text, noise
+    assert any("gate written to art/gating" in ln for ln in lines)
+    assert any("train done in" in ln for ln in lines)

@@ -1,0 +1,154 @@
+"""W&B for the whole pipeline, offline: what each stage logged, read back from the offline run files."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import make_tables
+
+from moe2.errors import ConfigError
+from moe2.stages import STAGES
+from moe2.utils import tracking
+from moe2.utils.stage import compose, run_stage
+
+pytest.importorskip("wandb")
+
+TINY = ("tiny-llama@orin_agx", "tiny-llama@rtx4090", "tiny-qwen2@orin_agx", "tiny-qwen2@rtx4090")
+
+
+def _records(path: Path) -> list[Any]:
+    """The protobuf records of a ``run-<id>.wandb`` file (W&B's LevelDB-style log: 32 KiB blocks,
+    7-byte headers ``crc32, length, type``; types full=1, first=2, middle=3, last=4)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    out, pos, buf, block = [], 7, b"", 32768
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if length == 0 and kind == 0:  # block padding
+            pos += left
+            continue
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):
+            rec = pb.Record()
+            rec.ParseFromString(buf + chunk if kind == 4 else chunk)
+            out.append(rec)
+            buf = b""
+        else:
+            buf = chunk if kind == 2 else buf + chunk
+    return out
+
+
+def _runs(logs: Path) -> dict[str, dict[str, Any]]:
+    """Per job type: group, project, history keys and the artifacts (name, type, digest, metadata)."""
+    runs: dict[str, dict[str, Any]] = {}
+    for f in sorted(logs.glob("wandb/offline-run-*/run-*.wandb")):
+        info: dict[str, Any] = {"history": set(), "artifacts": {}}
+        for r in _records(f):
+            kind = r.WhichOneof("record_type")
+            if kind == "run":
+                info.update(job=r.run.job_type, group=r.run.run_group, project=r.run.project)
+            elif kind == "history":
+                info["history"] |= {i.key or "/".join(i.nested_key) for i in r.history.item}
+            elif kind == "artifact" and r.artifact.type != "run_table":
+                meta = json.loads(r.artifact.metadata or "{}")
+                info["artifacts"][r.artifact.type] = (r.artifact.name, r.artifact.digest, meta)
+        runs[info["job"]] = info
+    return runs
+
+
+def test_every_stage_logs_to_one_project_and_group(
+    tmp_path: Path, tiny_encoder_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moe2.data.tables import write_tables
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    write_tables(make_tables(n_prompts=150, experts=TINY, seed=1), Path("src/outcomes"))
+
+    def stage(name: str, *overrides: str) -> None:
+        st = STAGES[name]
+        cfg = compose(st.config_name, ["paths.artifacts=art", *overrides])
+        run_stage(name, st.load(), cfg, writes=st.writes)
+
+    stage("import", "data=parquet", "data.path=src")
+    stage(
+        "train",
+        "paths.cache=art/cache",
+        f"gating.net.encoder={tiny_encoder_dir}",
+        "trainer=cpu",
+        "logger=wandb",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+    )
+    stage("select", "experts=tiny", "budget=none")
+    stage("sweep", "experts=tiny", "sweep.points=2")
+    pytest.importorskip("onnx")
+    from bundle_fixtures import build_tiny_bundle
+
+    build_tiny_bundle(Path("art/bundle"))  # what `moe2 export` writes, from tiny random models
+    assert tracking.log_stage("export", compose("export", ["paths.artifacts=art"])) is not None
+
+    runs = _runs(Path("art/logs"))
+    assert set(runs) == {"import", "train", "select", "sweep", "export"}
+    assert {r["project"] for r in runs.values()} == {"moe2"}
+    assert len({r["group"] for r in runs.values()}) == 1
+    # import: the outcome table as a Table; train: metrics as today
+    assert {"outcomes/table/_type", "outcomes/experts/_type"} <= runs["import"]["history"]
+    assert "val/router_acc" in runs["train"]["history"]
+    assert "selection/methods/_type" in runs["select"]["history"]
+    assert {"sweep/front/_type", "sweep/pareto/_type"} <= runs["sweep"]["history"]
+    # lineage: each output artifact names the exact (digest) outputs it was made from
+    outcomes = runs["import"]["artifacts"]["dataset"]
+    gate = runs["train"]["artifacts"]["model"]
+    selection = runs["select"]["artifacts"]["selection"]
+    bundle = runs["export"]["artifacts"]["bundle"]
+
+    def inputs(art: tuple[str, str, dict[str, Any]]) -> dict[str, str]:
+        return {i["type"]: i["digest"] for i in art[2]["inputs"]}
+
+    assert inputs(gate) == {"dataset": outcomes[1]}
+    assert inputs(selection) == {"dataset": outcomes[1], "model": gate[1]}
+    assert inputs(bundle) == {
+        "dataset": outcomes[1],
+        "model": gate[1],
+        "selection": runs["sweep"]["artifacts"]["selection"][1],
+    }
+    assert bundle[2]["path"] == str((tmp_path / "art" / "bundle").resolve())
+
+
+def test_tracking_follows_the_logger_choice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose("train", [f"paths.artifacts={tmp_path}", "logger=csv"])
+    assert tracking.log_stage("train", cfg) is None  # logger without wandb: no W&B run
+    assert tracking.log_stage("verify", compose("verify", [f"paths.artifacts={tmp_path}"])) is None
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert tracking.log_stage("select", compose("select", [f"paths.artifacts={tmp_path}"])) is None
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_wandb_artifact_input_needs_wandb_online(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose(
+        "export", [f"paths.artifacts={tmp_path}", "paths.gating=wandb:me/moe2/art-gate:v3"]
+    )
+    with pytest.raises(ConfigError, match="needs W&B online"):
+        tracking.resolve_inputs(cfg)
+    plain = compose("export", [f"paths.artifacts={tmp_path}"])
+    assert tracking.resolve_inputs(plain) == {}
+    # resolving a reference against the W&B server needs the network: not tested here
