@@ -153,13 +153,15 @@ def test_typed_groups_fail_at_compose_with_hydras_message(override: str, message
         (["selection.metric=loglik"], "loglik needs selection.aggregation=mixture"),
         (["selection.k=0"], "selection.k=0; it must be at least 1"),
         (["selection.split=test"], "cannot also report it"),
+        (["export.precision=int4"], "export.precision='int4'; use one of fp16, fp32"),
+        (["export.tensorrt.workspace_fraction=2"], "workspace_fraction=2.0; give a fraction"),
     ],
 )
 def test_cross_field_rules_run_before_the_stage(overrides: list[str], message: str) -> None:
     from moe2.errors import ConfigError
 
     with pytest.raises(ConfigError, match=message):
-        compose("select", overrides)
+        compose("export" if overrides[0].startswith("export.") else "select", overrides)
 
 
 def test_typed_defaults_are_the_yaml_defaults() -> None:
@@ -169,3 +171,30 @@ def test_typed_defaults_are_the_yaml_defaults() -> None:
     assert OmegaConf.get_type(cfg.selection) is SelectionCfg
     assert cfg.selection.max_nodes is None and cfg.selection.k == 1
     assert compose("select", ["selection.k=2", "selection.aggregation=vote"]).selection.k == 2
+
+
+@pytest.mark.parametrize(
+    ("primary", "override", "message"),
+    [
+        ("select", "budget.t_agg_ms=fast", "could not be converted to Float"),
+        ("select", "budget.energyj=900", "Key 'energyj' not in 'BudgetCfg'"),
+        ("export", "export.opset=latest", "could not be converted to Integer"),
+        ("export", "export.quantize.gate_int8=maybe", "export.quantize.gate_int8"),
+        ("export", "export.opsett=18", "Key 'opsett' not in 'ExportCfg'"),
+        ("export", "export.tensorrt.shape.max_batch=2", "Key 'shape' not in 'ExportTensorrtCfg'"),
+    ],
+)
+def test_every_typed_group_fails_at_compose(primary: str, override: str, message: str) -> None:
+    """Each schema of moe2.config.schema: a wrong type and an unknown key fail when composing."""
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as info:
+        compose(primary, [override])
+    text = f"{info.value} {info.value.__cause__}"
+    assert message in text, text
+
+
+def test_free_form_budgets_stay_free_form() -> None:
+    cfg = compose("select", ["++budget.latency_ms.gsm8k=800", "budget.energy_j=900"])
+    assert cfg.budget.latency_ms.gsm8k == 800 and cfg.budget.energy_j == 900
+    assert compose("select", ["budget=edge_tight"]).budget.latency_ms == 2000.0

@@ -88,8 +88,81 @@ class SelectionCfg:
             )
 
 
+@dataclass
+class BudgetCfg:
+    """``budget``: limits of the deployed subset (DESIGN.md §1); null switches one off.
+
+    ``energy_j`` and ``latency_ms`` are one number or a per-category map (``default`` covers the
+    categories not listed), and ``memory`` takes the switch spellings of
+    :func:`moe2.selection.budgets.budget_switch`: all three are ``Any`` here and checked, with a
+    message naming the key, by :class:`moe2.selection.budgets.Budgets`.
+    """
+
+    energy_j: Any = None
+    latency_ms: Any = None
+    memory: Any = True
+    t_agg_ms: float = 0.0
+
+
+@dataclass
+class ExportParityCfg:
+    """``export.parity``: the fixed prompts whose logits and generations must match PyTorch."""
+
+    prompts: list[str] = field(default_factory=list)
+    max_new_tokens: int = 16
+
+
+@dataclass
+class ExportQuantizeCfg:
+    """``export.quantize``: the dynamic int8 gate, kept only within ``max_drop_points``."""
+
+    gate_int8: bool = True
+    max_drop_points: float = 0.5
+    routing_prompts: int = 512
+
+
+@dataclass
+class ExportTensorrtCfg:
+    """``export.tensorrt``: TensorRT build plans; ``shapes`` are ShapeLimits' keyword arguments."""
+
+    workspace_fraction: float = 0.25
+    workspace_max_gb: float = 8.0
+    shapes: dict[str, Any] = field(default_factory=dict)
+    parity_atol: float = 0.05
+    parity_rtol: float = 0.05
+
+
+@dataclass
+class ExportCfg:
+    """``export``: the bundle's ONNX graphs, parity checks, int8 gate and TensorRT plans."""
+
+    opset: int = 18
+    precision: str = "fp16"
+    threads: Optional[int] = None  # noqa: UP045
+    max_new_tokens: int = 64
+    parity: ExportParityCfg = field(default_factory=ExportParityCfg)
+    quantize: ExportQuantizeCfg = field(default_factory=ExportQuantizeCfg)
+    targets: list[str] = field(default_factory=list)
+    tensorrt: ExportTensorrtCfg = field(default_factory=ExportTensorrtCfg)
+
+    def __post_init__(self) -> None:
+        _choice("export", "precision", self.precision, ("fp16", "fp32"))
+        if self.max_new_tokens < 1 or self.parity.max_new_tokens < 1:
+            raise ConfigError("export.max_new_tokens and export.parity.max_new_tokens must be >= 1")
+        if not 0.0 < self.tensorrt.workspace_fraction <= 1.0:
+            raise ConfigError(
+                f"export.tensorrt.workspace_fraction={self.tensorrt.workspace_fraction}; "
+                "give a fraction of the target's memory in (0, 1]"
+            )
+
+
 #: group -> schema; each is stored as ``<group>/_schema``
-SCHEMAS: dict[str, type] = {"paths": PathsCfg, "selection": SelectionCfg}
+SCHEMAS: dict[str, type] = {
+    "paths": PathsCfg,
+    "selection": SelectionCfg,
+    "budget": BudgetCfg,
+    "export": ExportCfg,
+}
 
 
 def register_configs() -> None:
