@@ -153,7 +153,7 @@ def test_typed_groups_fail_at_compose_with_hydras_message(override: str, message
         (["selection.metric=loglik"], "loglik needs selection.aggregation=mixture"),
         (["selection.k=0"], "selection.k=0; it must be at least 1"),
         (["selection.split=test"], "cannot also report it"),
-        (["export.precision=int4"], "export.precision='int4'; use one of fp16, fp32"),
+        (["export.max_new_tokens=0"], "export.max_new_tokens and export.parity.max_new_tokens"),
         (["export.tensorrt.workspace_fraction=2"], "workspace_fraction=2.0; give a fraction"),
     ],
 )
@@ -181,6 +181,8 @@ def test_typed_defaults_are_the_yaml_defaults() -> None:
         ("export", "export.opset=latest", "could not be converted to Integer"),
         ("export", "export.quantize.gate_int8=maybe", "export.quantize.gate_int8"),
         ("export", "export.opsett=18", "Key 'opsett' not in 'ExportCfg'"),
+        ("train", "trainer.max_epochs=many", "could not be converted to Integer"),
+        ("train", "trainer.max_epoch=3", "Key 'max_epoch' not in 'TrainerCfg'"),
         ("export", "export.tensorrt.shape.max_batch=2", "Key 'shape' not in 'ExportTensorrtCfg'"),
     ],
 )
@@ -198,3 +200,23 @@ def test_free_form_budgets_stay_free_form() -> None:
     cfg = compose("select", ["++budget.latency_ms.gsm8k=800", "budget.energy_j=900"])
     assert cfg.budget.latency_ms.gsm8k == 800 and cfg.budget.energy_j == 900
     assert compose("select", ["budget=edge_tight"]).budget.latency_ms == 2000.0
+
+
+def test_typed_trainer_builds_a_lightning_trainer_with_the_stage_arguments(tmp_path: Path) -> None:
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from moe2.config.schema import TrainerCfg
+    from moe2.errors import ConfigError
+
+    cfg = compose("train", ["trainer=cpu", "trainer.max_epochs=2", "debug=limit"])
+    assert OmegaConf.get_type(cfg.trainer) is TrainerCfg
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path))
+    trainer = instantiate(
+        cfg.trainer, callbacks=[ckpt], logger=False, default_root_dir=str(tmp_path)
+    )
+    assert (
+        trainer.max_epochs == 3 and trainer.limit_train_batches == 5 and ckpt in trainer.callbacks
+    )
+    with pytest.raises(ConfigError, match="trainer.min_epochs=40 is above trainer.max_epochs=30"):
+        compose("train", ["trainer.min_epochs=40"])

@@ -137,7 +137,7 @@ class ExportCfg:
     """``export``: the bundle's ONNX graphs, parity checks, int8 gate and TensorRT plans."""
 
     opset: int = 18
-    precision: str = "fp16"
+    precision: str = "fp16"  # the exporter checks the choices (its formats grow)
     threads: Optional[int] = None  # noqa: UP045
     max_new_tokens: int = 64
     parity: ExportParityCfg = field(default_factory=ExportParityCfg)
@@ -146,7 +146,6 @@ class ExportCfg:
     tensorrt: ExportTensorrtCfg = field(default_factory=ExportTensorrtCfg)
 
     def __post_init__(self) -> None:
-        _choice("export", "precision", self.precision, ("fp16", "fp32"))
         if self.max_new_tokens < 1 or self.parity.max_new_tokens < 1:
             raise ConfigError("export.max_new_tokens and export.parity.max_new_tokens must be >= 1")
         if not 0.0 < self.tensorrt.workspace_fraction <= 1.0:
@@ -156,12 +155,68 @@ class ExportCfg:
             )
 
 
+@dataclass
+class TrainerCfg:
+    """``trainer``: keyword arguments of ``lightning.Trainer``, with Lightning's own defaults.
+
+    Arguments that take several types in Lightning (``devices``, ``precision``,
+    ``limit_*_batches``...) are ``Any`` and left to Lightning to check; ``logger`` and
+    ``callbacks`` are set by the stage (:func:`moe2.gating.train.fit`), not from the config.
+    """
+
+    _target_: str = "lightning.Trainer"
+    accelerator: str = "auto"
+    strategy: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    precision: Any = None
+    logger: Any = None
+    callbacks: Any = None
+    fast_dev_run: Any = False
+    max_epochs: Optional[int] = None  # noqa: UP045
+    min_epochs: Optional[int] = None  # noqa: UP045
+    max_steps: int = -1
+    min_steps: Optional[int] = None  # noqa: UP045
+    max_time: Any = None
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    limit_predict_batches: Any = None
+    overfit_batches: Any = 0.0
+    val_check_interval: Any = None
+    check_val_every_n_epoch: Optional[int] = 1  # noqa: UP045
+    num_sanity_val_steps: Optional[int] = None  # noqa: UP045
+    log_every_n_steps: Optional[int] = None  # noqa: UP045
+    enable_checkpointing: Optional[bool] = None  # noqa: UP045
+    enable_progress_bar: Optional[bool] = None  # noqa: UP045
+    enable_model_summary: Optional[bool] = None  # noqa: UP045
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = None  # noqa: UP045
+    gradient_clip_algorithm: Optional[str] = None  # noqa: UP045
+    deterministic: Any = None
+    benchmark: Optional[bool] = None  # noqa: UP045
+    inference_mode: bool = True
+    use_distributed_sampler: bool = True
+    profiler: Optional[str] = None  # noqa: UP045
+    detect_anomaly: bool = False
+    barebones: bool = False
+    sync_batchnorm: bool = False
+    reload_dataloaders_every_n_epochs: int = 0
+    default_root_dir: Optional[str] = None  # noqa: UP045
+
+    def __post_init__(self) -> None:
+        lo, hi = self.min_epochs, self.max_epochs
+        if lo is not None and hi is not None and lo > hi:
+            raise ConfigError(f"trainer.min_epochs={lo} is above trainer.max_epochs={hi}")
+
+
 #: group -> schema; each is stored as ``<group>/_schema``
 SCHEMAS: dict[str, type] = {
     "paths": PathsCfg,
     "selection": SelectionCfg,
     "budget": BudgetCfg,
     "export": ExportCfg,
+    "trainer": TrainerCfg,
 }
 
 
