@@ -180,7 +180,7 @@ def test_shell_completion_installs_and_completes(tmp_path: Path) -> None:
     if bash is None:
         pytest.skip("bash not found")
     probe = (
-        'source c.sh; for L in "moe2 tr" "moe2 train gating=" "moe2 train trainer.max_"; do '
+        'source c.sh; for L in "moe2 tr" "moe2 train gating=" "moe2 train trainer.max_ep"; do '
         'COMP_LINE="$L"; COMP_POINT=${#L}; _moe2_completion; echo "${COMPREPLY[*]}"; done'
     )
     env = {**os.environ, "PATH": f"{Path(_script()).parent}:{os.environ['PATH']}"}

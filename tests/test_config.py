@@ -209,7 +209,7 @@ def test_typed_trainer_builds_a_lightning_trainer_with_the_stage_arguments(tmp_p
     from moe2.config.schema import TrainerCfg
     from moe2.errors import ConfigError
 
-    cfg = compose("train", ["trainer=cpu", "trainer.max_epochs=2", "debug=limit"])
+    cfg = compose("train", ["trainer=cpu", "debug=limit"])
     assert OmegaConf.get_type(cfg.trainer) is TrainerCfg
     ckpt = ModelCheckpoint(dirpath=str(tmp_path))
     trainer = instantiate(
