@@ -11,6 +11,10 @@ accuracy difference, the prefill-logit differences and the file sizes.
     python benchmarks/bench_int8w_quality.py --expert DIR/bundle/experts/gemma-3-270m \\
         --prompts DIR/outcomes/prompts.parquet --out /tmp/int8w
 
+With ``--plan BUNDLE/plans/rtx4090.json`` it instead builds that plan's engine of the expert from
+the INT8 graph (``--out``'s ``model.int8w.onnx``, written by a first run) with moe2's builder, and
+prints its build time and size.
+
 Prints one JSON object.
 """
 
@@ -65,6 +69,34 @@ def _session(path: Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
+def build_int8w_engine(plan_path: Path, onnx_path: Path, out: Path) -> dict[str, Any]:
+    """Build the plan's engine of the expert from ``onnx_path`` (moe2's builder, as build-engines)."""
+    from moe2.export.tensorrt.builder import build_engine, import_trt
+    from moe2.export.tensorrt.plan import BuildPlan
+
+    from moe2.utils.io import read_json
+
+    plan = BuildPlan.from_dict(read_json(plan_path))
+    engine = next(e for e in plan.engines if e.kind != "gate")
+    root = out / "bundle"
+    (root / engine.onnx).parent.mkdir(parents=True, exist_ok=True)
+    if not (root / engine.onnx).exists():
+        (root / engine.onnx).symlink_to(onnx_path.resolve())
+    trt = import_trt(plan.builder)
+    dest = out / "int8w.engine"
+    start = time.perf_counter()
+    build_engine(trt, plan, engine, root, dest, None)
+    return {
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores",
+        "builder": f"{plan.builder} {trt.__version__}",
+        "sm_arch": plan.sm_arch,
+        "component": engine.component,
+        "onnx_mb": round(onnx_path.stat().st_size / 1e6, 1),
+        "build_seconds": round(time.perf_counter() - start, 1),
+        "engine_mb": round(dest.stat().st_size / 1e6, 1),
+    }
+
+
 def main() -> None:
     """Quantise, score both graphs, print the comparison."""
     import onnx
@@ -83,7 +115,12 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--sample", type=int, default=None, help="score a random sample (seed 0)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--plan", type=Path, default=None, help="build this plan's INT8 expert engine")
     args = ap.parse_args()
+    if args.plan:
+        result = build_int8w_engine(args.plan, args.out / "model.int8w.onnx", args.out)
+        print(json.dumps(result, indent=2))
+        return
 
     args.out.mkdir(parents=True, exist_ok=True)
     ref_path = args.expert / "model.onnx"

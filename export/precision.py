@@ -137,10 +137,11 @@ def quantize_int8_weights(model: Any, min_elements: int = 1024) -> tuple[Any, in
 
     A 2-D initializer ``W`` (FP32, or FP16 read directly or through a ``Cast``, as the FP16 passes
     leave it) whose every reader is a MatMul/Gemm weight input (or a Transpose into one, or an
-    embedding Gather sharing it) becomes ``W__int8`` plus ``W__scale`` (FP32, one per output
-    channel: symmetric, ``max|W| / 127``) and a per-axis ``DequantizeLinear`` (opset >= 13) that
-    gives the graph back ``W`` in the type its readers had: activations stay FP16/FP32, which is
-    what TensorRT's weight-only Q/DQ fusion and ONNX Runtime both run.
+    embedding Gather, per row: a tied LM head shares it, and the table is most of a small LM's
+    bytes, 170M of Gemma-3-270m's 268M parameters) becomes ``W__int8`` plus ``W__scale`` (FP32,
+    one per output channel: symmetric, ``max|W| / 127``) and a per-axis ``DequantizeLinear``
+    (opset >= 13) that gives the graph back ``W`` in the type its readers had: activations stay
+    FP16/FP32, which is what TensorRT's weight-only Q/DQ fusion and ONNX Runtime both run.
 
     Args:
         model: an ONNX ``ModelProto`` (changed in place).

@@ -274,6 +274,7 @@ def test_expert_export_int8w_parity(tmp_path) -> None:
     assert {r["output"] for r in int8} == {"prefill_logits", "decode_logits", "greedy_tokens"}
     assert all(r["passed"] for r in records), records
     graph = onnx.load(tmp_path / "e" / "model.onnx").graph
-    # q, o, gate, up, down of both layers and the LM head (k/v are under min_elements here)
+    # q, o, gate, up, down of both layers, the embedding (Gather, per row) and the LM head
+    # (k/v are under min_elements here)
     assert sum(n.op_type == "DequantizeLinear" for n in graph.node) == 2 * 5 + 2
     assert spec_from_file(tmp_path / "e" / "export_spec.json").meta["precision"] == "int8w"
