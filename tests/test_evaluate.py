@@ -29,7 +29,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) ->
     from moe2.gating.train import train_gate
 
     root = tmp_path_factory.mktemp("gate")
-    train_gate(_train_cfg(root, tiny_encoder_dir, 240, 0, "trainer.max_epochs=2"))
+    # fit on train only (val held out), so that val and test both get a quality report
+    train_gate(
+        _train_cfg(root, tiny_encoder_dir, 240, 0, "trainer.max_epochs=2", "gating.fit_on=train")
+    )
     return root
 
 

@@ -215,7 +215,9 @@ def test_train_writes_complete_gating_dir_and_evaluate(
     # the checkpoint reproduces the cached logits
     net, tok, experts = load_gate(gdir)
     assert experts == data.experts
-    again = net.predict_texts(data.texts[:10])
+    # the default gate takes the category as an input: give it the prompts' categories
+    cats = [data.categories[i] for i in data.category_idx[:10]]
+    again = net.predict_texts(data.texts[:10], categories=cats)
     assert np.allclose(again, gl.align(data.prompt_ids[:10], experts), atol=1e-4)
     meta = json.loads((gdir / "meta.json").read_text())
     assert meta["optimized_metric"]["name"] == "val/router_acc" and meta["inputs"]

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from _completions_server import CompletionsServer
 
-from moe2.data.embedded import generate_questions, questions_frame
+from moe2.data.embedded import CATEGORIES, generate_questions, questions_frame
 from moe2.data.tables import load_outcomes, read_tables
 from moe2.errors import ConfigError, ExpertError, IncompleteHarvestError
 from moe2.experts.harvest import HarvestOptions, run_harvest
@@ -38,15 +38,16 @@ def _prompts(n_per_category: int) -> pd.DataFrame:
 def test_harvest_writes_complete_replicated_outcomes(
     tmp_path: Path, tiny_pool: list[ExpertSpec]
 ) -> None:
-    prompts = _prompts(4)  # 20 prompts
+    prompts = _prompts(5)  # 5 per category
+    n = 5 * len(CATEGORIES)
     res = run_harvest(tiny_pool, prompts, tmp_path, _opts(tmp_path, shard_size=6, batch_size=4))
     assert res.complete and not res.failures
     tables = read_tables(tmp_path / "outcomes")
     o = tables.outcomes
-    assert len(o) == 20 * 4 and not o.duplicated(["prompt_id", "expert"]).any()
+    assert len(o) == n * 4 and not o.duplicated(["prompt_id", "expert"]).any()
     data = load_outcomes(tmp_path)
-    assert data.scores.shape == (20, 4) and np.isfinite(data.scores).all()
-    assert data.option_logprobs is not None and data.option_logprobs.shape == (20, 4, 4)
+    assert data.scores.shape == (n, 4) and np.isfinite(data.scores).all()
+    assert data.option_logprobs is not None and data.option_logprobs.shape == (n, 4, 4)
     # answer distributions are normalised, and the score is 1 exactly when argmax is the answer
     np.testing.assert_allclose(np.exp(data.option_logprobs).sum(-1), 1.0, atol=1e-4)
     np.testing.assert_array_equal(
@@ -67,14 +68,14 @@ def test_harvest_writes_complete_replicated_outcomes(
     assert set(tables.experts["name"]) == set(e) and tables.meta["source"] == "harvest"
     # a second run finds everything done and rewrites the same table
     again = run_harvest(tiny_pool, prompts, tmp_path, _opts(tmp_path, shard_size=6))
-    assert again.items_per_s == 0.0 and len(read_tables(tmp_path / "outcomes").outcomes) == 80
+    assert again.items_per_s == 0.0 and len(read_tables(tmp_path / "outcomes").outcomes) == n * 4
 
 
 def test_harvest_killed_midway_resumes_exactly_once(
     tmp_path: Path, tiny_pool: list[ExpertSpec]
 ) -> None:
     art, cache = tmp_path / "art", tmp_path / "cache"
-    n_per_cat = 8  # 40 prompts, one per shard: many atomic writes to be killed among
+    n_per_cat = 10  # 40 prompts, one per shard: many atomic writes to be killed among
     overrides = [
         "experts=tiny",
         f"data.n_per_category={n_per_cat}",
@@ -103,7 +104,7 @@ def test_harvest_killed_midway_resumes_exactly_once(
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
     done_before = len(list(shards.glob("*/part-*.parquet")))
-    assert 3 <= done_before < 2 * 5 * n_per_cat
+    assert 3 <= done_before < 2 * len(CATEGORIES) * n_per_cat
     assert not (art / "outcomes").exists()  # nothing consolidated: the run was killed
 
     cfg = compose("harvest", overrides)
@@ -112,7 +113,7 @@ def test_harvest_killed_midway_resumes_exactly_once(
     res = main(cfg)
     assert res.complete
     o = read_tables(art / "outcomes").outcomes
-    n = 5 * n_per_cat
+    n = len(CATEGORIES) * n_per_cat
     assert len(o) == n * 4
     assert not o.duplicated(["prompt_id", "expert"]).any()
     for e in res.experts:
@@ -147,7 +148,9 @@ def test_expert_failing_midway_is_reported_and_retried(
         )
         return ExpertSpec("remote@cpu", card, cpu, "fp16")
 
-    prompts = _prompts(4)  # 20 prompts, shards of 4 -> the server breaks during the 2nd shard
+    prompts = _prompts(
+        20 // len(CATEGORIES)
+    )  # 20 prompts, shards of 4 -> the server breaks in the 2nd
     opts = _opts(tmp_path, shard_size=4, batch_size=2)
     # without allow_partial the harvest refuses to write the incomplete table
     with (

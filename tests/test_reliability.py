@@ -387,6 +387,8 @@ def _train_args(art: Path, enc: Path, epochs: int) -> list[str]:
         "gating.net.max_length=32",
         f"trainer.max_epochs={epochs}",
         "gating.patience=null",
+        # fit on train with a checkpoint per run (the default refit on train+val keeps none)
+        "gating.fit_on=train",
         "logger=none",
         "trainer.enable_progress_bar=false",
         f"paths.cache={art.parent / 'cache'}",

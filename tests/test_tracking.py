@@ -89,6 +89,7 @@ def test_every_stage_logs_to_one_project_and_group(
         f"gating.net.encoder={tiny_encoder_dir}",
         "trainer=cpu",
         "logger=wandb",
+        "gating.fit_on=train",  # validation epochs log val/router_acc (a refit has none)
         "trainer.max_epochs=1",
         "trainer.enable_progress_bar=false",
     )

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from moe2.errors import ConfigError
@@ -196,6 +197,29 @@ def _num(v: Any) -> str:
     return str(v)
 
 
+def _category_table(console: Any, data: Any, test: Any) -> dict[str, dict[str, float]]:
+    """Print and return each expert's test accuracy per category (where each expert is best)."""
+    from rich.table import Table
+
+    cats = np.asarray(data.categories, dtype=object)[data.category_idx]
+    out: dict[str, dict[str, float]] = {}
+    table = Table(title="test accuracy per category (best in bold)")
+    table.add_column("category")
+    for e in data.experts:
+        table.add_column(e, justify="right")
+    for c in data.categories:
+        rows = test & (cats == c)
+        if not rows.any():
+            continue
+        acc = data.scores[rows].mean(axis=0)
+        out[str(c)] = {e: float(a) for e, a in zip(data.experts, acc, strict=True)}
+        best = float(acc.max())
+        cells = [f"[bold]{a:.3f}[/bold]" if a == best else f"{a:.3f}" for a in acc]
+        table.add_row(f"{c} ({int(rows.sum())})", *cells)
+    console.print(table)
+    return out
+
+
 def summarize(
     artifacts: Path, timings: dict[str, dict[str, Any]], seconds: float
 ) -> dict[str, Any]:
@@ -226,6 +250,7 @@ def summarize(
         for e, a in acc.items():
             table.add_row(e, str(devices.get(e, "")), f"{a:.3f}")
         console.print(table)
+        summary["category_test_acc"] = _category_table(console, data, test)
 
     metrics_path = artifacts / "gating" / "metrics.json"
     if metrics_path.is_file():
@@ -235,6 +260,9 @@ def summarize(
             for k in ("test/router_acc", "test/best_single_acc", "test/oracle_acc")
             if k in m
         }
+        # the gate over all experts vs the best single expert (chosen on train), paired intervals
+        vs = ((m.get("quality") or {}).get("test") or {}).get("vs") or {}
+        summary["gate_vs"] = {k: vs[k] for k in ("best_single", "lookup") if k in vs}
 
     sel_path = artifacts / "selection" / "selection.json"
     if sel_path.is_file():
@@ -243,6 +271,13 @@ def summarize(
             k: sel.get(k) for k in ("subset", "objective", "test_objective", "method", "optimal")
         }
         summary["budgets"] = sel.get("budgets")
+        # the two-level rule (subset + gate) vs the best expert that fits the budgets alone
+        rep = (sel.get("quality") or {}).get("report") or {}
+        summary["subset_vs"] = {
+            k: rep["vs"][k] for k in ("best_single", "lookup") if k in (rep.get("vs") or {})
+        }
+        if rep.get("baselines"):
+            summary["subset_vs_best_single_expert"] = rep["baselines"].get("best_single")
 
     table = Table(title="moe2 pipeline")
     table.add_column("item")
@@ -251,6 +286,16 @@ def summarize(
         table.add_row(f"stage {name}", f"{t['seconds']:.1f} s")
     for k, v in summary.get("gate", {}).items():
         table.add_row(f"gate {k}", f"{v:.3f}" if isinstance(v, (int, float)) else str(v))
+    if summary.get("gate_vs") or summary.get("subset_vs"):
+        from moe2.gating.baselines import interval_text
+
+        alone = summary.get("subset_vs_best_single_expert")
+        for who, key in (("gate (all experts)", "gate_vs"), ("chosen subset", "subset_vs")):
+            for base, iv in (summary.get(key) or {}).items():
+                name = base.replace("_", " ")
+                if key == "subset_vs" and base == "best_single" and alone:
+                    name += f" that fits ({alone})"
+                table.add_row(f"{who} − {name} (test)", interval_text(iv))
     if "selection" in summary:
         s = summary["selection"]
         table.add_row("chosen subset", ", ".join(s.get("subset") or []))

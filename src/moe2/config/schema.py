@@ -59,7 +59,7 @@ class SelectionCfg:
     k: int = 1
     aggregation: str = "top1"
     metric: str = "accuracy"
-    split: str = "val"
+    split: str = "auto"
     report_split: str = "test"
     backend: str = "auto"
     baselines: list[str] = field(default_factory=list)

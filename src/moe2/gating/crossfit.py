@@ -89,7 +89,12 @@ def oof_logits(
                 progress=False,
             )
             idx = np.flatnonzero(held)
-            out[idx] = predict(res.net, [data.texts[i] for i in idx], base_embeddings[idx])
+            out[idx] = predict(
+                res.net,
+                [data.texts[i] for i in idx],
+                base_embeddings[idx],
+                category_idx=data.category_idx[idx],  # a gate with a category input uses it
+            )
             epochs.append(res.epochs)
             log.info("oof fold %d/%d: %d prompts, %d epochs", f + 1, folds, len(idx), res.epochs)
     info = {

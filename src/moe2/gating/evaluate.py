@@ -84,13 +84,14 @@ def gate_scores(
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     net.to(dev)
     frozen = net.mode == "frozen"
+    # a gate with a category input gets each prompt's category name (one it never saw: "unknown")
+    cats = [data.categories[i] for i in data.category_idx] if net.categories else None
     # one encoder pass: base embeddings for the kNN baseline and, when frozen, the gate's features
     if frozen:
         emb = cached_embeddings(net, data.texts, cache_dir, batch_size=batch_size, device=dev)
-        with torch.no_grad():
-            logits = net.head(torch.from_numpy(emb).to(dev)).float().cpu().numpy()
+        logits = net.predict_embeddings(emb, cats)
     else:
-        logits = net.predict_texts(data.texts, batch_size=batch_size, device=dev)
+        logits = net.predict_texts(data.texts, batch_size=batch_size, device=dev, categories=cats)
     knn = None
     knn_path = Path(gating_dir) / "knn.npz"
     if knn_path.is_file() and frozen:

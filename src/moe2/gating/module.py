@@ -34,6 +34,7 @@ def gate_loss(
     valid: torch.Tensor,
     tau: float,
     bce_weight: float = 0.0,
+    correct_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean soft-target cross-entropy (+ ``bce_weight`` × per-expert BCE) over prompts with outcomes.
 
@@ -43,6 +44,8 @@ def gate_loss(
         valid: ``[B, E]`` bool, True where the outcome was recorded.
         tau: target temperature (small τ -> target concentrates on the best experts).
         bce_weight: weight of the per-expert binary cross-entropy term.
+        correct_logits: ``[B, E]`` logits of separate correctness heads; the BCE term applies to them
+            (``None``: to ``logits`` themselves).
     """
     scores = torch.where(valid, scores, torch.zeros_like(scores))
     q = soft_targets(scores, valid, tau)  # [B, E]
@@ -54,7 +57,7 @@ def gate_loss(
     loss = (ce * has).sum() / n
     if bce_weight:
         bce = nn.functional.binary_cross_entropy_with_logits(
-            logits, scores, reduction="none"
+            logits if correct_logits is None else correct_logits, scores, reduction="none"
         )  # [B, E]
         loss = loss + bce_weight * (bce * valid).sum() / valid.sum().clamp_min(1)
     return loss
@@ -109,6 +112,25 @@ def routing_metrics(
             out[f"{p}cat/{name}/best_single_acc"] = float(pe.max())
             out[f"{p}cat/{name}/oracle_acc"] = float(oracle[rows].mean())
     return out
+
+
+def calibration_error(probs: np.ndarray, scores: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error of predicted correctness ``probs`` ``[P, E]`` against ``scores``.
+
+    Over every (prompt, expert) pair with a recorded score: pairs are put in ``bins`` equal-width
+    bins of predicted probability; ECE = Σ_b (n_b / n) · |mean predicted_b − mean score_b|.
+    """
+    valid = np.isfinite(scores)
+    p = np.asarray(probs, dtype=np.float64)[valid]
+    s = np.asarray(scores, dtype=np.float64)[valid]
+    if len(p) == 0:
+        return float("nan")
+    which = np.minimum((p * bins).astype(np.int64), bins - 1)
+    n = np.bincount(which, minlength=bins)
+    gap = np.abs(
+        np.bincount(which, p, bins) - np.bincount(which, s, bins)
+    )  # |Σ pred − Σ score| per bin
+    return float(gap.sum() / len(p)) if n.sum() else float("nan")
 
 
 def soft_target_loss_np(logits: np.ndarray, scores: np.ndarray, tau: float) -> float:
@@ -180,15 +202,32 @@ class GateModule(L.LightningModule):
         """
         _destroy_gloo_group_at_exit()
 
+    def outputs(
+        self, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Softmax-head logits, correctness logits (or ``None``) and routing logits, each ``[B, E]``."""
+        emb = batch.get("embedding")
+        if emb is None:
+            emb = self.net.embed(batch["input_ids"], batch["attention_mask"])
+        cat = batch.get("category") if self.net.categories else None
+        head, correct = self.net.head_outputs(emb, cat)
+        return head, correct, self.net.routing_logits(head, correct, emb)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits ``[B, E]`` of a batch."""
-        if "embedding" in batch:
-            return self.net.head_logits(batch["embedding"])
-        return self.net(batch["input_ids"], batch["attention_mask"])
+        """Routing logits ``[B, E]`` of a batch."""
+        return self.outputs(batch)[2]
+
+    def _loss(
+        self, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        head, correct, routing = self.outputs(batch)
+        loss = gate_loss(
+            head, batch["scores"], batch["valid"], self.tau, self.bce_weight, correct_logits=correct
+        )
+        return loss, routing, correct
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self(batch)
-        loss = gate_loss(logits, batch["scores"], batch["valid"], self.tau, self.bce_weight)
+        loss, _, _ = self._loss(batch)
         bs = len(batch["scores"])
         self.log(
             "train/loss",
@@ -202,8 +241,7 @@ class GateModule(L.LightningModule):
         return loss
 
     def _eval_step(self, split: str, batch: dict[str, torch.Tensor]) -> None:
-        logits = self(batch)
-        loss = gate_loss(logits, batch["scores"], batch["valid"], self.tau, self.bce_weight)
+        loss, logits, _ = self._loss(batch)
         self.log(
             f"{split}/loss",
             loss,

@@ -8,7 +8,21 @@ prompt to one logit per expert, ``[B, E]``. Three encoder modes:
 - ``finetune``: encoder and head train together;
 - ``lora``: LoRA adapters (peft) on the encoder's attention projections, plus the head.
 
-For a deployed subset ``S`` the gate is the softmax restricted to ``S`` (:func:`restrict`).
+Optional parts, each off by default in the constructor and chosen by the ``gating`` config:
+
+- a **category input** (``categories``): the prompt's task family, when known at inference, as a
+  learned embedding concatenated to the text embedding. One extra row stands for "category not
+  known"; training replaces the category by it with probability ``category_dropout`` so that the
+  same net also routes prompts that come without one (``category=None``, e.g. the exported graph);
+- **correctness heads** (``correctness=True``): one sigmoid per expert, ``P(expert e answers x
+  correctly)``, trained with binary cross-entropy beside the softmax head (calibrated scores for
+  cost-aware routing); :meth:`GatingNet.correctness_logits`;
+- a **k-NN memory** (:class:`moe2.gating.knn.KnnMemory`, attached after training): the mean score
+  of the ``k`` most similar training prompts, blended into the logits.
+
+The routing logits stay one number per expert, ``h(x) = log_softmax(head) + w_c · logit(p_correct)
++ w_k · knn / t`` (each term per expert), so the routing distribution is ``softmax(h)`` and its
+restriction to a subset is still masking (:func:`restrict`): the optimality-preserving property.
 """
 
 from __future__ import annotations
@@ -90,6 +104,14 @@ class GatingNet(nn.Module):
         max_length: tokenizer truncation length.
         normalize: L2-normalise pooled embeddings (what all-MiniLM-L6-v2 was trained with).
         lora: peft ``LoraConfig`` arguments for ``mode="lora"`` (r, alpha, dropout, target_modules).
+        categories: category names the net takes as an input (``None``: text only).
+        category_dim: width of the learned category embedding fed to the MLP (0: none; the
+            category then acts through ``category_bias`` only).
+        category_dropout: probability, in training, of replacing a prompt's category by "unknown".
+        correctness: add per-expert correctness heads (sigmoid, BCE) beside the softmax head.
+        correctness_weight: weight ``w_c`` of the correctness heads' logits in the routing logits.
+        category_bias: add a learned per-category, per-expert bias to each head's logits (needs
+            ``categories``; zero-initialised; the "unknown" row serves prompts without a category).
     """
 
     def __init__(
@@ -102,6 +124,12 @@ class GatingNet(nn.Module):
         max_length: int = 256,
         normalize: bool = True,
         lora: Mapping[str, Any] | None = None,
+        categories: Sequence[str] | None = None,
+        category_dim: int = 16,
+        category_dropout: float = 0.0,
+        correctness: bool = False,
+        correctness_weight: float = 0.0,
+        category_bias: bool = False,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -134,17 +162,29 @@ class GatingNet(nn.Module):
         # from_pretrained returns eval mode; a trained encoder needs its dropout (Lightning keeps modes)
         encoder_model.train(mode != "frozen")
         self.encoder = encoder_model
-        layers: list[nn.Module] = [nn.Dropout(dropout)]
-        if hidden and hidden > 0:
-            layers += [
-                nn.Linear(self.embed_dim, hidden),
-                nn.GELU(),
-                nn.Dropout(dropout),
-                nn.Linear(hidden, len(self.experts)),
-            ]
-        else:
-            layers += [nn.Linear(self.embed_dim, len(self.experts))]
-        self.head = nn.Sequential(*layers)
+        self.categories = [str(c) for c in categories] if categories else []
+        self.category_dropout = float(category_dropout)
+        self.correctness_weight = float(correctness_weight)
+        features = self.embed_dim
+        if self.categories:
+            # the last row is "category not known"
+            # category_dim 0: the category enters through category_bias only, not the MLP
+            self.category_embed = nn.Embedding(len(self.categories) + 1, max(int(category_dim), 0))
+            features += max(int(category_dim), 0)
+        self.head = _mlp(features, hidden, dropout, len(self.experts))
+        self.correct_head = (
+            _mlp(features, hidden, dropout, len(self.experts)) if correctness else None
+        )
+        self.category_bias: nn.Embedding | None = None
+        if category_bias:
+            if not self.categories:
+                raise ConfigError("gating.net.category_bias=true needs gating.net.category=true")
+            self.category_bias = _zero_embedding(len(self.categories) + 1, len(self.experts))
+            if self.correct_head is not None:
+                self.correct_bias = _zero_embedding(len(self.categories) + 1, len(self.experts))
+        if correctness_weight and self.correct_head is None:
+            raise ConfigError("gating.net.correctness_weight > 0 needs gating.net.correctness=true")
+        self.knn: nn.Module | None = None  # a KnnMemory, attached by attach_knn after training
         self.spec = {
             "encoder": encoder,
             "mode": mode,
@@ -153,6 +193,12 @@ class GatingNet(nn.Module):
             "max_length": self.max_length,
             "normalize": self.normalize,
             "lora": dict(lora or {}),
+            "categories": list(self.categories),
+            "category_dim": int(category_dim),
+            "category_dropout": self.category_dropout,
+            "correctness": bool(correctness),
+            "correctness_weight": self.correctness_weight,
+            "category_bias": bool(category_bias),
         }
 
     @property
@@ -169,13 +215,127 @@ class GatingNet(nn.Module):
             pooled = nn.functional.normalize(pooled, dim=-1)
         return pooled
 
-    def head_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, E]`` from pooled embeddings ``[B, D]``."""
-        return self.head(embeddings)
+    @property
+    def unknown_category(self) -> int:
+        """Index of the "category not known" row of the category embedding."""
+        return len(self.categories)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, E]`` for token ids ``[B, L]`` and their attention mask ``[B, L]``."""
-        return self.head(self.embed(input_ids, attention_mask))
+    def category_ids(
+        self, embeddings: torch.Tensor, category: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[B]`` rows of the category embedding: ``category`` with ``-1``/``None`` -> "unknown".
+
+        In training, each prompt's category is replaced by "unknown" with probability
+        ``category_dropout``.
+        """
+        if category is None:
+            return torch.full(
+                (embeddings.shape[0],),
+                self.unknown_category,
+                dtype=torch.long,
+                device=embeddings.device,
+            )
+        category = category.to(device=embeddings.device, dtype=torch.long)
+        category = torch.where(
+            category < 0, torch.full_like(category, self.unknown_category), category
+        )
+        if self.training and self.category_dropout > 0:
+            drop = torch.rand(category.shape, device=category.device) < self.category_dropout
+            category = category.masked_fill(drop, self.unknown_category)
+        return category
+
+    def features(
+        self, embeddings: torch.Tensor, category: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Head input ``[B, F]``: text embeddings ``[B, D]`` (+ category embedding when the net has one).
+
+        ``category`` is ``[B]`` int64 indices into :attr:`categories` (``-1`` or ``None``: not known).
+        """
+        if not self.categories:
+            return embeddings
+        return torch.cat(
+            [embeddings, self.category_embed(self.category_ids(embeddings, category))], dim=-1
+        )
+
+    def head_outputs(
+        self, embeddings: torch.Tensor, category: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Softmax-head logits ``[B, E]`` and correctness-head logits ``[B, E]`` (or ``None``).
+
+        With ``category_bias``, each head adds a learned per-category, per-expert bias (the
+        lookup table as a term of the logits; the MLP then learns what the text adds to it).
+        """
+        if not self.categories:
+            f = embeddings
+        else:
+            ids = self.category_ids(embeddings, category)
+            f = torch.cat([embeddings, self.category_embed(ids)], dim=-1)
+        head = self.head(f)
+        correct = None if self.correct_head is None else self.correct_head(f)
+        if self.category_bias is not None:
+            head = head + self.category_bias(ids)
+            if correct is not None:
+                correct = correct + self.correct_bias(ids)
+        return head, correct
+
+    def routing_logits(
+        self,
+        head: torch.Tensor,
+        correct: torch.Tensor | None,
+        embeddings: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The gate's logits ``[B, E]``: one number per expert, so that restriction is masking.
+
+        ``log_softmax(head) + correctness_weight · correct (+ the k-NN memory's term)``; without
+        correctness weight and k-NN memory this is the softmax head's logits themselves.
+        """
+        if not self.correctness_weight and self.knn is None:
+            return head
+        out = torch.log_softmax(head, dim=-1)
+        if self.correctness_weight and correct is not None:
+            out = out + self.correctness_weight * correct
+        if self.knn is not None and embeddings is not None:
+            out = out + self.knn(embeddings)
+        return out
+
+    def head_logits(
+        self, embeddings: torch.Tensor, category: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Routing logits ``[B, E]`` from pooled embeddings ``[B, D]`` (and categories ``[B]``)."""
+        head, correct = self.head_outputs(embeddings, category)
+        return self.routing_logits(head, correct, embeddings)
+
+    def correctness_logits(
+        self, embeddings: torch.Tensor, category: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Per-expert correctness logits ``[B, E]`` (``sigmoid`` = predicted probability of a correct answer)."""
+        if self.correct_head is None:
+            raise ConfigError(
+                "this gate has no correctness heads; train it with gating.net.correctness=true"
+            )
+        return self.head_outputs(embeddings, category)[1]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        category: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits ``[B, E]`` for token ids ``[B, L]``, their attention mask ``[B, L]`` and categories ``[B]``."""
+        return self.head_logits(self.embed(input_ids, attention_mask), category)
+
+    def attach_knn(self, memory: nn.Module | None) -> None:
+        """Blend a :class:`~moe2.gating.knn.KnnMemory` into the routing logits (``None``: detach it)."""
+        self.knn = memory
+        if memory is None:
+            self.spec.pop("knn", None)
+        else:
+            self.spec["knn"] = {"n": int(memory.keys.shape[0]), "options": memory.options()}
+
+    def category_index(self, names: Sequence[str | None]) -> np.ndarray:
+        """``[B]`` indices of category names (``-1`` for ``None`` or a name the net does not know)."""
+        pos = {c: i for i, c in enumerate(self.categories)}
+        return np.array([pos.get(n, -1) if n is not None else -1 for n in names], dtype=np.int64)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Tokenise (padded, truncated to ``max_length``) -> ``input_ids``/``attention_mask`` ``[B, L]``."""
@@ -208,16 +368,62 @@ class GatingNet(nn.Module):
 
     @torch.no_grad()
     def predict_texts(
-        self, texts: Sequence[str], batch_size: int = 64, device: str | torch.device | None = None
+        self,
+        texts: Sequence[str],
+        batch_size: int = 64,
+        device: str | torch.device | None = None,
+        categories: Sequence[str | None] | None = None,
     ) -> np.ndarray:
-        """Logits ``[N, E]`` (float32 numpy) of ``texts``."""
+        """Logits ``[N, E]`` (float32 numpy) of ``texts`` (with their category names, when known)."""
         emb = self.encode_texts(texts, batch_size=batch_size, device=device)
+        return self.predict_embeddings(emb, categories)
+
+    @torch.no_grad()
+    def predict_embeddings(
+        self,
+        embeddings: np.ndarray,
+        categories: Sequence[str | None] | np.ndarray | None = None,
+        correctness: bool = False,
+    ) -> np.ndarray:
+        """Routing logits (or, with ``correctness``, correctness logits) ``[N, E]`` of embeddings ``[N, D]``.
+
+        ``categories``: names, or an int array of indices into :attr:`categories` (``-1``: not known).
+        """
         was_training = self.training
         self.eval()
         head_device = next(self.head.parameters()).device
-        logits = self.head(torch.from_numpy(emb).to(head_device)).float().cpu().numpy()
+        emb = torch.from_numpy(np.asarray(embeddings, dtype=np.float32)).to(head_device)
+        cat = None
+        if self.categories and categories is not None:
+            idx = (
+                np.asarray(categories, dtype=np.int64)
+                if isinstance(categories, np.ndarray) and categories.dtype.kind in "iu"
+                else self.category_index(list(categories))
+            )
+            cat = torch.from_numpy(idx).to(head_device)
+        out = self.correctness_logits(emb, cat) if correctness else self.head_logits(emb, cat)
         self.train(was_training)
-        return logits
+        return out.float().cpu().numpy()
+
+
+def _zero_embedding(rows: int, dim: int) -> nn.Embedding:
+    emb = nn.Embedding(rows, dim)
+    nn.init.zeros_(emb.weight)
+    return emb
+
+
+def _mlp(features: int, hidden: int, dropout: float, outputs: int) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Dropout(dropout)]
+    if hidden and hidden > 0:
+        layers += [
+            nn.Linear(features, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, outputs),
+        ]
+    else:
+        layers += [nn.Linear(features, outputs)]
+    return nn.Sequential(*layers)
 
 
 def _require_peft() -> Any:
@@ -241,9 +447,15 @@ def _default_lora_targets(model: nn.Module) -> list[str]:
     )
 
 
-def build_gate(net_cfg: Mapping[str, Any], experts: Sequence[str]) -> GatingNet:
-    """A :class:`GatingNet` from the ``gating.net`` config (a mapping of constructor arguments)."""
+def build_gate(
+    net_cfg: Mapping[str, Any], experts: Sequence[str], categories: Sequence[str] | None = None
+) -> GatingNet:
+    """A :class:`GatingNet` from the ``gating.net`` config (a mapping of constructor arguments).
+
+    ``category: true`` in the config makes ``categories`` (the table's category names) an input.
+    """
     kwargs = {k: v for k, v in dict(net_cfg).items() if not str(k).startswith("_")}
+    use_category = bool(kwargs.pop("category", False))
     unknown = set(kwargs) - {
         "encoder",
         "mode",
@@ -252,11 +464,20 @@ def build_gate(net_cfg: Mapping[str, Any], experts: Sequence[str]) -> GatingNet:
         "max_length",
         "normalize",
         "lora",
+        "category_dim",
+        "category_dropout",
+        "correctness",
+        "correctness_weight",
+        "category_bias",
     }
     if unknown:
         raise ConfigError(f"unknown gating.net option(s) {sorted(unknown)}")
     if kwargs.get("lora") is not None:
         kwargs["lora"] = dict(kwargs["lora"])
+    if use_category:
+        if not categories:
+            raise ConfigError("gating.net.category=true but the outcome table has no categories")
+        kwargs["categories"] = list(categories)
     return GatingNet(experts, **kwargs)
 
 
@@ -392,7 +613,9 @@ def load_gate(
     meta = read_json(meta_path)
     if "gate" not in meta or "experts" not in meta:
         raise DataError(f"{meta_path}: lacks 'gate'/'experts'; retrain with `moe2 train`")
-    net = GatingNet(meta["experts"], **meta["gate"])
+    gate = dict(meta["gate"])
+    knn = gate.pop("knn", None)
+    net = GatingNet(meta["experts"], **gate)
     import pickle
 
     try:  # weights_only: a model.pt holding pickled code is refused, never run
@@ -406,6 +629,12 @@ def load_gate(
         raise DataError(f"{model_path}: refused, {why}; retrain with `moe2 train`") from exc
     if not isinstance(state, dict):
         raise DataError(f"{model_path}: holds a {type(state).__name__}, not a state dict")
+    if knn:
+        from moe2.gating.knn import KnnMemory
+
+        net.attach_knn(
+            KnnMemory.empty(int(knn["n"]), net.embed_dim, net.n_experts, **knn["options"])
+        )
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatch, e.g. a different number of experts

@@ -88,7 +88,9 @@ def check_preserving(cfg: DictConfig) -> dict[str, Any]:
     seed = int(cfg.get("seed", 0))
     with tempfile.TemporaryDirectory(prefix="moe2-preserving-") as tmp:
         full = fit_gate(data, cfg, run_dir=Path(tmp) / "full", progress=False)
-        full_logits = predict_logits(full.net, data.texts, full.base_embeddings)
+        full_logits = predict_logits(
+            full.net, data.texts, full.base_embeddings, category_idx=data.category_idx
+        )
         rows: list[dict[str, Any]] = []
         sub_seconds = 0.0
         for j, idx in enumerate(subsets):
@@ -103,7 +105,9 @@ def check_preserving(cfg: DictConfig) -> dict[str, Any]:
                 progress=False,
             )
             sub_seconds += time.perf_counter() - t0
-            retrained = predict_logits(res.net, sub.texts, res.base_embeddings)
+            retrained = predict_logits(
+                res.net, sub.texts, res.base_embeddings, category_idx=sub.category_idx
+            )
             restricted = full_logits[
                 :, idx
             ]  # softmax over these columns = full gate restricted to S

@@ -12,6 +12,8 @@ paired bootstrap intervals (:mod:`moe2.gating.baselines`).
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -29,7 +31,7 @@ from moe2.gating.datamodule import OutcomeDataModule
 from moe2.gating.heldout import RECORD, TrainingRecord, write_record
 from moe2.gating.knn import knn_scores
 from moe2.gating.logits import GateLogits, write_logits
-from moe2.gating.module import GateModule, routing_metrics
+from moe2.gating.module import GateModule, calibration_error, routing_metrics
 from moe2.gating.net import GatingNet, build_gate, cached_embeddings
 from moe2.utils.instantiate import instantiate
 from moe2.utils.io import atomic_path, write_json, write_text_atomic
@@ -115,6 +117,7 @@ class FitResult:
     fit_seconds: float
     epoch_seconds: list[float] = field(default_factory=list)
     n_train: int = 0
+    fit_rows: np.ndarray | None = None  # [P] bool: the prompts the gate was fitted on
     world_size: int = 1
     is_global_zero: bool = True
     device: str = "cpu"
@@ -125,6 +128,50 @@ def _embed_device(cfg: DictConfig) -> str:
     return "cuda" if torch.cuda.is_available() and accel in ("auto", "gpu", "cuda") else "cpu"
 
 
+FIT_ON = ("train", "train+val")
+
+
+def fit_rows(data: OutcomeData, fit_on: str) -> np.ndarray:
+    """``[P]`` bool mask of the prompts a gate is fitted on: the train split, or train + val."""
+    if fit_on not in FIT_ON:
+        raise ConfigError(f"gating.fit_on={fit_on!r} is not one of {FIT_ON}")
+    rows = data.split_mask("train")
+    return rows | data.split_mask("val") if fit_on == "train+val" else rows
+
+
+def oof_folds(value: Any, refit: bool) -> int:
+    """``oof.folds``: ``auto`` is 5 for a gate refitted on train+val (its val logits are in-sample,
+    so the selection needs out-of-fold ones) and 0 otherwise; an integer is taken as given."""
+    if value is None:
+        return 0
+    if str(value) == "auto":
+        return 5 if refit else 0
+    try:
+        folds = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"oof.folds={value!r}: give auto, 0 (off) or a number of folds >= 2"
+        ) from None
+    if folds == 1 or folds < 0:
+        raise ConfigError(f"oof.folds={folds}: give auto, 0 (off) or a number of folds >= 2")
+    return folds
+
+
+def cv_folds(prompt_ids: np.ndarray, k: int, seed: int = 1) -> np.ndarray:
+    """``[P]`` fold index in ``0..k-1`` of each prompt: a seeded hash of its id (stable, like splits)."""
+    from moe2.data.tables import _split_uniform
+
+    if k < 2:
+        raise ConfigError(f"cross-validation needs at least 2 folds, got {k}")
+    u = np.array([_split_uniform(str(p), seed) for p in prompt_ids])
+    return np.minimum((u * k).astype(np.int64), k - 1)
+
+
+def _refit_view(data: OutcomeData) -> OutcomeData:
+    """``data`` with its val prompts relabelled train (a refit on train + val has no val split)."""
+    return dataclasses.replace(data, splits=np.where(data.splits == "val", "train", data.splits))
+
+
 def fit_gate(
     data: OutcomeData,
     cfg: DictConfig,
@@ -132,11 +179,16 @@ def fit_gate(
     run_dir: str | Path | None = None,
     loggers: list[Any] | None = None,
     progress: bool | None = None,
+    callbacks: list[Any] | None = None,
 ) -> FitResult:
     """Train a gate on ``data`` with the ``gating`` and ``trainer`` config of ``cfg``.
 
-    Early stopping and checkpointing on ``gating.monitor``; the best checkpoint's weights are loaded
-    back into the returned net.
+    With ``gating.fit_on: train`` (default), early stopping and checkpointing on ``gating.monitor``
+    over the val split; the best checkpoint's weights are loaded back into the returned net. With
+    ``gating.fit_on: train+val`` the gate is refitted on both splits for exactly
+    ``trainer.max_epochs`` epochs (chosen beforehand by cross-validation; nothing is monitored) and
+    keeps its last weights. With ``gating.knn_weight > 0`` a :class:`~moe2.gating.knn.KnnMemory` of
+    the fitted prompts is attached to the returned net.
 
     Args:
         data: the outcome table (its experts are the gate's outputs).
@@ -145,11 +197,25 @@ def fit_gate(
         run_dir: Lightning's ``default_root_dir`` (checkpoints go to ``run_dir/checkpoints``).
         loggers: Lightning loggers (``None``: no logging).
         progress: show the progress bar (default: the trainer config's setting).
+        callbacks: extra Lightning callbacks (e.g. a probe of held-out accuracy per epoch).
     """
     g = cfg.gating
     check_gating_data(data)
+    fit_on = str(g.get("fit_on", "train"))
+    rows = fit_rows(data, fit_on)
+    refit = fit_on == "train+val"
     L.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
-    net = build_gate(OmegaConf.to_container(g.net, resolve=True), data.experts)
+    net = build_gate(OmegaConf.to_container(g.net, resolve=True), data.experts, data.categories)
+    bce_weight = float(g.loss.get("bce_weight", 0.0))
+    if net.correct_head is not None and bce_weight <= 0:
+        raise ConfigError(
+            "gating.net.correctness=true trains its heads with the BCE term: set gating.loss.bce_weight > 0"
+        )
+    knn_weight = float(g.get("knn_weight", 0.0) or 0.0)
+    if knn_weight and net.mode != "frozen":
+        raise ConfigError(
+            "gating.knn_weight > 0 needs gating.net.mode=frozen (the k-NN memory holds frozen-encoder embeddings)"
+        )
     cache = OmegaConf.select(cfg, "paths.cache", default=None)
     if base_embeddings is None:
         t0 = time.perf_counter()
@@ -164,7 +230,7 @@ def fit_gate(
         log.info("embeddings %s in %.1f s", base_embeddings.shape, time.perf_counter() - t0)
     frozen = net.mode == "frozen"
     dm = OutcomeDataModule(
-        data,
+        _refit_view(data) if refit else data,
         batch_size=int(g.batch_size),
         embeddings=base_embeddings if frozen else None,
         tokenizer=None if frozen else net.tokenizer,
@@ -176,7 +242,7 @@ def fit_gate(
         optimizer=instantiate(g.optimizer),
         scheduler=instantiate(g.scheduler) if g.get("scheduler") else None,
         tau=float(g.loss.tau),
-        bce_weight=float(g.loss.get("bce_weight", 0.0)),
+        bce_weight=bce_weight,
         categories=data.categories,
     )
     if frozen:
@@ -199,14 +265,18 @@ def fit_gate(
         enable_version_counter=False,
     )
     timer = EpochTimer()
-    callbacks: list[Any] = [ckpt, timer]
-    if g.get("patience"):
-        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=int(g.patience)))
+    callbacks_: list[Any] = [timer] if refit else [ckpt, timer]
+    callbacks_ += list(callbacks or [])
+    if g.get("patience") and not refit:
+        callbacks_.append(EarlyStopping(monitor=monitor, mode=mode, patience=int(g.patience)))
     extra: dict[str, Any] = {
-        "callbacks": callbacks,
+        "callbacks": callbacks_,
         "logger": loggers or False,
         "default_root_dir": str(run_dir),
     }
+    if refit:
+        # nothing is held out: no validation loop, no checkpoint choice, the last epoch's weights
+        extra.update(limit_val_batches=0, enable_checkpointing=False)
     if progress is not None:
         extra["enable_progress_bar"] = progress
     trainer: L.Trainer = instantiate(cfg.trainer, **extra)
@@ -221,7 +291,7 @@ def fit_gate(
     finally:
         torch.set_num_threads(saved_threads)
     fit_seconds = time.perf_counter() - t0
-    best_path = ckpt.best_model_path
+    best_path = "" if refit else ckpt.best_model_path
     best_score = None if ckpt.best_model_score is None else float(ckpt.best_model_score)
     best_epoch = None
     if best_path and Path(best_path).is_file():
@@ -233,8 +303,19 @@ def fit_gate(
             raise DataError(
                 f"{best_path}: checkpoint does not match the gate (missing {bad[:3]}, unexpected {unexpected[:3]})"
             )
-    elif not trainer.fast_dev_run and trainer.is_global_zero:
+    elif not refit and not trainer.fast_dev_run and trainer.is_global_zero:
         log.warning("no checkpoint was saved (is %s logged?); keeping the last weights", monitor)
+    if knn_weight:
+        from moe2.gating.knn import KnnMemory
+
+        module.net.attach_knn(
+            KnnMemory(
+                base_embeddings[rows],
+                data.scores[rows],
+                k=int(g.get("knn_k", 20)),
+                weight=knn_weight,
+            )
+        )
     device = str(trainer.strategy.root_device)
     return FitResult(
         net=module.net,
@@ -245,7 +326,8 @@ def fit_gate(
         epochs=int(trainer.current_epoch),
         fit_seconds=fit_seconds,
         epoch_seconds=timer.seconds,
-        n_train=int(data.split_mask("train").sum()),
+        n_train=int(rows.sum()),
+        fit_rows=rows,
         world_size=int(trainer.world_size),
         is_global_zero=bool(trainer.is_global_zero),
         device=device,
@@ -259,15 +341,23 @@ def predict_logits(
     base_embeddings: np.ndarray | None,
     device: str = "cpu",
     batch_size: int = 128,
+    category_idx: np.ndarray | None = None,
+    correctness: bool = False,
 ) -> np.ndarray:
-    """Gate logits ``[P, E]`` of every prompt (frozen: from the cached embeddings)."""
+    """Gate logits ``[P, E]`` of every prompt (frozen: from the cached embeddings).
+
+    Args:
+        category_idx: ``[P]`` indices into ``net.categories`` (``-1``: unknown), used by a gate with
+            a category input (ignored otherwise); ``None``: every prompt's category is unknown.
+        correctness: return the correctness heads' logits instead of the routing logits.
+    """
     net.eval()
     if net.mode == "frozen" and base_embeddings is not None:
-        head = net.head.to(device)
-        emb = torch.from_numpy(np.asarray(base_embeddings, dtype=np.float32)).to(device)
-        return head(emb).float().cpu().numpy()
+        net.to(device)
+        return net.predict_embeddings(base_embeddings, category_idx, correctness=correctness)
     net.to(device)
-    return net.predict_texts(texts, batch_size=batch_size, device=device)
+    emb = net.encode_texts(texts, batch_size=batch_size, device=device)
+    return net.predict_embeddings(emb, category_idx, correctness=correctness)
 
 
 def knn_logits(
@@ -310,6 +400,27 @@ def split_metrics(
     return out
 
 
+def correctness_metrics(
+    correct_logits: np.ndarray, data: OutcomeData, splits: tuple[str, ...] = SPLITS
+) -> dict[str, float]:
+    """Calibration of the correctness heads per split: ``<split>/ece``, ``<split>/brier`` and the
+    accuracy of routing by the heads alone (``<split>/correctness_router_acc``)."""
+    probs = 1.0 / (1.0 + np.exp(-correct_logits.astype(np.float64)))
+    out: dict[str, float] = {}
+    for split in splits:
+        rows = data.split_mask(split) if split in SPLITS else np.ones(data.n_prompts, bool)
+        if not rows.any():
+            continue
+        s = data.scores[rows]
+        valid = np.isfinite(s)
+        out[f"{split}/ece"] = calibration_error(probs[rows], s)
+        out[f"{split}/brier"] = float(((probs[rows] - np.nan_to_num(s)) ** 2)[valid].mean())
+        out[f"{split}/correctness_router_acc"] = float(
+            routing_metrics(correct_logits[rows], s, per_category=False)["router_acc"]
+        )
+    return out
+
+
 def train_gate(cfg: DictConfig) -> dict[str, Any]:
     """Train the gate on ``paths.outcomes`` and write ``paths.gating``; returns the metrics.
 
@@ -336,9 +447,13 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
         return {}
     device = "cuda" if res.device.startswith("cuda") else "cpu"
     t0 = time.perf_counter()
-    logits = predict_logits(res.net, data.texts, res.base_embeddings, device=device)
+    cat_idx = data.category_idx
+    logits = predict_logits(
+        res.net, data.texts, res.base_embeddings, device=device, category_idx=cat_idx
+    )
     infer_seconds = time.perf_counter() - t0
-    train_rows = data.split_mask("train")
+    # the k-NN baseline sees the same training prompts as the gate
+    train_rows = res.fit_rows if res.fit_rows is not None else data.split_mask("train")
     k = int(cfg.gating.get("knn_k", 20))
     knn = knn_logits(
         res.base_embeddings[train_rows],
@@ -349,12 +464,25 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
         k,
     )
     metrics: dict[str, Any] = split_metrics(logits, knn, data)
+    if res.net.correct_head is not None:
+        correct = predict_logits(
+            res.net, data.texts, res.base_embeddings, device, category_idx=cat_idx, correctness=True
+        )
+        metrics.update(correctness_metrics(correct, data))
     from moe2.gating.baselines import flat_metrics, print_report, split_quality
 
-    quality = split_quality(data, logits, knn, seed=int(cfg.get("seed", 0)))
+    refit = str(cfg.gating.get("fit_on", "train")) == "train+val"
+    # a refitted gate has seen val: its baselines are fitted on train+val and only test is held out
+    quality = split_quality(
+        _refit_view(data) if refit else data,
+        logits,
+        knn,
+        splits=("test",) if refit else ("val", "test"),
+        seed=int(cfg.get("seed", 0)),
+    )
     metrics["quality"] = quality
     oof = None
-    folds = int(OmegaConf.select(cfg, "oof.folds", default=0) or 0)
+    folds = oof_folds(OmegaConf.select(cfg, "oof.folds", default=0), refit)
     if folds and res.world_size > 1:
         # the fold gates would need every rank again; this process is rank 0 alone now
         log.warning("oof.folds=%d skipped: out-of-fold logits need a single-process run", folds)
@@ -404,7 +532,11 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
     net = res.net.to("cpu")
     with atomic_path(gating_dir) as tmp:
         tmp.mkdir()
-        torch.save(net.state_dict(), tmp / "model.pt")
+        # serialise in memory, then write: a full disk is then an OSError (ENOSPC, one clear
+        # error) rather than torch's RuntimeError from inside its zip writer
+        buf = io.BytesIO()
+        torch.save(net.state_dict(), buf)
+        (tmp / "model.pt").write_bytes(buf.getvalue())
         write_text_atomic(tmp / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         write_json(tmp / "metrics.json", metrics)
         write_logits(
@@ -412,7 +544,7 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
             GateLogits.for_data(data, logits, data.experts),
         )
         write_logits(tmp / "knn_scores.parquet", GateLogits.for_data(data, knn, data.experts))
-        write_record(tmp / RECORD, TrainingRecord.of(data))
+        write_record(tmp / RECORD, TrainingRecord.of(_refit_view(data) if refit else data))
         if oof is not None:
             from moe2.gating.crossfit import OOF_FILE
 

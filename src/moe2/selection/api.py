@@ -49,6 +49,7 @@ class SelectionInputs:
     val_rows: np.ndarray | None = None  # [P] bool, the selection split's prompts
     test_rows: np.ndarray | None = None  # [P] bool, the report split's prompts
     knn: np.ndarray | None = None  # [P, E] kNN predicted scores (gating/knn_scores.parquet)
+    split: str = "val"  # the split F is computed on (selection.split, ``auto`` resolved)
 
 
 def _sel(cfg: DictConfig, key: str, default: Any = None) -> Any:
@@ -74,7 +75,7 @@ def load_inputs(cfg: DictConfig) -> SelectionInputs:
         raise DataError(
             f"cost profile experts {profile.experts} do not match the outcome table {data.experts}"
         )
-    split = str(_sel(cfg, "split", "val"))
+    split = resolve_split(str(_sel(cfg, "split", "auto")), logits_path.parent)
     report_split = _sel(cfg, "report_split", "test")
     kw = {
         "experts": data.experts,
@@ -124,7 +125,32 @@ def load_inputs(cfg: DictConfig) -> SelectionInputs:
         val_rows=rows,
         test_rows=None if test is None else t_rows,
         knn=knn,
+        split=split,
     )
+
+
+def resolve_split(split: str, gating_dir: Path) -> str:
+    """The split F is computed on: ``auto`` is ``oof`` when the gate left out-of-fold logits, else
+    ``val`` — with a warning when the gate was refitted on val (F is then in-sample, optimistic)."""
+    from moe2.gating.crossfit import OOF_FILE
+
+    if split != "auto":
+        return split
+    if (gating_dir / OOF_FILE).is_file():
+        return "oof"
+    cfg_path = gating_dir / "config.yaml"
+    if cfg_path.is_file():
+        from omegaconf import OmegaConf
+
+        fit_on = OmegaConf.select(OmegaConf.load(cfg_path), "gating.fit_on", default="train")
+        if str(fit_on) == "train+val":
+            log.warning(
+                "the gate in %s was refitted on train+val and left no out-of-fold logits: F on the "
+                "val split is in-sample and optimistic. Retrain with `moe2 train oof.folds=5` (or "
+                "gating.fit_on=train) for a selection judged on unseen prompts.",
+                gating_dir,
+            )
+    return "val"
 
 
 def _oof_rows(
@@ -211,7 +237,7 @@ def run_select(cfg: DictConfig) -> dict[str, Any]:
         k=inp.val.k,
         aggregation=inp.val.aggregation,
         metric=inp.val.metric,
-        split=str(_sel(cfg, "split", "val")),
+        split=inp.split,
         experts=list(experts),
         placement=placement(inp.profile, sel["subset"]),
         budget_config=Budgets.from_config(cfg.budget).to_dict(),

@@ -21,7 +21,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import Request  # the handlers' annotation, resolved by FastAPI at import
+try:  # the handlers' annotation, resolved by FastAPI when the app is built (the `serve` extra)
+    from fastapi import Request
+except ImportError:  # base install: the module imports; building an app names the extra to install
+    Request = Any  # type: ignore[misc,assignment]
 
 from moe2.serving.backends import ExpertFailure, LocalBackend, Reply
 from moe2.serving.config import ServerCfg
@@ -121,6 +124,9 @@ def routing_headers(rid: str, info: dict[str, Any]) -> dict[str, str]:
 
 def _base_app(title: str, metrics: Metrics) -> Any:
     """A FastAPI app with OpenAI-style errors for unknown paths, methods and crashes."""
+    from moe2.utils.deps import require
+
+    require("fastapi", "moe2 serve")
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import Response
