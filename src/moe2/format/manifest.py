@@ -3,6 +3,7 @@
 Layout::
 
     bundle/
+      manifest.sha256        the manifest's sha256 (written last: binds the manifest)
       manifest.json          format + version, moe2 version, git commit, time, toolchain, selection,
                              experts with placement, budgets, objective, every file's sha256, parity,
                              engines per target (builder module + version, compute capability)
@@ -16,8 +17,10 @@ Layout::
       engines/<target>/      *.engine + timing.cache, after `moe2 build-engines`
 
 The exporter (``moe2.export.bundle``) writes this layout and seals it with :func:`seal`; the runtime
-loads it after :func:`verify_bundle`, which checks the manifest, every file's size and sha256, that
-nothing unrecorded was added, and that every parity record passed; it names the first problem.
+loads it after :func:`verify_bundle`, which checks the manifest's digest and shape, every file's size
+and sha256, that nothing unrecorded was added, that ``parity.json`` is the manifest's copy and every
+parity record passed; it names the first problem. The loader then opens only files the manifest
+lists (:func:`bundle_file`, :func:`bundle_dir`).
 """
 
 from __future__ import annotations
@@ -217,8 +220,10 @@ def read_manifest(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
 def verify_bundle(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Check a bundle end to end; return its manifest or raise naming the first problem.
 
-    Checks: manifest header and version; the required files are recorded; every recorded file
-    exists with its size and sha256; no unrecorded file was added; every parity record passed.
+    Checks: manifest header, version and shape; the manifest against ``manifest.sha256``; the
+    required files are recorded; every recorded file exists with its size and sha256; no
+    unrecorded file was added; ``parity.json`` is the manifest's copy of the export's parity
+    records and every record passed; engines match their plan and build.
 
     Raises:
         BundleError: the first problem found (missing file, modified file, newer format, ...).
