@@ -178,7 +178,7 @@ def write_bundle(
                 )
             )
             gate_info = read_json(tmp / "gate" / "gate.json")
-        if precision == "fp16":
+        if precision in ("fp16", "int8w"):  # the gate is small: INT8 weights gain it nothing
             records.append(to_fp16(tmp / "gate", gate.module, prompts, threads))
             gate_info = read_json(tmp / "gate" / "gate.json")
 

@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 from moe2.export.onnx_export import export_onnx
-from moe2.export.precision import FP32_COMPUTE_FAMILIES, convert_fp16
+from moe2.export.precision import FP32_COMPUTE_FAMILIES, convert_fp16, convert_int8w
 
 from moe2.errors import BundleError
 from moe2.format.parity import compare_arrays, compare_tokens
 from moe2.format.sessions import OrtCausalLM, ort_session
-from moe2.format.specs import FP16_TOLERANCE, ExportSpec, spec_for_hf_config
+from moe2.format.specs import FP16_TOLERANCE, INT8W_TOLERANCE, ExportSpec, spec_for_hf_config
 from moe2.format.tokenize import prompt_ids
 from moe2.utils.deps import require
 from moe2.utils.io import write_json
@@ -147,9 +147,11 @@ def export_causal_lm(
         generation: extra generation settings for ``generation.json`` (``max_new_tokens``, ...).
         threads: ONNX Runtime threads for parity.
         external_data: force ONNX external data (default: when weights exceed 2 GB).
-        precision: ``fp32`` or ``fp16``: the precision of the shipped graph. FP16 is converted from
-            the checked FP32 export and checked again against PyTorch's FP32 references with
-            :data:`~moe2.format.specs.FP16_TOLERANCE`.
+        precision: ``fp32``, ``fp16`` or ``int8w``: the precision of the shipped graph. FP16 is
+            converted from the checked FP32 export and checked again against PyTorch's FP32
+            references with :data:`~moe2.format.specs.FP16_TOLERANCE`; ``int8w`` is the FP16
+            graph with weight-only INT8 MatMul weights (Q/DQ), checked with
+            :data:`~moe2.format.specs.INT8W_TOLERANCE`.
 
     Returns:
         ``(info, parity records)``; ``info`` is what ``generation.json`` holds.
@@ -192,22 +194,24 @@ def export_causal_lm(
     records = ort_parity(
         component, "torch->onnxruntime", runner, refs, prompts, spec.atol, spec.rtol
     )
-    if precision == "fp16":
+    if precision in ("fp16", "int8w"):
         del runner  # release the FP32 session before rewriting its file
         compute = "fp32" if spec.family in FP32_COMPUTE_FAMILIES else "fp16"
-        files = convert_fp16(out_dir / EXPERT_FILE, compute=compute)
-        spec = replace(spec, meta={**spec.meta, "precision": "fp16", "compute": compute})
+        convert = convert_fp16 if precision == "fp16" else convert_int8w
+        files = convert(out_dir / EXPERT_FILE, compute=compute)
+        spec = replace(spec, meta={**spec.meta, "precision": precision, "compute": compute})
         write_json(out_dir / "export_spec.json", spec.to_dict())
         runner = OrtCausalLM(ort_session(out_dir / EXPERT_FILE, threads), spec)
+        tol = FP16_TOLERANCE if precision == "fp16" else INT8W_TOLERANCE
         records += ort_parity(
             component,
-            "torch->onnxruntime-fp16",
+            f"torch->onnxruntime-{precision}",
             runner,
             refs,
             prompts,
-            FP16_TOLERANCE["atol"],
-            FP16_TOLERANCE["rtol"],
-            min_prefix_fraction=FP16_TOLERANCE["min_prefix_fraction"],
+            tol["atol"],
+            tol["rtol"],
+            min_prefix_fraction=tol["min_prefix_fraction"],
         )
 
     eos = _eos_ids(model, tokenizer)

@@ -164,3 +164,117 @@ def test_fp16_conversion_keeps_io_and_halves_weights(tmp_path, compute) -> None:
     assert path.stat().st_size < 0.6 * size
     got = ort_session(path).run(None, {"x": x})[0]
     assert got.dtype == np.float32 and np.abs(got - ref).max() < 1e-2
+
+
+def _int8w_graph(tmp_path, rng):
+    """MatMul, Gemm(transB) and a tied embedding (Gather + Transpose -> MatMul head), FP32."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = rng.standard_normal((64, 48)).astype(np.float32) / 8  # MatMul: [K, N]
+    g = rng.standard_normal((64, 48)).astype(np.float32) / 8  # Gemm transB: [N, K]
+    emb = rng.standard_normal((40, 64)).astype(np.float32) / 4  # Gather rows; head via Transpose
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["emb", "ids"], ["e"]),
+            helper.make_node("ReduceMean", ["e", "ax"], ["h0"], keepdims=0),
+            helper.make_node("MatMul", ["h0", "w"], ["h1"]),
+            helper.make_node("Gemm", ["h1", "g"], ["h2"], transB=1),
+            helper.make_node("Transpose", ["emb"], ["embT"], perm=[1, 0]),
+            helper.make_node("MatMul", ["h2", "embT"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "s"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 40])],
+        [
+            numpy_helper.from_array(w, "w"),
+            numpy_helper.from_array(g, "g"),
+            numpy_helper.from_array(emb, "emb"),
+            numpy_helper.from_array(np.array([1], np.int64), "ax"),
+        ],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+@pytest.mark.parametrize("compute", ["fp16", "fp32"])
+def test_int8w_writes_per_channel_dequantize_and_stays_close(tmp_path, compute) -> None:
+    """Weight-only INT8: int8 weights + per-axis DequantizeLinear, ORT output close to FP32."""
+    import onnx
+    from moe2.export.precision import convert_int8w
+    from onnx import TensorProto, numpy_helper
+
+    from moe2.format.sessions import ort_session
+
+    rng = np.random.default_rng(0)
+    path = _int8w_graph(tmp_path, rng)
+    ids = rng.integers(0, 40, (3, 5)).astype(np.int64)
+    ref = ort_session(path).run(None, {"ids": ids})[0]
+    size = path.stat().st_size
+    convert_int8w(path, compute=compute)
+    model = onnx.load(path)
+    dq = {n.input[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    # one DQ per weight, on its output channels: MatMul N (1), Gemm transB rows (0), tied rows (0)
+    assert {k: next(a.i for a in n.attribute if a.name == "axis") for k, n in dq.items()} == {
+        "w__int8": 1,
+        "g__int8": 0,
+        "emb__int8": 0,
+    }
+    inits = {i.name: i for i in model.graph.initializer}
+    for name in dq:
+        assert inits[name].data_type == TensorProto.INT8
+        scale = numpy_helper.to_array(inits[name.replace("__int8", "__scale")])
+        assert scale.dtype == np.float32 and scale.shape == (
+            inits[name].dims[dq[name].attribute[0].i],
+        )
+    assert not {"w", "g", "emb"} & set(inits)  # no float copy of a quantised weight is left
+    assert path.stat().st_size < 0.35 * size
+    got = ort_session(path).run(None, {"ids": ids})[0]
+    assert got.dtype == np.float32
+    err = np.abs(got - ref).max() / np.abs(ref).max()
+    assert err < 0.03, err  # int8 rounding (1/254 of each channel's range) through three matmuls
+
+
+def test_int8w_leaves_weights_with_other_readers_alone() -> None:
+    """A weight read by something other than a MatMul/Gemm weight input is not quantised."""
+    from moe2.export.precision import quantize_int8_weights
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.ones((64, 64), np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 64])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model, n = quantize_int8_weights(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    )
+    assert n == 0 and not any(node.op_type == "DequantizeLinear" for node in model.graph.node)
+    old = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    with pytest.raises(ValueError, match="opset >= 13"):
+        quantize_int8_weights(old)
+
+
+def test_expert_export_int8w_parity(tmp_path) -> None:
+    """``precision=int8w``: the tiny Llama's INT8 graph passes its parity check against FP32."""
+    import onnx
+    from moe2.export.causal_lm import export_causal_lm
+
+    from moe2.format.specs import spec_from_file
+
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok))
+    _, records = export_causal_lm(
+        "tiny", model, tok, tmp_path / "e", PARITY_PROMPTS, max_new_tokens=16, precision="int8w"
+    )
+    int8 = [r for r in records if r["hop"] == "torch->onnxruntime-int8w"]
+    assert {r["output"] for r in int8} == {"prefill_logits", "decode_logits", "greedy_tokens"}
+    assert all(r["passed"] for r in records), records
+    graph = onnx.load(tmp_path / "e" / "model.onnx").graph
+    # q, o, gate, up, down of both layers, the embedding (Gather, per row) and the LM head
+    # (k/v are under min_elements here)
+    assert sum(n.op_type == "DequantizeLinear" for n in graph.node) == 2 * 5 + 2
+    assert spec_from_file(tmp_path / "e" / "export_spec.json").meta["precision"] == "int8w"

@@ -344,3 +344,25 @@ def test_engines_run_and_match_onnxruntime_on_their_gpu(
         "what is the capital of france", max_new_tokens=4
     )
     assert answer.backend == "tensorrt"
+
+
+def test_int8w_bundle_builds_sm89_engines(tmp_path: Path) -> None:
+    """Weight-only INT8 graphs (Q/DQ in the ONNX) parse and build for sm_89 with TensorRT for RTX."""
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX: pip install tensorrt-rtx-cu13")
+    pytest.importorskip("onnxscript")
+    import onnx
+    from bundle_fixtures import build_tiny_bundle
+    from moe2.export.tensorrt.engines import build_engines
+
+    from moe2.format.manifest import verify_bundle
+
+    bundle = build_tiny_bundle(tmp_path / "bundle", precision="int8w")
+    expert = next((bundle / "experts").iterdir()) / "model.onnx"
+    assert any(n.op_type == "DequantizeLinear" for n in onnx.load(expert).graph.node)
+    entry = build_engines(bundle, "rtx4090", local_arch="")
+    m = verify_bundle(bundle)
+    assert entry["sm_arch"] == "sm_89"
+    # the gate ships FP16 (INT8 weights gain a 1-layer encoder nothing), the expert INT8 weights
+    assert [e["precision"] for e in entry["engines"]] == ["fp16", "int8w"]
+    assert all((bundle / e["engine"]).stat().st_size == e["bytes"] > 0 for e in entry["engines"])
+    assert any(r["hop"] == "torch->onnxruntime-int8w" and r["passed"] for r in m["parity"])

@@ -28,7 +28,7 @@ PLAN_VERSION = 2
 GIB = 1024**3
 
 #: precisions an exported graph can carry (``model.onnx``'s weights and compute)
-ONNX_PRECISIONS = ("fp32", "fp16")
+ONNX_PRECISIONS = ("fp32", "fp16", "int8w")
 
 #: LLM families TensorRT Edge-LLM exports and builds (Llama, Qwen); not Gemma 3
 EDGELLM_FAMILIES = ("llama", "qwen2", "qwen3")
@@ -89,7 +89,7 @@ class EnginePlan:
     onnx: str  # bundle-relative path
     engine: str  # bundle-relative path of the serialized engine
     kind: str  # spec kind: gate | causal_lm
-    precision: str  # what the ONNX carries (fp16, fp32): the network is strongly typed
+    precision: str  # what the ONNX carries (fp16, fp32, int8w): the network is strongly typed
     profiles: list[Profile]
     family: str = "gate"
     #: the model's longest context (position embeddings), the bound of every profile

@@ -138,6 +138,13 @@ CAUSAL_LM_FAMILIES: dict[str, dict[str, float]] = {
 #: mismatch (the FP32 hops stay exact).
 FP16_TOLERANCE: dict[str, float] = {"atol": 0.25, "rtol": 0.05, "min_prefix_fraction": 0.5}
 
+#: parity tolerance of weight-only INT8 graphs (``export.precision=int8w``) against the FP32
+#: reference: per-channel INT8 rounding moves Gemma-3-270m's logits by up to 1.35 (mean 0.26;
+#: benchmarks/RESULTS.md), so logits get atol 2 / rtol 0.1 and greedy text may diverge after a
+#: quarter of its tokens; the quality gate that decides whether INT8 ships is the MC accuracy on
+#: the harvest prompts (``benchmarks/bench_int8w_quality.py``), not this check.
+INT8W_TOLERANCE: dict[str, float] = {"atol": 2.0, "rtol": 0.1, "min_prefix_fraction": 0.25}
+
 
 def past_names(n_layers: int) -> list[str]:
     """Names of the past key/value inputs, ``past_key_values.{i}.key|value`` per layer."""
