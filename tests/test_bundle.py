@@ -28,6 +28,17 @@ def bundle(built: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(built, tmp_path / "bundle"))
 
 
+def _manifest(bundle: Path) -> dict:
+    return json.loads((bundle / "manifest.json").read_text())
+
+
+def _reseal(bundle: Path, manifest: dict) -> None:
+    """Write an edited manifest with every checksum and the digest recomputed (a forgery)."""
+    from moe2.format.manifest import seal
+
+    seal(bundle, manifest)
+
+
 def test_layout_and_manifest(built: Path) -> None:
     m = verify_bundle(built)
     assert m["format_version"] == FORMAT_VERSION and m["format"] == "moe2-bundle"
@@ -102,10 +113,10 @@ def test_added_file_and_failed_parity_are_refused(bundle: Path) -> None:
     with pytest.raises(BundleError, match=r"gate/extra\.onnx: file is not recorded"):
         verify_bundle(bundle)
     (bundle / "gate" / "extra.onnx").unlink()
-    mpath = bundle / "manifest.json"
-    m = json.loads(mpath.read_text())
+    m = _manifest(bundle)
     m["parity"][0]["passed"] = False
-    mpath.write_text(json.dumps(m))
+    (bundle / "parity.json").write_text(json.dumps(m["parity"]))
+    _reseal(bundle, m)  # a consistent forgery: parity.json, the manifest and its digest agree
     with pytest.raises(BundleError, match="parity record failed: gate torch->onnxruntime logits"):
         verify_bundle(bundle)
 
@@ -159,3 +170,131 @@ def test_verify_cli_exit_codes(
     with pytest.raises(SystemExit) as exc:
         main(["verify", str(bundle)])
     assert exc.value.code == BundleError.exit_code
+
+
+# ------------------------------------------------------------------ a bound manifest (issue 15)
+
+
+def test_manifest_is_bound_by_its_digest(bundle: Path) -> None:
+    assert (bundle / "manifest.sha256").read_text().endswith("  manifest.json\n")
+    verify_bundle(bundle)
+    mpath = bundle / "manifest.json"
+    raw = bytearray(mpath.read_bytes())
+    i = raw.index(b'"created"') + 1
+    raw[i] = ord("C")  # one flipped byte, the JSON still valid
+    mpath.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match=r"manifest\.json was modified .*manifest\.sha256"):
+        verify_bundle(bundle)
+    (bundle / "manifest.sha256").unlink()
+    with pytest.raises(BundleError, match=r"missing manifest\.sha256.*re-export"):
+        verify_bundle(bundle)
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda m: m.update(parity=[]), "has no parity records"),
+        (lambda m: m["parity"][0].update(max_abs_diff=0.0), "parity.json differs from the parity"),
+        (
+            lambda m: m["engines"].update(fake={"builder": {"module": "tensorrt"}, "engines": []}),
+            r"engines\.fake: engines for a target with no build plan",
+        ),
+        (
+            lambda m: m["engines"].update(
+                orin_agx={"builder": {"module": "x", "version": "1"}, "engines": []}
+            ),
+            r"engines\.orin_agx: builder module/version missing or unknown",
+        ),
+    ],
+    ids=["emptied-parity", "parity-json-differs", "fake-engines", "unknown-builder"],
+)
+def test_forged_records_fail_even_when_resealed(bundle: Path, edit, words: str) -> None:
+    m = _manifest(bundle)
+    edit(m)
+    _reseal(bundle, m)
+    with pytest.raises(BundleError, match=words):
+        verify_bundle(bundle)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("[1, 2]", "not a moe2 bundle manifest"),
+        ('"moe2-bundle"', "not a moe2 bundle manifest"),
+        (None, "manifest lacks 'experts'"),
+        ({"files": []}, "'files' is a list, not a dict"),
+        ({"experts": [{"name": 3}]}, r"experts\[0\] is not a record"),
+        ({"files": {"routing.json": {"sha256": 1}}}, r"files\['routing.json'\] is not a"),
+        ({"gate": {}}, "gate.onnx is missing"),
+        ({"engines": []}, "'engines' is a list, not a dict"),
+        ({"format_version": 1}, "format version 1 is older .*re-export the bundle"),
+        ({"format_version": "2"}, "format_version is missing or not an integer"),
+    ],
+    ids=[
+        "list",
+        "string",
+        "missing-key",
+        "files-list",
+        "expert-record",
+        "file-record",
+        "gate",
+        "engines",
+        "old-version",
+        "version-str",
+    ],
+)
+def test_manifest_of_the_wrong_shape_is_one_error(bundle: Path, text, words: str) -> None:
+    mpath = bundle / "manifest.json"
+    if isinstance(text, str):
+        mpath.write_text(text)
+    else:
+        m = _manifest(bundle)
+        if text is None:
+            del m["experts"]
+        else:
+            m.update(text)
+        mpath.write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=words):
+        verify_bundle(bundle)
+
+
+def test_loader_opens_only_files_the_manifest_lists(bundle: Path, tmp_path: Path) -> None:
+    from moe2.runtime import load_bundle
+
+    outside = tmp_path / "evil"
+    shutil.copytree(bundle / "gate", outside)
+    gate = json.loads((bundle / "gate" / "gate.json").read_text())
+    for name in ("../../evil/model.onnx", str(outside / "model.onnx")):
+        gate.update(onnx=name, int8=None)
+        (bundle / "gate" / "gate.json").write_text(json.dumps(gate))
+        _reseal(bundle, _manifest(bundle))  # re-hashed: verify alone passes
+        verify_bundle(bundle)
+        with pytest.raises(BundleError, match="gate/gate.json names .*outside the bundle"):
+            load_bundle(bundle, backend="onnxruntime")
+    gate.update(onnx="model.onnx")
+    (bundle / "gate" / "gate.json").write_text(json.dumps(gate))
+    routing = json.loads((bundle / "routing.json").read_text())
+    expert = next(iter(routing["expert_dirs"]))
+    for rel, words in (("gate", "not an expert directory"), ("../evil", "not an expert directory")):
+        routing["expert_dirs"][expert] = rel
+        (bundle / "routing.json").write_text(json.dumps(routing))
+        _reseal(bundle, _manifest(bundle))
+        b = load_bundle(bundle, backend="onnxruntime")
+        with pytest.raises(BundleError, match=words):
+            b.tokens(expert)
+
+
+def test_bundle_file_refuses_unlisted_and_outside_paths(bundle: Path) -> None:
+    from moe2.format.manifest import bundle_dir, bundle_file
+
+    m = verify_bundle(bundle)
+    assert bundle_file(bundle, m, "routing.json", "x") == (bundle / "routing.json").resolve()
+    with pytest.raises(BundleError, match="'gate/other.onnx', which is not a file listed"):
+        bundle_file(bundle, m, "gate/other.onnx", "gate/gate.json")
+    with pytest.raises(BundleError, match="outside the bundle"):
+        bundle_file(bundle, m, "/etc/passwd", "gate/gate.json")
+    with pytest.raises(BundleError, match="holds no file listed"):
+        bundle_dir(bundle, m, "nowhere", "routing.json")
+    (bundle / "link").symlink_to(bundle.parent)
+    with pytest.raises(BundleError, match="outside the bundle"):
+        bundle_dir(bundle, m, "link", "routing.json")  # a symlink leading out

@@ -113,6 +113,16 @@ def work(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -> Pa
         "prompts_rep": {"text": "q?", "category": "a", "choices": ["x", "x"], "answer": "x"},
     }.items():
         (w / f"{name}.jsonl").write_text(json.dumps(row) + "\n")
+    # manifests of the wrong shape (issue 15 item 6): the header check needs no bundle files
+    head = {"format": "moe2-bundle", "format_version": 2}
+    for name, text in {
+        "list": "[1, 2]",
+        "nokeys": json.dumps(head),
+        "types": json.dumps({**head, "files": [], "experts": [], "gate": {}, "parity": []}),
+        "v1": json.dumps({**head, "format_version": 1}),
+    }.items():
+        (w / "manifests" / name).mkdir(parents=True)
+        (w / "manifests" / name / "manifest.json").write_text(text)
     # a gate directory whose model.pt is a pickle that would run code when unpickled
     from moe2.gating.net import build_gate
 
@@ -191,6 +201,11 @@ CASES: list[Case] = [
     Case("ask-one-choice", "ask", ("bundle.path={work}/none", "prompt=capital of France?", "choices=[Paris]"), 5, ("1 option", "at least 2")),
     Case("ask-one-choice-scalar", "ask", ("bundle.path={work}/none", "prompt=capital of France?", "choices=Paris"), 5, ("1 option",)),
     Case("ask-repeated-choices", "ask", ("bundle.path={work}/none", "prompt=capital of France?", "choices=[Paris,Paris]"), 5, ("'Paris' is given twice",)),
+    Case("verify-manifest-list", "verify", ("bundle.path={work}/manifests/list",), 4, ("not a moe2 bundle manifest",)),
+    Case("verify-manifest-missing-keys", "verify", ("bundle.path={work}/manifests/nokeys",), 4, ("manifest lacks 'files'", "re-export")),
+    Case("verify-manifest-wrong-types", "verify", ("bundle.path={work}/manifests/types",), 4, ("'files' is a list, not a dict", "malformed")),
+    Case("ask-manifest-wrong-types", "ask", ("bundle.path={work}/manifests/types", "prompt=hello"), 4, ("'files' is a list, not a dict",)),
+    Case("verify-format-version-1", "verify", ("bundle.path={work}/manifests/v1",), 4, ("format version 1 is older", "re-export")),
     # already one clear message before issue 15 (kept so none regresses)
     Case("import-missing-file", "import", ("data=llmrouter", "data.path={work}/missing.json", "paths.artifacts={art}"), 5, ("missing.json: file not found",), status="clean"),
     Case("import-invalid-json", "import", ("data=llmrouter", "data.path={work}/bad.json", "paths.artifacts={art}"), 5, ("bad.json",), status="clean"),

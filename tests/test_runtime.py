@@ -96,6 +96,25 @@ def test_bad_requests(bundle: Path) -> None:
         load_bundle(bundle, backend="tensorrt")
 
 
+def test_prompt_longer_than_a_routed_experts_context(bundle: Path) -> None:
+    from moe2.errors import DataError
+    from moe2.runtime import load_bundle
+
+    b = load_bundle(bundle, backend="onnxruntime")
+    # the tiny experts' graphs have 256 positions (their export spec), the cards none
+    assert {b.context_length(e) for e in b.subset} == {256}
+    long = " ".join(["add"] * 300)
+    with pytest.raises(
+        DataError, match=r"too long for expert .*context is 256 tokens; the prompt has \d+"
+    ):
+        b.ask(long, aggregation="vote", max_new_tokens=2)
+    assert b._lms == {}  # refused before any expert's graph was loaded
+    with pytest.raises(DataError, match="and 256 completion tokens were asked for"):
+        b.ask("add two", max_new_tokens=256)
+    with pytest.raises(DataError, match="shorten the prompt$"):
+        b.ask(long, choices=["two", "three"])
+
+
 def test_ask_stage_prints_answer(bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from moe2.pipelines.ask import main
 

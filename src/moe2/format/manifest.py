@@ -3,6 +3,7 @@
 Layout::
 
     bundle/
+      manifest.sha256        the manifest's sha256 (written last: binds the manifest)
       manifest.json          format + version, moe2 version, git commit, time, toolchain, selection,
                              experts with placement, budgets, objective, every file's sha256, parity,
                              engines per target (builder module + version, compute capability)
@@ -16,8 +17,10 @@ Layout::
       engines/<target>/      *.engine + timing.cache, after `moe2 build-engines`
 
 The exporter (``moe2.export.bundle``) writes this layout and seals it with :func:`seal`; the runtime
-loads it after :func:`verify_bundle`, which checks the manifest, every file's size and sha256, that
-nothing unrecorded was added, and that every parity record passed; it names the first problem.
+loads it after :func:`verify_bundle`, which checks the manifest's digest and shape, every file's size
+and sha256, that nothing unrecorded was added, that ``parity.json`` is the manifest's copy and every
+parity record passed; it names the first problem. The loader then opens only files the manifest
+lists (:func:`bundle_file`, :func:`bundle_dir`).
 """
 
 from __future__ import annotations
@@ -29,12 +32,15 @@ from typing import Any
 
 from moe2.errors import BundleError, DataError
 from moe2.format.parity import describe, failed
-from moe2.utils.io import dumps_json, read_json, sha256_file, write_json
+from moe2.utils.io import dumps_json, read_json, sha256_file, write_json, write_text_atomic
 
 FORMAT = "moe2-bundle"
 #: bump when the layout or manifest changes incompatibly; readers refuse newer versions
-FORMAT_VERSION = 1
+#: 2: the manifest is bound by its digest in ``manifest.sha256`` (version 1 bundles had none)
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+#: the detached digest of manifest.json (``sha256sum`` format), written last by :func:`seal`
+DIGEST = "manifest.sha256"
 AGGREGATIONS = ("top1", "mixture", "vote")
 
 
@@ -52,13 +58,124 @@ def _walk(root: Path) -> list[str]:
 
 
 def seal(root: Path, manifest: dict[str, Any]) -> None:
-    """Record every file's size and sha256 in the manifest and write it (atomically)."""
+    """Record every file's size and sha256 in the manifest, write it, then its digest.
+
+    Both writes are atomic; the digest file comes last, so a bundle interrupted between the two
+    fails verification (the digest does not match) instead of passing with an unbound manifest.
+    """
     manifest["files"] = {
         rel: {"sha256": sha256_file(root / rel), "bytes": (root / rel).stat().st_size}
         for rel in _walk(root)
-        if rel != MANIFEST and not rel.startswith(".")
+        if rel not in (MANIFEST, DIGEST) and not rel.startswith(".")
     }
     write_json(root / MANIFEST, manifest)
+    write_text_atomic(root / DIGEST, f"{sha256_file(root / MANIFEST)}  {MANIFEST}\n")
+
+
+def _check_digest(root: Path) -> None:
+    """The manifest's bytes against the detached digest that :func:`seal` wrote."""
+    dpath = root / DIGEST
+    if not dpath.is_file():
+        raise BundleError(
+            f"{root}: missing {DIGEST}, so {MANIFEST} is not bound (edited, or an unfinished "
+            "export); re-export the bundle"
+        )
+    want = dpath.read_text(encoding="utf-8", errors="replace").split()
+    if not want or want[0] != sha256_file(root / MANIFEST):
+        raise BundleError(
+            f"{MANIFEST} was modified (its sha256 does not match {DIGEST}); the bundle is "
+            "tampered or corrupt, re-export it or copy the original"
+        )
+
+
+#: top-level manifest keys and their JSON types (the shape check of :func:`read_manifest`)
+_SHAPE: dict[str, type | tuple[type, ...]] = {
+    "files": dict,
+    "experts": list,
+    "gate": dict,
+    "parity": list,
+}
+_OPTIONAL: dict[str, type | tuple[type, ...]] = {"targets": list, "engines": dict}
+
+
+def _check_shape(mpath: Path, manifest: dict[str, Any]) -> None:
+    """Missing keys and wrong types of the manifest, each as one :class:`BundleError`."""
+
+    def bad(where: str, what: str) -> BundleError:
+        return BundleError(
+            f"{mpath}: {where} {what}; the manifest is malformed, re-export the bundle"
+        )
+
+    for key, typ in _SHAPE.items():
+        if key not in manifest:
+            raise BundleError(
+                f"{mpath}: manifest lacks '{key}'; the bundle is incomplete, re-export it"
+            )
+        if not isinstance(manifest[key], typ):
+            raise bad(f"'{key}'", f"is a {type(manifest[key]).__name__}, not a {typ.__name__}")  # type: ignore[union-attr]
+    for key, typ in _OPTIONAL.items():
+        if key in manifest and not isinstance(manifest[key], typ):
+            raise bad(f"'{key}'", f"is a {type(manifest[key]).__name__}, not a {typ.__name__}")  # type: ignore[union-attr]
+    for rel, rec in manifest["files"].items():
+        if not (
+            isinstance(rec, dict)
+            and isinstance(rec.get("sha256"), str)
+            and isinstance(rec.get("bytes"), int)
+        ):
+            raise bad(f"files[{rel!r}]", "is not a {sha256: str, bytes: int} record")
+    for i, e in enumerate(manifest["experts"]):
+        if not (
+            isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("dir"), str)
+        ):
+            raise bad(f"experts[{i}]", "is not a record with a 'name' and a 'dir'")
+    if not isinstance(manifest["gate"].get("onnx"), str):
+        raise bad("gate.onnx", "is missing or not a path")
+    for i, r in enumerate(manifest["parity"]):
+        if not isinstance(r, dict):
+            raise bad(f"parity[{i}]", "is not a record")
+    for t, entry in manifest.get("engines", {}).items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("engines", []), list):
+            raise bad(f"engines.{t}", "is not a record with a list of engines")
+
+
+def bundle_file(root: Path, manifest: dict[str, Any], rel: str, what: str) -> Path:
+    """The path of ``rel`` inside the bundle, refused unless the manifest lists it.
+
+    The loader opens every file through this (or :func:`bundle_dir`), so that a ``gate.json`` or
+    ``routing.json`` edited to point elsewhere cannot make it load anything the manifest does not
+    bind, even after the checksums were recomputed.
+
+    Raises:
+        BundleError: ``rel`` leaves the bundle or is not in the manifest's file list.
+    """
+    p = _inside(root, rel, what)
+    if not isinstance(rel, str) or Path(rel).as_posix() not in manifest["files"]:
+        raise BundleError(
+            f"{what} names {rel!r}, which is not a file listed in {MANIFEST}; the bundle is "
+            "tampered or corrupt, re-export it"
+        )
+    return p
+
+
+def bundle_dir(root: Path, manifest: dict[str, Any], rel: str, what: str) -> Path:
+    """Like :func:`bundle_file` for a directory: inside the bundle, with listed files under it."""
+    p = _inside(root, rel, what)
+    prefix = Path(rel).as_posix().rstrip("/") + "/"
+    if not any(f.startswith(prefix) for f in manifest["files"]):
+        raise BundleError(
+            f"{what} names {rel!r}, which holds no file listed in {MANIFEST}; the bundle is "
+            "tampered or corrupt, re-export it"
+        )
+    return p
+
+
+def _inside(root: Path, rel: Any, what: str) -> Path:
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise BundleError(f"{what} names {rel!r}, a path outside the bundle; refused")
+    p = (root / rel).resolve()
+    if root.resolve() not in p.parents:
+        raise BundleError(f"{what} names {rel!r}, a path outside the bundle; refused")
+    return p
 
 
 # -------------------------------------------------------------------------------------- verify
@@ -90,25 +207,30 @@ def read_manifest(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
             f"{mpath}: bundle format version {version} is newer than this moe2 reads ({FORMAT_VERSION}); "
             "upgrade moe2 on this machine"
         )
-    for key in ("files", "experts", "gate", "parity"):
-        if key not in manifest:
-            raise BundleError(
-                f"{mpath}: manifest lacks '{key}'; the bundle is incomplete, re-export it"
-            )
+    if version < FORMAT_VERSION:
+        raise BundleError(
+            f"{mpath}: bundle format version {version} is older than this moe2 reads "
+            f"({FORMAT_VERSION}: the manifest is bound by {DIGEST}); re-export the bundle with "
+            "`moe2 export`"
+        )
+    _check_shape(mpath, manifest)
     return manifest
 
 
 def verify_bundle(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Check a bundle end to end; return its manifest or raise naming the first problem.
 
-    Checks: manifest header and version; the required files are recorded; every recorded file
-    exists with its size and sha256; no unrecorded file was added; every parity record passed.
+    Checks: manifest header, version and shape; the manifest against ``manifest.sha256``; the
+    required files are recorded; every recorded file exists with its size and sha256; no
+    unrecorded file was added; ``parity.json`` is the manifest's copy of the export's parity
+    records and every record passed; engines match their plan and build.
 
     Raises:
         BundleError: the first problem found (missing file, modified file, newer format, ...).
     """
     root = Path(bundle_dir)
     manifest = read_manifest(root)
+    _check_digest(root)
     files: dict[str, dict[str, Any]] = manifest["files"]
     required = [
         "routing.json",
@@ -138,15 +260,37 @@ def verify_bundle(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
             raise BundleError(
                 f"{rel}: file was modified (sha256 does not match the manifest); the bundle is tampered or corrupt"
             )
-    extra = [rel for rel in _walk(root) if rel != MANIFEST and rel not in files]
+    extra = [rel for rel in _walk(root) if rel not in (MANIFEST, DIGEST) and rel not in files]
     if extra:
         raise BundleError(f"{extra[0]}: file is not recorded in {MANIFEST} (added after export)")
+    _check_parity(root, manifest)
     bad = failed(manifest["parity"])
     if bad:
         raise BundleError(f"parity record failed: {describe(bad[0])}")
     for target, entry in manifest.get("engines", {}).items():
         verify_engines(root, manifest, target, entry)
     return manifest
+
+
+def _check_parity(root: Path, manifest: dict[str, Any]) -> None:
+    """The parity records: present, and the export's the same as in ``parity.json``.
+
+    Engine builds add records with a ``target`` (engines that cannot run on the build machine
+    have none); the engines themselves are checked by :func:`verify_engines`.
+    """
+    records = manifest["parity"]
+    if not records:
+        raise BundleError(
+            f"{MANIFEST} has no parity records: an export always checks its graphs, so the "
+            "records were removed; re-export the bundle"
+        )
+    on_disk = read_json(root / "parity.json")
+    export_records = [r for r in records if "target" not in r]
+    if on_disk != export_records:
+        raise BundleError(
+            f"parity.json differs from the parity records in {MANIFEST}; the bundle is tampered "
+            "or corrupt, re-export it"
+        )
 
 
 def verify_engines(

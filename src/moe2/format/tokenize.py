@@ -76,3 +76,47 @@ def option_ids(tokenizer: Any, choice: str) -> list[int]:
         tokenizer(" " + choice, add_special_tokens=False)["input_ids"]
         or tokenizer(choice, add_special_tokens=False)["input_ids"]
     )
+
+
+#: tokenizers report about this (``VERY_LARGE_INTEGER``) when they have no real limit
+_NO_LIMIT = 10_000_000
+
+
+def context_length(
+    entry: dict[str, Any], tok: Any, configured: int | None = None, positions: int | None = None
+) -> int | None:
+    """An expert's context in tokens: configured, else the smaller of its model card's and its
+    graph's positions, else its tokenizer's limit.
+
+    Args:
+        entry: the expert's record in the bundle manifest (``card.context_length``).
+        tok: its tokenizer (``model_max_length``, ignored when it means "no limit").
+        configured: an explicit limit (the server's config), which wins.
+        positions: the exported graph's ``max_position_embeddings`` (its export spec), if known.
+
+    Returns:
+        The limit, or ``None`` when nothing records one (the prompt is then unchecked).
+    """
+    if configured:
+        return int(configured)
+    card_ctx = (entry.get("card") or {}).get("context_length")
+    known = [int(v) for v in (card_ctx, positions) if isinstance(v, int) and v > 0]
+    if known:
+        return min(known)
+    tok_ctx = getattr(tok, "model_max_length", None)
+    return int(tok_ctx) if tok_ctx and tok_ctx < _NO_LIMIT else None
+
+
+def context_overflow(n_prompt: int, n_new: int, context: int | None) -> str | None:
+    """Why a prompt of ``n_prompt`` tokens plus ``n_new`` new ones does not fit, or ``None``.
+
+    One check for ``moe2 ask`` (:meth:`moe2.runtime.Bundle.ask`) and the server of ``moe2 serve``,
+    made before any graph runs: a prompt longer than the context would otherwise reach the
+    runtime, which can fail on allocation (a full-length prefill's logits alone can need tens of GB).
+    """
+    if context and n_prompt + n_new > context:
+        return (
+            f"the expert's context is {context} tokens; the prompt has {n_prompt} "
+            f"and {n_new} completion tokens were asked for"
+        )
+    return None

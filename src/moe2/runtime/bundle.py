@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from moe2.data.validate import check_prompt
-from moe2.errors import BundleError, ConfigError
+from moe2.errors import BundleError, ConfigError, DataError
 from moe2.utils.io import read_json
 
 log = logging.getLogger(__name__)
@@ -84,28 +84,26 @@ class Bundle:
 
         self.path = path
         self.manifest = manifest
-        self.routing = read_json(path / "routing.json")
+        self.routing = read_json(self._file("routing.json", "the bundle"))
         self.threads = threads
         #: why the bundle runs on ONNX Runtime although it has engines (shown with every answer)
         self.notes: list[str] = []
-        gate_info = read_json(path / "gate" / "gate.json")
+        gate_info = read_json(self._file("gate/gate.json", "the bundle"))
         self.engine_target = self._engine_target(backend)
         self.backend = "tensorrt" if self.engine_target else "onnxruntime"
-        gate_file = (
-            path
-            / "gate"
-            / (gate_info["int8"] if int8_gate and gate_info.get("int8") else gate_info["onnx"])
-        )
+        gate_name = gate_info["int8"] if int8_gate and gate_info.get("int8") else gate_info["onnx"]
+        # every path read from a bundle file goes through the manifest's file list
+        gate_file = self._file((Path("gate") / str(gate_name)).as_posix(), "gate/gate.json")
         session: Any
         if self.engine_target:
             from moe2.format.engines import TrtEngine, TrtSession
 
-            session = TrtSession(TrtEngine(path / self._engine_file("gate"), self._engine_module))
+            session = TrtSession(TrtEngine(self._engine_file("gate"), self._engine_module))
         else:
             session = ort_session(gate_file, threads)
         self.gate = OrtGate(
             session,
-            load_tokenizer(path / "gate" / "tokenizer"),
+            load_tokenizer(self._dir("gate/tokenizer", "the bundle")),
             gate_info["experts"],
             gate_info["max_length"],
         )
@@ -119,6 +117,31 @@ class Bundle:
         self._generation: dict[str, dict[str, Any]] = {}
         cp = self.routing.get("cost_profile")
         self.cost = cp if cp and cp.get("experts") else None
+
+    # ------------------------------------------------------------------ files
+    def _file(self, rel: str, what: str) -> Path:
+        from moe2.format.manifest import bundle_file
+
+        return bundle_file(self.path, self.manifest, rel, what)
+
+    def _dir(self, rel: str, what: str) -> Path:
+        from moe2.format.manifest import bundle_dir
+
+        return bundle_dir(self.path, self.manifest, rel, what)
+
+    def expert_dir(self, expert: str) -> str:
+        """The bundle-relative directory of ``expert``: routing.json's, one the manifest lists."""
+        dirs = self.routing.get("expert_dirs") or {}
+        if expert not in dirs:
+            raise BundleError(f"routing.json has no directory for expert {expert!r}; re-export")
+        rel = dirs[expert]
+        if rel not in {e["dir"] for e in self.manifest["experts"]}:
+            raise BundleError(
+                f"routing.json names {rel!r} for expert {expert!r}, which is not an expert "
+                "directory of manifest.json; the bundle is tampered or corrupt, re-export it"
+            )
+        self._dir(rel, "routing.json")
+        return str(rel)
 
     # ------------------------------------------------------------------ backends
     def _engine_target(self, backend: Backend) -> str | None:
@@ -154,33 +177,53 @@ class Bundle:
     def _engine_module(self) -> str:
         return str(self.manifest["engines"][self.engine_target]["builder"]["module"])
 
-    def _engine_file(self, component: str) -> str:
+    def _engine_file(self, component: str) -> Path:
         entry = self.manifest["engines"][self.engine_target]
         for e in entry["engines"]:
             if e["component"] == component:
-                return e["engine"]
+                return self._file(e["engine"], f"manifest.json engines.{self.engine_target}")
         raise BundleError(f"no {component} engine for {self.engine_target} in the manifest")
 
+    def tokens(self, expert: str) -> tuple[Any, dict[str, Any]]:
+        """The tokenizer and ``generation.json`` of ``expert``, without loading its graph."""
+        from moe2.format.sessions import load_tokenizer
+
+        rel = self.expert_dir(expert)
+        if rel not in self._tokenizers:
+            self._tokenizers[rel] = load_tokenizer(self._dir(f"{rel}/tokenizer", "the bundle"))
+            self._generation[rel] = read_json(self._file(f"{rel}/generation.json", "the bundle"))
+        return self._tokenizers[rel], self._generation[rel]
+
+    def context_length(self, expert: str, configured: int | None = None) -> int | None:
+        """The context of ``expert`` in tokens, ``None``: unknown (see
+        :func:`moe2.format.tokenize.context_length`: configured, model card and graph, tokenizer).
+        """
+        from moe2.format.tokenize import context_length
+
+        rel = self.expert_dir(expert)
+        spec = read_json(self._file(f"{rel}/export_spec.json", "the bundle"))
+        positions = (spec.get("meta") or {}).get("max_position_embeddings")
+        entry = next(e for e in self.manifest["experts"] if e["name"] == expert)
+        return context_length(entry, self.tokens(expert)[0], configured, positions)
+
     def _lm(self, expert: str) -> tuple[Any, Any, dict[str, Any]]:
-        from moe2.format.sessions import OrtCausalLM, load_tokenizer, ort_session
+        from moe2.format.sessions import OrtCausalLM, ort_session
         from moe2.format.specs import spec_from_file
 
-        rel = self.routing["expert_dirs"][expert]
+        tok, gen = self.tokens(expert)
+        rel = self.expert_dir(expert)
         if rel not in self._lms:
-            d = self.path / rel
-            spec = spec_from_file(d / "export_spec.json")
+            spec = spec_from_file(self._file(f"{rel}/export_spec.json", "the bundle"))
             if self.engine_target:
                 from moe2.format.engines import TrtCausalLM, TrtEngine
 
                 self._lms[rel] = TrtCausalLM(
-                    TrtEngine(self.path / self._engine_file(f"expert:{rel}"), self._engine_module),
-                    spec,
+                    TrtEngine(self._engine_file(f"expert:{rel}"), self._engine_module), spec
                 )
             else:
-                self._lms[rel] = OrtCausalLM(ort_session(d / "model.onnx", self.threads), spec)
-            self._tokenizers[rel] = load_tokenizer(d / "tokenizer")
-            self._generation[rel] = read_json(d / "generation.json")
-        return self._lms[rel], self._tokenizers[rel], self._generation[rel]
+                onnx = self._file(f"{rel}/model.onnx", "the bundle")
+                self._lms[rel] = OrtCausalLM(ort_session(onnx, self.threads), spec)
+        return self._lms[rel], tok, gen
 
     # ------------------------------------------------------------------ routing
     def gate_weights(self, prompt: str) -> dict[str, float]:
@@ -237,7 +280,7 @@ class Bundle:
         """
         import time
 
-        from moe2.format.tokenize import option_ids, prompt_ids
+        from moe2.format.tokenize import context_overflow, option_ids, prompt_ids
 
         start = time.perf_counter()
         check_prompt(prompt, choices)  # empty prompt, bad UTF-8, < 2 or repeated options
@@ -252,10 +295,25 @@ class Bundle:
         if agg == "top1":
             routed = routed[:1]
             routed = [(routed[0][0], 1.0)]
+        # every routed expert's context is checked before any expert runs
+        prompts: dict[str, list[int]] = {}
+        for name, _w in routed:
+            tok, gen = self.tokens(name)
+            ids = prompts[name] = prompt_ids(tok, prompt, bool(gen.get("chat_template")))
+            if choices:
+                n_new = max(len(option_ids(tok, c)) for c in choices)
+            else:
+                n_new = int(max_new_tokens or gen.get("max_new_tokens", 64))
+            why = context_overflow(len(ids), n_new, self.context_length(name))
+            if why:
+                raise DataError(
+                    f"prompt: too long for expert {name!r}: {why}; shorten the prompt"
+                    + ("" if choices else " or lower max_new_tokens")
+                )
         uses: list[ExpertUse] = []
         for name, w in routed:
             lm, tok, gen = self._lm(name)
-            ids = prompt_ids(tok, prompt, bool(gen.get("chat_template")))
+            ids = prompts[name]
             t0 = time.perf_counter()
             logprobs = None
             if choices:

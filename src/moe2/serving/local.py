@@ -18,12 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from moe2.format.tokenize import context_overflow
 from moe2.serving.protocol import APIError
 
 log = logging.getLogger("moe2.serving")
-
-#: tokenizers report this when they have no real limit
-_NO_LIMIT = 10_000_000
 
 
 class Cancelled(Exception):
@@ -94,25 +92,14 @@ class ExpertTokens:
         """Refuse a prompt that does not fit the context with room for the completion."""
         if n_prompt < 1:
             raise APIError(400, "the prompt is empty", param="messages", code="empty_prompt")
-        if self.context_length and n_prompt + max_tokens > self.context_length:
+        why = context_overflow(n_prompt, max_tokens, self.context_length)
+        if why:
             raise APIError(
                 400,
-                f"the expert's context is {self.context_length} tokens; the prompt has {n_prompt} "
-                f"and {max_tokens} completion tokens were asked for; shorten the prompt or lower max_tokens",
+                f"{why}; shorten the prompt or lower max_tokens",
                 param="messages",
                 code="context_length_exceeded",
             )
-
-
-def resolve_context_length(entry: dict[str, Any], tok: Any, configured: int | None) -> int | None:
-    """An expert's context: configured, else its model card's, else its tokenizer's limit."""
-    card_ctx = (entry.get("card") or {}).get("context_length")
-    tok_ctx = getattr(tok, "model_max_length", None)
-    return (
-        configured
-        or (int(card_ctx) if card_ctx else None)
-        or (int(tok_ctx) if tok_ctx and tok_ctx < _NO_LIMIT else None)
-    )
 
 
 def manifest_entry(bundle: Any, name: str) -> dict[str, Any]:
@@ -126,15 +113,11 @@ def manifest_entry(bundle: Any, name: str) -> dict[str, Any]:
 
 def expert_tokens(bundle: Any, name: str, configured: int | None = None) -> ExpertTokens:
     """:class:`ExpertTokens` of a bundle expert, read from the bundle without loading its graph."""
-    from moe2.format.tokenize import load_tokenizer
-    from moe2.utils.io import read_json
-
-    d = bundle.path / bundle.routing["expert_dirs"][name]
-    tok = load_tokenizer(d / "tokenizer")
+    tok, gen = bundle.tokens(name)  # through the manifest's file list
     return ExpertTokens(
         tok,
-        read_json(d / "generation.json"),
-        resolve_context_length(manifest_entry(bundle, name), tok, configured),
+        gen,
+        bundle.context_length(name, configured),
     )
 
 
@@ -163,7 +146,7 @@ class LocalModel(ExpertTokens):
         self.name = name
         # the graph, tokenizer and generation settings exactly as `moe2 ask` runs them
         self.lm, tok, gen = bundle._lm(name)
-        super().__init__(tok, gen, resolve_context_length(entry, tok, context_length))
+        super().__init__(tok, gen, bundle.context_length(name, context_length))
         self.device = str(entry.get("placement") or entry.get("device") or "cpu")
         self.model = str(entry.get("model") or name)
         self.eos = {int(t) for t in self.gen.get("eos_token_ids", [])}
