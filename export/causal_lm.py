@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import shutil
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +17,7 @@ from moe2.export.onnx_export import export_onnx
 from moe2.export.precision import FP32_COMPUTE_FAMILIES, convert_fp16, convert_int8w
 
 from moe2.errors import BundleError
-from moe2.format.parity import compare_arrays, compare_tokens
+from moe2.format.parity import compare_arrays, compare_tokens, describe, failed
 from moe2.format.sessions import OrtCausalLM, ort_session
 from moe2.format.specs import FP16_TOLERANCE, INT8W_TOLERANCE, ExportSpec, spec_for_hf_config
 from moe2.format.tokenize import prompt_ids
@@ -196,23 +197,39 @@ def export_causal_lm(
     )
     if precision in ("fp16", "int8w"):
         del runner  # release the FP32 session before rewriting its file
-        compute = "fp32" if spec.family in FP32_COMPUTE_FAMILIES else "fp16"
-        convert = convert_fp16 if precision == "fp16" else convert_int8w
-        files = convert(out_dir / EXPERT_FILE, compute=compute)
-        spec = replace(spec, meta={**spec.meta, "precision": precision, "compute": compute})
+        first = "fp32" if spec.family in FP32_COMPUTE_FAMILIES else "fp16"
+        # FP16 compute first where the family is known to allow it; when the converted graph fails
+        # its parity check (an FP16 overflow in a model of a family that usually converts), the
+        # same FP16/INT8 weights are kept with FP32 compute, and the bundle says why
+        attempts = [first] if first == "fp32" else ["fp16", "fp32"]
+        fp32_files = [Path(f) for f in files]
+        backup = {f: f.with_name(f.name + ".fp32") for f in fp32_files}
+        if len(attempts) > 1:
+            for f, b in backup.items():
+                shutil.copyfile(f, b)
+        fallback = None
+        try:
+            for i, compute in enumerate(attempts):
+                if i:
+                    for f, b in backup.items():
+                        shutil.copyfile(b, f)
+                files, spec_c, hop_records = _convert_and_check(
+                    precision, compute, out_dir, spec, refs, prompts, threads, component
+                )
+                bad = failed(hop_records)
+                if not bad or i == len(attempts) - 1:
+                    break
+                fallback = f"fp16 compute failed parity ({describe(bad[0])}); fp32 compute"
+                log.warning("%s: %s", component, fallback)
+        finally:
+            for b in backup.values():
+                b.unlink(missing_ok=True)
+        meta = {**spec_c.meta}
+        if fallback:
+            meta["compute_fallback"] = fallback
+        spec = replace(spec_c, meta=meta)
         write_json(out_dir / "export_spec.json", spec.to_dict())
-        runner = OrtCausalLM(ort_session(out_dir / EXPERT_FILE, threads), spec)
-        tol = FP16_TOLERANCE if precision == "fp16" else INT8W_TOLERANCE
-        records += ort_parity(
-            component,
-            f"torch->onnxruntime-{precision}",
-            runner,
-            refs,
-            prompts,
-            tol["atol"],
-            tol["rtol"],
-            min_prefix_fraction=tol["min_prefix_fraction"],
-        )
+        records += hop_records
 
     eos = _eos_ids(model, tokenizer)
     info = {
@@ -228,6 +245,38 @@ def export_causal_lm(
     }
     write_json(out_dir / "generation.json", info)
     return info, records
+
+
+def _convert_and_check(
+    precision: str,
+    compute: str,
+    out_dir: Path,
+    spec: ExportSpec,
+    refs: Sequence[tuple[list[int], list[int], Any, Any]],
+    prompts: Sequence[str],
+    threads: int | None,
+    component: str,
+) -> tuple[list[Path], ExportSpec, list[dict[str, Any]]]:
+    """Convert the checked FP32 graph in ``out_dir`` to ``precision`` with ``compute`` activations
+    and compare it with the PyTorch references; returns (files, spec, parity records)."""
+    convert = convert_fp16 if precision == "fp16" else convert_int8w
+    files = convert(out_dir / EXPERT_FILE, compute=compute)
+    spec = replace(spec, meta={**spec.meta, "precision": precision, "compute": compute})
+    write_json(out_dir / "export_spec.json", spec.to_dict())
+    runner = OrtCausalLM(ort_session(out_dir / EXPERT_FILE, threads), spec)
+    tol = FP16_TOLERANCE if precision == "fp16" else INT8W_TOLERANCE
+    records = ort_parity(
+        component,
+        f"torch->onnxruntime-{precision}",
+        runner,
+        refs,
+        prompts,
+        tol["atol"],
+        tol["rtol"],
+        min_prefix_fraction=tol["min_prefix_fraction"],
+    )
+    del runner
+    return [Path(f) for f in files], spec, records
 
 
 def ort_parity(
