@@ -47,6 +47,7 @@ def test_a_tiny_train_run_prints_each_line_once(
             "paths.cache=art/cache",
             f"gating.net.encoder={tiny_encoder_dir}",
             "trainer=cpu",
+            "oof.folds=0",  # one fit: each of its lines once (fold gates would repeat them)
             "logger=csv",
             "trainer.max_epochs=2",
             "trainer.log_every_n_steps=1",
