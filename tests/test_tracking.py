@@ -79,7 +79,10 @@ def test_every_stage_logs_to_one_project_and_group(
         node = f"{Path(__file__).resolve()}::test_every_stage_logs_to_one_project_and_group"
         out = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", node],
-            env={**os.environ, "MOE2_TRACKING_ISOLATED": "1"},
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith("WANDB_")},
+                "MOE2_TRACKING_ISOLATED": "1",
+            },
             capture_output=True,
             text=True,
             timeout=500,

@@ -103,7 +103,8 @@ def _settings(cfg: DictConfig) -> dict[str, Any] | None:
         "project": os.environ.get("WANDB_PROJECT") or str(wb.get("project") or "moe2"),
         "group": run_group(artifacts),
         "offline": wandb_offline(str(wb.get("mode") or "auto")),
-        "dir": str(Path(artifacts) / "logs"),
+        # absolute: a W&B service shared with another process resolves relative paths from its own cwd
+        "dir": str((Path(artifacts) / "logs").resolve()),
     }
 
 
