@@ -19,6 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from moe2.errors import ConfigError
 from moe2.selection.optimizer import METHODS
+from moe2.serving.config import RoutingCfg, ServerCfg
 
 # OmegaConf's structured configs do not take ``Literal`` or ``X | None`` annotations (its type
 # checker reads them at runtime): closed choices are ``str`` checked in ``__post_init__``, optional
@@ -205,7 +206,504 @@ class TrainerCfg:
             raise ConfigError(f"trainer.min_epochs={lo} is above trainer.max_epochs={hi}")
 
 
-#: group -> schema; each is stored as ``<group>/_schema``
+
+# --------------------------------------------------------------------------------------- gating
+
+
+@dataclass
+class GatingNetCfg:
+    """``gating.net``: constructor arguments of :class:`moe2.gating.net.GatingNet` (its defaults).
+
+    ``lora`` stays an open mapping: besides ``r``, ``alpha``, ``dropout`` and ``target_modules``
+    every other key is passed to ``peft.LoraConfig`` as is (``bias``, ``use_rslora``...), which
+    checks them.
+    """
+
+    encoder: str = "minilm"
+    mode: str = "frozen"
+    hidden: int = 256
+    dropout: float = 0.1
+    max_length: int = 256
+    normalize: bool = True
+    lora: Optional[dict[str, Any]] = None  # noqa: UP045
+    category: bool = False
+    category_dim: int = 16
+    category_bias: bool = False
+    category_dropout: float = 0.0
+    correctness: bool = False
+    correctness_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        _choice("gating.net", "mode", self.mode, GATE_MODES)
+        if self.mode == "lora" and not self.lora:
+            raise ConfigError("gating.net.mode=lora needs gating.net.lora (r, alpha, dropout...)")
+        for key, value in (("dropout", self.dropout), ("category_dropout", self.category_dropout)):
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"gating.net.{key}={value}; give a probability in [0, 1)")
+
+
+#: the gate's encoder modes (moe2.gating.net.MODES; a test keeps the two equal without importing
+#: torch here)
+GATE_MODES: tuple[str, ...] = ("frozen", "finetune", "lora")
+
+
+@dataclass
+class GatingLossCfg:
+    """``gating.loss``: the soft target's temperature and the correctness heads' BCE weight."""
+
+    tau: float = 0.1
+    bce_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.tau <= 0:
+            raise ConfigError(f"gating.loss.tau={self.tau}; the temperature must be > 0")
+
+
+@dataclass
+class GatingCfg:
+    """``gating``: the gate network, its loss, optimizer and how it is fitted.
+
+    ``optimizer`` and ``scheduler`` are ``_target_`` factories (``_partial_``): their keys are the
+    target's own arguments, so they stay open mappings here; :func:`validate` binds them to the
+    target's signature (an unknown argument fails with its name before training starts).
+    """
+
+    net: GatingNetCfg = field(default_factory=GatingNetCfg)
+    loss: GatingLossCfg = field(default_factory=GatingLossCfg)
+    optimizer: dict[str, Any] = MISSING
+    scheduler: Optional[dict[str, Any]] = None  # noqa: UP045
+    batch_size: int = 64
+    embed_batch_size: int = 64
+    num_workers: int = 0
+    cpu_threads: Optional[int] = None  # noqa: UP045
+    monitor: Optional[str] = "val/router_acc"  # noqa: UP045
+    monitor_mode: str = "max"
+    patience: int = 0
+    fit_on: str = "train"
+    knn_k: int = 20
+    knn_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        _choice("gating", "monitor_mode", self.monitor_mode, ("max", "min"))
+        _choice("gating", "fit_on", self.fit_on, ("train", "train+val"))
+        if self.batch_size < 1 or self.embed_batch_size < 1:
+            raise ConfigError("gating.batch_size and gating.embed_batch_size must be >= 1")
+
+
+@dataclass
+class OofCfg:
+    """``oof``: out-of-fold gate logits for selection (``folds``: ``auto`` or an integer)."""
+
+    folds: Any = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.folds != "auto" and (
+            isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds == 1
+        ):
+            raise ConfigError(f"oof.folds={self.folds!r}; use auto, 0 (none) or an integer >= 2")
+
+
+@dataclass
+class PreservingCfg:
+    """``preserving``: the optimality-preserving check (random subsets retrained and compared)."""
+
+    m: int = 10
+    min_size: int = 2
+    max_size: Optional[int] = None  # noqa: UP045
+    seed: int = 0
+    out: str = "${paths.gating}/preserving.json"
+
+    def __post_init__(self) -> None:
+        if self.m < 1 or self.min_size < 1:
+            raise ConfigError("preserving.m and preserving.min_size must be >= 1")
+        if self.max_size is not None and self.max_size < self.min_size:
+            raise ConfigError(
+                f"preserving.max_size={self.max_size} is below preserving.min_size={self.min_size}"
+            )
+
+
+# ----------------------------------------------------------------------------------------- data
+# One schema per importer (``format``); each option file of conf/data/ names its own in its
+# defaults list (``- _schema_llmrouter``), so `data=routerbench` carries routerbench's keys only.
+
+
+@dataclass
+class EmbeddedDataCfg:
+    """``data=embedded``: the generated multiple-choice set (:mod:`moe2.data.embedded`)."""
+
+    format: str = "embedded"
+    n_per_category: int = 100
+    seed: int = 0
+    split_seed: int = 0
+    categories: Optional[list[str]] = None  # noqa: UP045
+
+
+@dataclass
+class PromptsDataCfg:
+    """``data=prompts``: a user prompt file (.parquet or .jsonl) to harvest."""
+
+    format: str = "prompts"
+    path: str = MISSING
+    split_seed: int = 0
+
+
+@dataclass
+class _TableDataCfg:
+    """What every outcome-table importer shares: splits and the exclusion of other tables."""
+
+    format: str = MISSING
+    #: one file, or (routerbench) a list of files
+    path: Any = MISSING
+    keep_splits: bool = False
+    split_seed: int = 0
+    split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
+    #: a directory or file, or a list of them (prompts whose text is there are dropped)
+    exclude: Any = None
+
+    def __post_init__(self) -> None:
+        f = self.split_fractions
+        if len(f) != 3 or any(x < 0 for x in f) or abs(sum(f) - 1.0) > 1e-6:
+            raise ConfigError(
+                f"data.split_fractions={list(f)}; give three fractions (train, val, test) summing to 1"
+            )
+
+
+@dataclass
+class ParquetDataCfg(_TableDataCfg):
+    """``data=parquet``: moe2's own outcome tables (a round trip keeps the splits)."""
+
+    format: str = "parquet"
+    keep_splits: bool = True
+
+
+@dataclass
+class _ScoredDataCfg(_TableDataCfg):
+    """The options of the importers of third-party score tables."""
+
+    default_output_tokens: int = 128
+    chars_per_token: float = 4.0
+    on_all_nan: str = "drop"
+    on_duplicate: str = "dedupe"
+    on_id_conflict: str = "rename"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _choice("data", "on_all_nan", self.on_all_nan, ("drop", "error"))
+        _choice("data", "on_duplicate", self.on_duplicate, ("dedupe", "error"))
+        _choice("data", "on_id_conflict", self.on_id_conflict, ("rename", "first", "error"))
+
+
+@dataclass
+class LlmrouterDataCfg(_ScoredDataCfg):
+    """``data=llmrouter``: LLMRouter's JSON (+ optional queries JSONL and prices JSON)."""
+
+    format: str = "llmrouter"
+    queries: Optional[str] = None  # noqa: UP045
+    prices: Optional[str] = None  # noqa: UP045
+
+
+@dataclass
+class RouterbenchDataCfg(_ScoredDataCfg):
+    """``data=routerbench``: RouterBench CSV(s)."""
+
+    format: str = "routerbench"
+    ignore_columns: list[str] = field(default_factory=list)
+
+
+#: importer format -> schema, stored as ``data/_schema_<format>``
+DATA_SCHEMAS: dict[str, type] = {
+    "embedded": EmbeddedDataCfg,
+    "prompts": PromptsDataCfg,
+    "parquet": ParquetDataCfg,
+    "llmrouter": LlmrouterDataCfg,
+    "routerbench": RouterbenchDataCfg,
+}
+
+
+# ------------------------------------------------------------------------------ experts, costs
+
+
+@dataclass
+class ExpertMemberCfg:
+    """One expert of a pool: a model card (a ``conf/experts/models`` name or an inline mapping)
+    placed on a device type (``conf/hardware``), one box of it (``instance``), at a precision.
+
+    ``model``, ``device`` and ``precision`` are required; :func:`moe2.experts.registry.load_pool`
+    says which one a member lacks (and checks the names against the registry).
+    """
+
+    name: Optional[str] = None  # noqa: UP045
+    model: Any = None
+    device: Optional[str] = None  # noqa: UP045
+    precision: Optional[str] = None  # noqa: UP045
+    instance: Optional[str] = None  # noqa: UP045
+    #: a Jetson power mode (its name or watts); None: the device's default
+    power_mode: Any = None
+
+
+@dataclass
+class ExpertsCfg:
+    """``experts``: a pool of experts (``conf/experts/<pool>.yaml``)."""
+
+    name: str = "<pool>"
+    members: list[ExpertMemberCfg] = field(default_factory=list)
+
+
+@dataclass
+class CostsTokensCfg:
+    """``costs.tokens``: token counts of the analytic model (null: from the outcome table)."""
+
+    prompt: Optional[float] = None  # noqa: UP045
+    chars_per_token: float = 4.0
+    output: float = 128.0
+    default_prompt: float = 256.0
+
+
+@dataclass
+class CostsNetworkCfg:
+    """``costs.network``: the request's network time (null: each device's own figures)."""
+
+    enabled: bool = True
+    rtt_ms: Optional[float] = None  # noqa: UP045
+    bandwidth_mbps: Optional[float] = None  # noqa: UP045
+    bytes_per_token: float = 4.0
+
+
+@dataclass
+class CostsKvCfg:
+    """``costs.kv``: the KV cache held per expert (memory budget)."""
+
+    context_tokens: int = 4096
+    batch: int = 1
+    bytes_per_value: float = 2.0
+
+
+@dataclass
+class CostsEfficiencyCfg:
+    """``costs.efficiency``: fractions of peak compute and bandwidth (null: each device's own)."""
+
+    compute: Optional[float] = None  # noqa: UP045
+    bandwidth: Optional[float] = None  # noqa: UP045
+
+
+@dataclass
+class CostsCfg:
+    """``costs``: the analytic cost model (:mod:`moe2.profiling.analytic`, which takes its
+    defaults from here); measured profiles override it per expert and category."""
+
+    tokens: CostsTokensCfg = field(default_factory=CostsTokensCfg)
+    network: CostsNetworkCfg = field(default_factory=CostsNetworkCfg)
+    kv: CostsKvCfg = field(default_factory=CostsKvCfg)
+    efficiency: CostsEfficiencyCfg = field(default_factory=CostsEfficiencyCfg)
+    power: str = "typical"
+    #: weight precision -> the precision its matmuls run in
+    compute_precision: dict[str, str] = field(
+        default_factory=lambda: {
+            "fp32": "fp32",
+            "tf32": "tf32",
+            "fp16": "fp16",
+            "bf16": "bf16",
+            "fp8": "fp8",
+            "int8": "int8",
+            "int4": "fp16",
+        }
+    )
+    power_mode_scaling: bool = True
+
+    def __post_init__(self) -> None:
+        _choice("costs", "power", self.power, ("idle", "typical", "max"))
+
+
+# ----------------------------------------------------------------------------- harvest, profile
+
+
+@dataclass
+class HarvestCfg:
+    """``harvest``: knobs of a harvest run (also :class:`moe2.experts.harvest.HarvestOptions`)."""
+
+    device: str = "cpu"
+    dtype: str = "auto"
+    batch_size: int = 16
+    shard_size: int = 64
+    max_new_tokens: int = 16
+    grade: str = "auto"
+    mode: str = "packed"
+    max_length: Optional[int] = None  # noqa: UP045
+    limit: Optional[int] = None  # noqa: UP045
+    restart: bool = False
+    #: write DIR/outcomes and succeed even when (prompt, expert) pairs are missing
+    allow_partial: bool = False
+    progress: bool = True
+    cache_dir: Optional[str] = None  # noqa: UP045
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.shard_size < 1:
+            raise ConfigError("harvest.batch_size and harvest.shard_size must be >= 1")
+        if self.max_new_tokens < 1:
+            raise ConfigError("harvest.max_new_tokens must be >= 1")
+        _choice("harvest", "device", self.device, ("cpu", "cuda", "auto"))
+        _choice("harvest", "mode", self.mode, ("packed", "pairs"))
+        _choice("harvest", "grade", self.grade, ("auto", "exact", "numeric", "normalized"))
+
+
+@dataclass
+class ProfileCfg:
+    """``profile``: what ``moe2 profile`` measures on this machine (or reads from a server)."""
+
+    target: Optional[str] = None  # noqa: UP045
+    allow_target_mismatch: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    modes: Optional[list[str]] = None  # noqa: UP045
+    output_tokens: int = 32
+    prompts_per_category: int = 8
+    repeats: int = 3
+    min_energy_s: float = 0.0
+    cache_dir: Optional[str] = None  # noqa: UP045
+    #: http://HOST:PORT of a running `moe2 serve`: its measured costs instead of measuring here
+    deployment: Optional[str] = None  # noqa: UP045
+
+    def __post_init__(self) -> None:
+        _choice("profile", "device", self.device, ("cpu", "cuda", "auto"))
+        if self.output_tokens < 1 or self.prompts_per_category < 1 or self.repeats < 1:
+            raise ConfigError(
+                "profile.output_tokens, profile.prompts_per_category and profile.repeats must be >= 1"
+            )
+
+
+# -------------------------------------------------------------------------- sweep and evaluate
+
+
+@dataclass
+class SweepCfg:
+    """``sweep``: the budget grid of ``moe2 sweep`` (axes are budget keys)."""
+
+    axes: list[str] = field(default_factory=lambda: ["energy_j", "latency_ms"])
+    mode: str = "separate"
+    points: int = 10
+    #: explicit values per axis, e.g. {energy_j: [1, 2, 4]}
+    values: dict[str, list[float]] = field(default_factory=dict)
+    baselines: list[str] = field(
+        default_factory=lambda: ["greedy", "best_single", "random_feasible", "all_experts"]
+    )
+
+    def __post_init__(self) -> None:
+        _choice("sweep", "mode", self.mode, ("separate", "grid"))
+        for b in self.baselines:
+            _choice("sweep", "baselines[]", b, SELECTION_METHODS[1:])
+
+
+@dataclass
+class SweepEvalCfg:
+    """``eval`` of ``moe2 sweep``: another outcome table every point of the front is scored on."""
+
+    outcomes: Optional[str] = None  # noqa: UP045
+
+
+@dataclass
+class EvaluateCfg:
+    """``eval`` of ``moe2 evaluate``: a gate (or a selection) scored on another outcome table."""
+
+    gating_dir: str = "${paths.gating}"
+    outcomes_dir: str = MISSING
+    selection_dir: Optional[str] = None  # noqa: UP045
+    out_dir: str = "${eval.outcomes_dir}/evaluation"
+    batch_size: int = 128
+    device: str = "auto"
+    n_boot: int = 2000
+
+    def __post_init__(self) -> None:
+        _choice("eval", "device", self.device, ("auto", "cpu", "cuda"))
+        if self.batch_size < 1 or self.n_boot < 1:
+            raise ConfigError("eval.batch_size and eval.n_boot must be >= 1")
+
+
+# ------------------------------------------------------------------- bundles, serving, pipeline
+
+
+@dataclass
+class BundleRefCfg:
+    """``bundle``: the bundle a stage reads."""
+
+    path: str = "${paths.bundle}"
+
+
+@dataclass
+class ToleranceCfg:
+    """``parity`` of ``moe2 build-engines``: TensorRT vs ONNX Runtime logits tolerance."""
+
+    atol: float = 0.05
+    rtol: float = 0.05
+
+
+@dataclass
+class DeploymentCfg:
+    """``deployment``: where each expert of the bundle runs (:mod:`moe2.serving.config`).
+
+    ``default`` and ``experts.<name>`` are *partial* placements (the expert's keys override the
+    default's, then :class:`moe2.serving.config.Placement` fills the rest and checks the values
+    when the server starts), so they are mappings here; their keys are checked against
+    ``Placement``'s fields now. Expert names are the bundle's, unknown until it is loaded.
+    """
+
+    file: Optional[str] = None  # noqa: UP045
+    default: dict[str, Any] = field(default_factory=dict)
+    experts: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        import dataclasses
+
+        from moe2.serving.config import Placement
+
+        known = {f.name for f in dataclasses.fields(Placement)}
+        entries = {"deployment.default": self.default}
+        entries.update({f"deployment.experts.{k}": v for k, v in self.experts.items()})
+        for where, entry in entries.items():
+            if entry is None:
+                continue
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{where} must be a mapping of placement keys, got {entry!r}")
+            unknown = sorted(set(entry) - known)
+            if unknown:
+                raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+
+
+@dataclass
+class MeasureCfg:
+    """``measure`` of ``moe2 serve-expert``: how the expert's requests are run and measured."""
+
+    concurrency: int = 1
+    context_length: Optional[int] = None  # noqa: UP045
+    token_delay_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.token_delay_ms < 0:
+            raise ConfigError("measure.concurrency >= 1 and measure.token_delay_ms >= 0")
+
+
+@dataclass
+class PipelineCfg:
+    """``pipeline``: the stages ``moe2 pipeline`` runs (checked against the stage table when it
+    starts) and, for standalone use (tests, Python API), the overrides every stage gets."""
+
+    stages: list[str] = field(
+        default_factory=lambda: [
+            "harvest",
+            "train",
+            "select",
+            "sweep",
+            "export",
+            "build-engines",
+            "verify",
+        ]
+    )
+    overrides: list[str] = field(default_factory=list)
+    extra_overrides: list[str] = field(default_factory=list)
+
+
+#: group -> schema; each is stored as ``<group>/_schema`` (option files name it in their defaults
+#: list). The other groups are typed by the fields of the stage schemas below.
 SCHEMAS: dict[str, type] = {
     "paths": PathsCfg,
     "selection": SelectionCfg,
@@ -215,6 +713,210 @@ SCHEMAS: dict[str, type] = {
 }
 
 
+# -------------------------------------------------------------------------------- stage schemas
+# One per primary config (``conf/<stage>.yaml`` starts its defaults list with ``_<stage>_schema``):
+# its stage-level keys and the groups it composes, each typed by its schema. ``data`` is ``Any``:
+# each importer's option file brings its own schema (DATA_SCHEMAS). ``logger`` is an open mapping
+# ``{name: {_target_: ...}}``: a logger is a factory with its own arguments (bound to its
+# signature by :func:`validate`), and a user may add any Lightning logger as a new entry.
+
+
+@dataclass
+class StageRootCfg:
+    """What every stage config has: its name, the seed and ``paths``."""
+
+    stage: str = MISSING
+    seed: int = 0
+    paths: PathsCfg = field(default_factory=PathsCfg)
+
+
+@dataclass
+class ImportStageCfg(StageRootCfg):
+    """``moe2 import``."""
+
+    data: Any = None
+
+
+@dataclass
+class HarvestStageCfg(StageRootCfg):
+    """``moe2 harvest``."""
+
+    data: Any = None
+    experts: ExpertsCfg = field(default_factory=ExpertsCfg)
+    harvest: HarvestCfg = field(default_factory=HarvestCfg)
+
+
+@dataclass
+class ProfileStageCfg(StageRootCfg):
+    """``moe2 profile``."""
+
+    data: Any = None
+    experts: ExpertsCfg = field(default_factory=ExpertsCfg)
+    profile: ProfileCfg = field(default_factory=ProfileCfg)
+
+
+@dataclass
+class _GateStageCfg(StageRootCfg):
+    gating: GatingCfg = field(default_factory=GatingCfg)
+    trainer: TrainerCfg = field(default_factory=TrainerCfg)
+
+
+@dataclass
+class TrainStageCfg(_GateStageCfg):
+    """``moe2 train``."""
+
+    logger: dict[str, Any] = field(default_factory=dict)
+    #: the number a sweeper optimises (a key of the stage's metrics)
+    optimized_metric: Optional[str] = None  # noqa: UP045
+    oof: OofCfg = field(default_factory=OofCfg)
+
+
+@dataclass
+class CheckPreservingStageCfg(_GateStageCfg):
+    """``moe2 check-preserving``."""
+
+    preserving: PreservingCfg = field(default_factory=PreservingCfg)
+
+
+@dataclass
+class _SelectionStageCfg(StageRootCfg):
+    experts: ExpertsCfg = field(default_factory=ExpertsCfg)
+    costs: CostsCfg = field(default_factory=CostsCfg)
+    budget: BudgetCfg = field(default_factory=BudgetCfg)
+    selection: SelectionCfg = field(default_factory=SelectionCfg)
+
+
+@dataclass
+class SelectStageCfg(_SelectionStageCfg):
+    """``moe2 select``."""
+
+    optimized_metric: Optional[str] = None  # noqa: UP045
+
+
+@dataclass
+class SweepStageCfg(_SelectionStageCfg):
+    """``moe2 sweep``."""
+
+    sweep: SweepCfg = field(default_factory=SweepCfg)
+    eval: SweepEvalCfg = field(default_factory=SweepEvalCfg)
+
+
+@dataclass
+class EvaluateStageCfg(StageRootCfg):
+    """``moe2 evaluate``."""
+
+    eval: EvaluateCfg = field(default_factory=EvaluateCfg)
+
+
+@dataclass
+class ExportStageCfg(StageRootCfg):
+    """``moe2 export``."""
+
+    experts: ExpertsCfg = field(default_factory=ExpertsCfg)
+    export: ExportCfg = field(default_factory=ExportCfg)
+    #: where the expert weights are loaded for export
+    device: str = "cpu"
+
+
+@dataclass
+class _BundleStageCfg(StageRootCfg):
+    bundle: BundleRefCfg = field(default_factory=BundleRefCfg)
+
+
+@dataclass
+class BuildEnginesStageCfg(_BundleStageCfg):
+    """``moe2 build-engines``."""
+
+    target: str = "rtx4090"
+    verbose: bool = False
+    parity: ToleranceCfg = field(default_factory=ToleranceCfg)
+
+
+@dataclass
+class VerifyStageCfg(_BundleStageCfg):
+    """``moe2 verify``."""
+
+
+@dataclass
+class AskStageCfg(_BundleStageCfg):
+    """``moe2 ask``: one prompt; ``null`` options take the bundle's own values."""
+
+    prompt: str = MISSING
+    #: the prompt's options (a list; one value is refused by the prompt check with its reason)
+    choices: Any = None
+    max_new_tokens: Optional[int] = None  # noqa: UP045
+    k: Optional[int] = None  # noqa: UP045
+    aggregation: Optional[str] = None  # noqa: UP045
+    category: Optional[str] = None  # noqa: UP045
+    backend: str = "auto"
+    threads: Optional[int] = None  # noqa: UP045
+    #: run-time routing knobs of cost-aware bundles (COST_CONTRACT.md §5), checked by the code
+    #: that applies them; absent from bundles without cost routing
+    routing: Any = None
+
+
+@dataclass
+class _ServingStageCfg(_BundleStageCfg):
+    server: ServerCfg = field(default_factory=ServerCfg)
+    backend: str = "auto"
+    threads: Optional[int] = None  # noqa: UP045
+
+
+@dataclass
+class ServeStageCfg(_ServingStageCfg):
+    """``moe2 serve``: ``server`` and ``routing`` are :mod:`moe2.serving.config`'s own schemas."""
+
+    deployment: DeploymentCfg = field(default_factory=DeploymentCfg)
+    threads: Optional[int] = 1  # noqa: UP045
+    routing: RoutingCfg = field(default_factory=RoutingCfg)
+
+
+@dataclass
+class ServeExpertStageCfg(_ServingStageCfg):
+    """``moe2 serve-expert``."""
+
+    expert: str = MISSING
+    measure: MeasureCfg = field(default_factory=MeasureCfg)
+
+
+@dataclass
+class PipelineStageCfg(StageRootCfg):
+    """``moe2 pipeline``: every group the stages share (a stage-only key is added with ``++``,
+    e.g. ``++harvest.limit=50``, and typed by that stage's own schema when it composes)."""
+
+    data: Any = None
+    experts: ExpertsCfg = field(default_factory=ExpertsCfg)
+    costs: CostsCfg = field(default_factory=CostsCfg)
+    gating: GatingCfg = field(default_factory=GatingCfg)
+    trainer: TrainerCfg = field(default_factory=TrainerCfg)
+    logger: dict[str, Any] = field(default_factory=dict)
+    budget: BudgetCfg = field(default_factory=BudgetCfg)
+    selection: SelectionCfg = field(default_factory=SelectionCfg)
+    export: ExportCfg = field(default_factory=ExportCfg)
+    pipeline: PipelineCfg = field(default_factory=PipelineCfg)
+
+
+def stage_schemas() -> dict[str, type]:
+    """Primary config name -> its schema (stored as ``_<name>_schema``)."""
+    return {
+        "import": ImportStageCfg,
+        "harvest": HarvestStageCfg,
+        "profile": ProfileStageCfg,
+        "train": TrainStageCfg,
+        "check_preserving": CheckPreservingStageCfg,
+        "select": SelectStageCfg,
+        "sweep": SweepStageCfg,
+        "evaluate": EvaluateStageCfg,
+        "export": ExportStageCfg,
+        "build_engines": BuildEnginesStageCfg,
+        "verify": VerifyStageCfg,
+        "ask": AskStageCfg,
+        "serve": ServeStageCfg,
+        "serve_expert": ServeExpertStageCfg,
+        "pipeline": PipelineStageCfg,
+    }
+
+
 def register_configs() -> None:
     """Store every schema in Hydra's ConfigStore (idempotent; called before composing)."""
     from hydra.core.config_store import ConfigStore
@@ -222,15 +924,79 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     for group, schema in SCHEMAS.items():
         cs.store(group=group, name="_schema", node=schema)
+    for fmt, schema in DATA_SCHEMAS.items():
+        cs.store(group="data", name=f"_schema_{fmt}", node=schema)
+    for name, schema in stage_schemas().items():
+        cs.store(name=f"_{name}_schema", node=schema)
+
+
+def _is_schema(node: Any) -> bool:
+    t = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+    return t is not None and t is not dict and hasattr(t, "__dataclass_fields__")
+
+
+def _build(node: Any) -> None:
+    """Build the dataclasses of ``node`` (their ``__post_init__`` check the values); a node with a
+    missing value (``???``) is built child by child, so the others are still checked."""
+    from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
+
+    if not isinstance(node, DictConfig):
+        return
+    if _is_schema(node):
+        try:
+            OmegaConf.to_object(node)
+            return
+        except (MissingMandatoryValue, InterpolationToMissingValueError):
+            pass  # the stage reports the missing value when it reads it
+    for key in node:
+        _build(node._get_node(key))
+
+
+def check_factory(node: Any, where: str) -> None:
+    """Check a ``_target_`` factory node: the target is allowed and takes every key given.
+
+    Keys starting with ``_`` are Hydra's (``_partial_``...); a target that takes ``**kwargs``
+    accepts any key (it passes them on, and whatever receives them checks them).
+
+    Raises:
+        ConfigError: a target that is not allowed or cannot be found, or an unknown argument.
+    """
+    import inspect
+
+    from moe2.utils.instantiate import check_target
+
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        raise ConfigError(f"{where}: expected a mapping with _target_, got {node!r}")
+    target = str(node._target_)
+    obj = check_target(target, f".{where}")
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to bind
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(str(k) for k in node if not str(k).startswith("_") and k not in params)
+    if unknown:
+        raise ConfigError(
+            f"{where}: {target} takes no argument(s) {unknown}; its arguments: "
+            f"{', '.join(p for p in params if p not in ('self', 'params'))}"
+        )
 
 
 def validate(cfg: DictConfig) -> None:
-    """Run the schemas' cross-field rules on the composed config.
+    """Run the schemas' rules on the composed config, and bind the factories' arguments.
 
     Raises:
         ConfigError: the first rule that fails, naming the keys.
     """
-    for group in SCHEMAS:
-        node = cfg.get(group) if group in cfg else None
-        if isinstance(node, DictConfig) and OmegaConf.get_type(node) is SCHEMAS[group]:
-            OmegaConf.to_object(node)  # builds the dataclass: __post_init__ checks the values
+    _build(cfg)
+    gating = cfg.get("gating") if "gating" in cfg else None
+    if isinstance(gating, DictConfig):
+        for key in ("optimizer", "scheduler"):
+            if key in gating and gating._get_node(key) is not None and gating.get(key) is not None:
+                check_factory(gating.get(key), f"gating.{key}")
+    loggers = cfg.get("logger") if "logger" in cfg else None
+    if isinstance(loggers, DictConfig):
+        for name in loggers:
+            if loggers.get(name) is not None:
+                check_factory(loggers.get(name), f"logger.{name}")

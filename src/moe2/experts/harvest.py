@@ -29,9 +29,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from moe2.config.schema import HarvestCfg
 from moe2.data.tables import OutcomeTables, write_tables
 from moe2.data.validate import check_prompts
-from moe2.errors import ConfigError, DataError, IncompleteHarvestError, Moe2Error
+from moe2.errors import DataError, IncompleteHarvestError, Moe2Error
 from moe2.experts.base import Expert
 from moe2.experts.scoring import batched, grade
 from moe2.utils.io import atomic_path, read_json, write_json
@@ -54,30 +55,8 @@ SHARD_SCHEMA = pa.schema(
 )
 
 
-@dataclass
-class HarvestOptions:
-    """Knobs of a harvest run (``harvest:`` in ``conf/harvest.yaml``)."""
-
-    device: str = "cpu"
-    dtype: str = "auto"
-    batch_size: int = 16
-    shard_size: int = 64
-    max_new_tokens: int = 16
-    grade: str = "auto"
-    mode: str = "packed"
-    max_length: int | None = None
-    limit: int | None = None
-    restart: bool = False
-    #: write DIR/outcomes and succeed even when (prompt, expert) pairs are missing
-    allow_partial: bool = False
-    progress: bool = True
-    cache_dir: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.shard_size < 1:
-            raise ConfigError("harvest.batch_size and harvest.shard_size must be >= 1")
-        if self.max_new_tokens < 1:
-            raise ConfigError("harvest.max_new_tokens must be >= 1")
+#: knobs of a harvest run: the ``harvest`` schema (``harvest:`` in ``conf/harvest.yaml``)
+HarvestOptions = HarvestCfg
 
 
 @dataclass

@@ -21,26 +21,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from moe2.config.schema import CostsCfg
 from moe2.errors import ConfigError
 from moe2.experts.registry import DeviceSpec, ExpertSpec, ModelCard
 
-DEFAULT_COSTS: dict[str, Any] = {
-    "tokens": {"prompt": None, "chars_per_token": 4, "output": 128, "default_prompt": 256},
-    "network": {"enabled": True, "rtt_ms": None, "bandwidth_mbps": None, "bytes_per_token": 4},
-    "kv": {"context_tokens": 4096, "batch": 1, "bytes_per_value": 2},
-    "efficiency": {"compute": None, "bandwidth": None},
-    "power": "typical",
-    "compute_precision": {
-        "fp32": "fp32",
-        "tf32": "tf32",
-        "fp16": "fp16",
-        "bf16": "bf16",
-        "fp8": "fp8",
-        "int8": "int8",
-        "int4": "fp16",
-    },
-    "power_mode_scaling": True,
-}
+#: the ``costs`` defaults: those of its schema (:class:`moe2.config.schema.CostsCfg`)
+DEFAULT_COSTS: dict[str, Any] = asdict(CostsCfg())
 
 
 def costs_settings(costs_cfg: Any = None) -> dict[str, Any]:
