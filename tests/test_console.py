@@ -71,3 +71,47 @@ def test_a_tiny_train_run_prints_each_line_once(
         assert noise not in text, noise
     assert any("gate written to art/gating" in ln for ln in lines)
     assert any("train done in" in ln for ln in lines)
+
+
+class _Keep(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_the_onnx_exporters_torchvision_notice_is_dropped_at_its_logger() -> None:
+    """`moe2 export` printed "torchvision is not installed. Skipping torchvision::nms" once per
+    torchvision op of the exporter's table (through torch's own handler, not the root's); the
+    exporter's real warnings still show."""
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("torchvision") is not None:
+        pytest.skip("torchvision is installed: the exporter logs no notice")
+    from torch.onnx._internal.exporter import _registration
+
+    from moe2.utils.console import configure_console
+
+    keep = _Keep()
+    _registration.logger.addHandler(keep)  # sees what passes the logger's own filters
+
+    def logged() -> list[str]:
+        keep.messages.clear()
+        assert _registration._get_overload("torchvision::nms") is None
+        # aten::pow has no default overload: a warning that must still show
+        assert _registration._get_overload("aten::pow") is None
+        return list(keep.messages)
+
+    try:
+        configure_console(verbose=True)  # -v keeps everything: the real notice
+        assert any("torchvision is not installed" in m for m in logged())
+        configure_console()
+        quiet = logged()
+        assert not any("torchvision" in m for m in quiet), quiet
+        assert any("does not have a 'default' overload" in m for m in quiet), quiet
+    finally:
+        _registration.logger.removeHandler(keep)

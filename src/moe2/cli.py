@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from moe2.config import check_choices, conf_dir, quote
+from moe2.config import check_overrides, conf_dir, quote
 from moe2.stages import STAGES, Stage, available_stages
 
 __all__ = ["STAGES", "Stage", "available_stages", "conf_dir", "main", "split_args", "to_overrides"]
@@ -287,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wants_help = any(a in ("-h", "--help") for a in args[1:])
         flags, overrides = split_args(stage, [a for a in args[1:] if a not in ("-h", "--help")])
         # before Hydra: `--cfg job` exits without running the stage's own check
-        check_choices(dict(o.lstrip("+~").partition("=")[::2] for o in overrides))
+        check_overrides(overrides)
         if wants_help:
             sys.stdout.write(stage_help(stage, overrides))
             return 0

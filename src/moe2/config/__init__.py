@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 def conf_dir() -> str:
     """Absolute path of the installed ``conf/`` directory (works from any working directory)."""
@@ -41,3 +43,9 @@ def check_choices(choices: dict[str, object]) -> None:
                 f"'{group}={option}': conf/{group}/ holds registry data, not a config group; "
                 f"{REGISTRY_DIRS[group]}"
             )
+
+
+def check_overrides(overrides: Sequence[str]) -> None:
+    """:func:`check_choices` on command-line overrides, before composing (``+hardware=x`` would
+    otherwise fail inside a typed group, with a message about the group's schema)."""
+    check_choices(dict(o.lstrip("+~").partition("=")[::2] for o in overrides))

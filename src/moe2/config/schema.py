@@ -206,7 +206,6 @@ class TrainerCfg:
             raise ConfigError(f"trainer.min_epochs={lo} is above trainer.max_epochs={hi}")
 
 
-
 # --------------------------------------------------------------------------------------- gating
 
 

@@ -9,7 +9,11 @@ then calls :func:`configure_console`, which
 - removes Lightning's own console handler, which prints every Lightning line a second time
   (``INFO: ...``) beside the root handler's copy -- also when Lightning is imported later;
 - silences deprecation notices and similar warnings raised inside third-party code, progress bars
-  of model loads and W&B's banner (moe2 logs where the run is).
+  of model loads and W&B's banner (moe2 logs where the run is);
+- drops, at the logger that emits them, the notices libraries log as warnings although nothing is
+  wrong (:data:`NOTICES`: the ONNX exporter's "torchvision is not installed. Skipping
+  torchvision::nms", one line per torchvision op in its table, on every ``moe2 export``); every
+  other record of those loggers still shows.
 
 ``moe2 <stage> -v`` (``hydra.verbose=true``) keeps everything, at DEBUG.
 """
@@ -31,6 +35,34 @@ CHATTY: tuple[str, ...] = ("onnxruntime", "onnx_ir", "onnxscript", "torch.onnx",
 
 #: message prefixes of third-party advertisements
 ADVERTS: tuple[str, ...] = ("💡 Tip",)
+
+#: logger -> message prefixes it logs at WARNING that are notices, not problems: the ONNX
+#: exporter registers its torchvision ops (nms, roi_align...) and says, per op, that it skips them
+#: when torchvision is absent; moe2 exports no torchvision op
+NOTICES: dict[str, tuple[str, ...]] = {
+    "torch.onnx._internal.exporter._registration": ("torchvision is not installed. Skipping",),
+}
+
+
+class NoticeFilter(logging.Filter):
+    """Drops a logger's records whose message starts with one of ``prefixes`` (on that logger
+    only, so the same words from elsewhere, and its other warnings, still show)."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith(self.prefixes))
+
+
+def _set_notice_filters(on: bool) -> None:
+    for name, prefixes in NOTICES.items():
+        lg = logging.getLogger(name)  # the library's module logger, created now or at its import
+        for f in [f for f in lg.filters if isinstance(f, NoticeFilter)]:
+            lg.removeFilter(f)
+        if on:
+            lg.addFilter(NoticeFilter(prefixes))
 
 
 class QuietFilter(logging.Filter):
@@ -93,7 +125,9 @@ def configure_console(verbose: bool = False) -> None:
     """
     if verbose:
         warnings.simplefilter("default")
+        _set_notice_filters(False)
         return
+    _set_notice_filters(True)
     # one line per model load, not a progress bar (read when huggingface_hub is imported)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # W&B's own run banner and history; moe2 logs one line saying where the run is

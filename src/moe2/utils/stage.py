@@ -119,9 +119,10 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from moe2.config import check_choices, conf_dir
+    from moe2.config import check_choices, check_overrides, conf_dir
     from moe2.config.schema import register_configs, validate
 
+    check_overrides(overrides)
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
