@@ -167,7 +167,7 @@ def test_expert_spec_bytes_and_table() -> None:
 def test_pool_from_a_composed_config() -> None:
     from moe2.utils.stage import compose
 
-    cfg = compose("import", ["+experts=llmrouter9", "data.path=x.json"])
+    cfg = compose("select", ["experts=llmrouter9"])
     pool = load_pool(cfg.experts)
     assert len(pool) == 9
 

@@ -12,10 +12,11 @@ Registry data (``conf/hardware/``, ``conf/experts/models/``) is data read by
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from moe2.errors import ConfigError
 from moe2.selection.optimizer import METHODS
@@ -581,8 +582,10 @@ class SweepCfg:
     axes: list[str] = field(default_factory=lambda: ["energy_j", "latency_ms"])
     mode: str = "separate"
     points: int = 10
-    #: explicit values per axis, e.g. {energy_j: [1, 2, 4]}
-    values: dict[str, list[float]] = field(default_factory=dict)
+    #: explicit values per axis, e.g. {energy_j: [1, 2, 4]}; the values are ``Any`` here: the
+    #: sweep checks each one as a budget limit, with the message and exit code of every budget
+    #: (``sweep.values.energy_j='a' is not a number``)
+    values: dict[str, Any] = field(default_factory=dict)
     baselines: list[str] = field(
         default_factory=lambda: ["greedy", "best_single", "random_feasible", "all_experts"]
     )
@@ -651,8 +654,6 @@ class DeploymentCfg:
     experts: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        import dataclasses
-
         from moe2.serving.config import Placement
 
         known = {f.name for f in dataclasses.fields(Placement)}
@@ -934,21 +935,44 @@ def _is_schema(node: Any) -> bool:
     return t is not None and t is not dict and hasattr(t, "__dataclass_fields__")
 
 
-def _build(node: Any) -> None:
-    """Build the dataclasses of ``node`` (their ``__post_init__`` check the values); a node with a
-    missing value (``???``) is built child by child, so the others are still checked."""
+def _check_keys(node: DictConfig, where: str) -> None:
+    """Refuse keys added to a typed node with ``+key=value`` (Hydra adds them, the schema does
+    not know them); the pipeline's own config takes stage-only keys on purpose."""
+    schema = OmegaConf.get_type(node)
+    if schema is PipelineStageCfg:
+        return
+    known = {f.name for f in dataclasses.fields(schema)}
+    extra = sorted(str(k) for k in node if k not in known)
+    if extra:
+        group = where.rpartition(".")[2].split("[")[0] or "top-level"
+        raise ConfigError(
+            f"{where or 'config'}: unknown {group} key(s) {extra}; the keys of {schema.__name__} "
+            f"are {', '.join(sorted(known))}"
+        )
+
+
+def _build(node: Any, where: str = "", built: bool = False) -> None:
+    """Build the dataclasses of ``node`` (their ``__post_init__`` check the values) and check the
+    keys of every typed node; a node with a missing value (``???``) is built child by child, so
+    the others are still checked. ``built``: an enclosing dataclass was built (this one too)."""
     from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
-    if not isinstance(node, DictConfig):
+    if isinstance(node, ListConfig):
+        for i in range(len(node)):
+            _build(node._get_node(i), f"{where}[{i}]", built)
+        return
+    if not isinstance(node, DictConfig) or node._is_none() or node._is_missing():
         return
     if _is_schema(node):
-        try:
-            OmegaConf.to_object(node)
-            return
-        except (MissingMandatoryValue, InterpolationToMissingValueError):
-            pass  # the stage reports the missing value when it reads it
+        _check_keys(node, where)
+        if not built:
+            try:
+                OmegaConf.to_object(node)
+                built = True
+            except (MissingMandatoryValue, InterpolationToMissingValueError):
+                pass  # the stage reports the missing value when it reads it; check the rest
     for key in node:
-        _build(node._get_node(key))
+        _build(node._get_node(key), f"{where}.{key}" if where else str(key), built)
 
 
 def check_factory(node: Any, where: str) -> None:
