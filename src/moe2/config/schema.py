@@ -353,12 +353,16 @@ class _TableDataCfg:
     """What every outcome-table importer shares: splits and the exclusion of other tables."""
 
     format: str = MISSING
-    #: one file, or (routerbench) a list of files
+    #: one file, or (routerbench) a list of files; relative paths: from the working directory
     path: Any = MISSING
+    #: true: keep the table's own split field/column when it has one
     keep_splits: bool = False
+    #: splits are a seeded hash of the prompt id: stable across re-imports
     split_seed: int = 0
+    #: train, val, test
     split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
-    #: a directory or file, or a list of them (prompts whose text is there are dropped)
+    #: DIR_OR_FILE (or a list): drop prompts whose text is in another table, a gate's
+    #: train_prompts.parquet or a Parquet file with a ``text`` column
     exclude: Any = None
 
     def __post_init__(self) -> None:
@@ -381,10 +385,16 @@ class ParquetDataCfg(_TableDataCfg):
 class _ScoredDataCfg(_TableDataCfg):
     """The options of the importers of third-party score tables."""
 
+    #: output tokens assumed for the cost per call when the table has no lengths
     default_output_tokens: int = 128
+    #: token counts estimated from text as characters / chars_per_token
     chars_per_token: float = 4.0
+    #: drop | error: prompts whose every score is missing
     on_all_nan: str = "drop"
+    #: dedupe | error: identical repeated prompts
     on_duplicate: str = "dedupe"
+    #: rename | first | error: an id repeated with other text (rename: the repeat becomes
+    #: ``<id>#2``); the same text with other scores fails unless ``first``
     on_id_conflict: str = "rename"
 
     def __post_init__(self) -> None:
