@@ -242,3 +242,13 @@ def test_the_shipped_pools_and_gates_are_typed() -> None:
     serve = compose("serve", ["deployment=remote"])
     assert serve.deployment.default.kind == "openai" and serve.server.port == 8000
     assert compose("serve_expert", ["expert=a"]).server.port == 8100
+
+
+def test_the_pipeline_checks_every_stage_config_before_running_one() -> None:
+    from moe2.pipeline import run_pipeline
+
+    ran: list[str] = []
+    cfg = compose("pipeline", ["pipeline.stages=[harvest]", "++harvest.batch_size=0"])
+    with pytest.raises(ConfigError, match="harvest.batch_size and harvest.shard_size must be >= 1"):
+        run_pipeline(cfg, lambda name, c: ran.append(name))
+    assert ran == []

@@ -60,8 +60,8 @@ def _user_overrides(cfg: DictConfig) -> list[str]:
         return [
             o
             for o in HydraConfig.get().overrides.task
-            if _is_searchpath(o) or not o.lstrip("+~").startswith("hydra.")
-        ]
+            if _is_searchpath(o) or not o.lstrip("+~").startswith(("hydra.", "pipeline."))
+        ]  # `pipeline.*` configures the pipeline itself (its stages), no stage
     return list(cfg.pipeline.get("extra_overrides", []) or [])
 
 
@@ -162,11 +162,15 @@ def run_pipeline(cfg: DictConfig, run: Callable[[str, DictConfig], Any]) -> dict
         # this job's own directories (set by the stage wrapper) win over the command line's
         pinned = [f"++paths.{k}={quote(str(cfg.paths[k]))}" for k in cfg.paths if k != "cache"]
         plan = {name: [*o, *pinned] for name, o in plan.items()}
+    from moe2.config.schema import validate
+
+    configs = {name: _compose(STAGES[name].config_name, plan[name]) for name in stages}
+    for scfg in configs.values():
+        validate(scfg)  # every stage's config is checked before the first one runs
     timings: dict[str, dict[str, Any]] = {}
     total = time.perf_counter()
     for name in stages:
-        stage = STAGES[name]
-        scfg = _compose(stage.config_name, plan[name])
+        scfg = configs[name]
         log.info("── stage %s (%s)", name, " ".join(plan[name]) or "defaults")
         seed_everything(int(scfg.get("seed", 0)))
         start = time.perf_counter()
