@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from moe2.config import conf_dir
 from moe2.config import schema as S
+from moe2.config.stage_schemas import stage_schemas
 from moe2.errors import ConfigError
 from moe2.utils.stage import compose
 
@@ -70,8 +71,6 @@ COMPOSE_FAILURES = [
     ("ask", "k=two", "could not be converted to Integer"),
     ("serve", "server.port=http", "could not be converted to Integer"),
     ("serve", "server.prt=1", "Key 'prt' not in 'ServerCfg'"),
-    ("serve", "routing.max_tokens=x", "could not be converted to Integer"),
-    ("serve", "routing.breaker.reset=1", "Key 'reset' not in 'BreakerCfg'"),
     ("serve", "threads=x", "could not be converted to Integer"),
     ("serve", "deployment.fil=x", "Key 'fil' not in 'DeploymentCfg'"),
     ("serve", "deployment.default=3", "deployment.default"),
@@ -140,6 +139,14 @@ def test_each_importer_has_its_own_keys() -> None:
         ("evaluate", ["eval.outcomes_dir=x", "eval.device=tpu"], "eval.device='tpu'"),
         ("serve", ["server.port=70000"], r"server.port must be in \[0, 65535\]"),
         ("serve", ["routing.aggregation=sum"], "routing.aggregation must be one of"),
+        # routing: typed by the server's own RoutingCfg (a mapping: `lambda` is a Python keyword)
+        (
+            "serve",
+            ["routing.max_tokens=x"],
+            "routing: Value 'x' of type 'str' could not be converted to Integer",
+        ),
+        ("serve", ["++routing.breaker.reset=1"], "routing: Key 'reset' not in 'BreakerCfg'"),
+        ("serve", ["++routing.max_token=1"], "routing: Key 'max_token' not in 'RoutingCfg'"),
         (
             "serve",
             ["++deployment.default.timeout=3"],
@@ -186,14 +193,14 @@ def test_every_stage_composes_from_its_schema(config_name: str) -> None:
         "serve_expert": ["expert=a"],
     }
     cfg = compose(config_name, required.get(config_name, []))
-    assert OmegaConf.get_type(cfg) is S.stage_schemas()[config_name]
+    assert OmegaConf.get_type(cfg) is stage_schemas()[config_name]
     OmegaConf.to_container(cfg, resolve=True)
     assert not OmegaConf.missing_keys(cfg)
 
 
 def test_every_primary_config_has_a_stage_schema() -> None:
     primaries = {p.stem for p in CONF.glob("*.yaml")}
-    assert primaries == set(S.stage_schemas()), primaries ^ set(S.stage_schemas())
+    assert primaries == set(stage_schemas()), primaries ^ set(stage_schemas())
     for name in primaries:
         first = yaml.safe_load((CONF / f"{name}.yaml").read_text())["defaults"][0]
         assert first == f"_{name}_schema", (name, first)

@@ -244,6 +244,8 @@ def run_case(stage: str, args: list[str], caplog: pytest.LogCaptureFixture) -> t
             code = 0
         except SystemExit as exc:
             code = int(exc.code)
+        except Moe2Error as exc:  # compose checks the schemas' rules (the CLI: run_stage, one line)
+            return exc.exit_code, f"{caplog.text}\n{exc}"
     return code, caplog.text
 
 

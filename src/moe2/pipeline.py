@@ -162,7 +162,7 @@ def run_pipeline(cfg: DictConfig, run: Callable[[str, DictConfig], Any]) -> dict
         # this job's own directories (set by the stage wrapper) win over the command line's
         pinned = [f"++paths.{k}={quote(str(cfg.paths[k]))}" for k in cfg.paths if k != "cache"]
         plan = {name: [*o, *pinned] for name, o in plan.items()}
-    from moe2.config.schema import validate
+    from moe2.config.stage_schemas import validate
 
     configs = {name: _compose(STAGES[name].config_name, plan[name]) for name in stages}
     for scfg in configs.values():

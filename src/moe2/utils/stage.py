@@ -50,6 +50,7 @@ def run_stage(
     from hydra.core.hydra_config import HydraConfig
     from omegaconf.errors import MissingMandatoryValue
 
+    from moe2.config.stage_schemas import validate
     from moe2.errors import ConfigError
     from moe2.utils import sweep, tracking
     from moe2.utils.console import configure_console
@@ -66,6 +67,7 @@ def run_stage(
     start = time.perf_counter()
     status, error, result, code = "failed", None, None, 1
     try:
+        validate(cfg)  # the schemas' rules: a bad value is one line here, and a failed sweep job
         tracking.resolve_inputs(cfg)  # paths.*=wandb:ENTITY/PROJECT/NAME:ALIAS
         with stage_guard(name, cfg):  # one writer per directory and stage; clean OS errors
             result = fn(cfg)
@@ -120,7 +122,7 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
 
     from moe2.config import check_choices, check_overrides, conf_dir
-    from moe2.config.schema import register_configs, validate
+    from moe2.config.stage_schemas import register_configs, validate
 
     check_overrides(overrides)
     register_configs()
