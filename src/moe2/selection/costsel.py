@@ -370,3 +370,335 @@ def markdown_section(block: dict[str, Any]) -> str:
                 f"| {label} | {r['mean_cost']:.6g} | {r['accuracy']:.4f} | {interval_text(vs) if vs else '—'} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def heldout_setup(inp: Any, cfg: DictConfig, cs: CostSetup, outcomes_dir: str) -> dict[str, Any]:
+    """The rules' inputs on another outcome table (``eval.outcomes``), less the gate's training
+    prompts: gate logits, correctness heads (when the gate has them), kNN scores, realised costs,
+    and the predicted costs of the selection (``cost_table`` by category name)."""
+    from pathlib import Path
+
+    from moe2.data.tables import load_outcomes
+    from moe2.gating.evaluate import check_experts, gate_scores
+    from moe2.gating.heldout import exclude_overlap, read_record
+
+    gdir = Path(cfg.paths.gating)
+    gdir = gdir if gdir.is_dir() else gdir.parent
+    experts = list(inp.data.experts)
+    other = load_outcomes(outcomes_dir)
+    check_experts(experts, other, gdir, outcomes_dir)
+    other, exclusion = exclude_overlap(other, read_record(gdir), outcomes_dir)
+    other = other.select_experts(experts)
+    logits, knn, gexp = gate_scores(gdir, other, cache_dir=cfg.paths.cache)
+    order = [gexp.index(e) for e in experts]
+    q = np.asarray(logits, np.float64)[:, order]
+    if cs.quality == "correctness":
+        q = sigmoid(_correctness_on(gdir, other, cfg.paths.cache)[:, order])
+    cost, _ = cost_matrix(other, None, cs.metric)
+    cats = list(inp.data.categories)
+    col = np.array(
+        [cats.index(c) if c in cats else -1 for c in other.categories], dtype=np.int64
+    )[other.category_idx]
+    table = np.concatenate([cs.cost_table, cs.cost_default[:, None]], axis=1)
+    chat = table[:, col].T  # unknown category (-1): cost_default
+    return {
+        "outcomes_dir": outcomes_dir,
+        "n_prompts": other.n_prompts,
+        "exclusion": exclusion,
+        "scores": np.nan_to_num(other.scores),
+        "cost": cost,
+        "chat": chat,
+        "q": q,
+        "logits": np.asarray(logits, np.float64)[:, order],
+        "knn": None if knn is None else np.asarray(knn, np.float64)[:, order],
+    }
+
+
+def _correctness_on(gdir: Any, data: Any, cache_dir: Any) -> np.ndarray:
+    """The gate's correctness-head logits on another table's prompts (frozen encoder: cached)."""
+    import torch
+
+    from moe2.gating.net import cached_embeddings, load_gate
+
+    net, _, _ = load_gate(gdir)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    net.to(dev)
+    cats = [data.categories[i] for i in data.category_idx] if net.categories else None
+    if net.mode == "frozen":
+        emb = cached_embeddings(net, data.texts, cache_dir, device=dev)
+    else:
+        emb = net.encode_texts(data.texts, device=dev)
+    return net.predict_embeddings(emb, cats, correctness=True)
+
+
+def _score_heldout(h: dict[str, Any], cs: CostSetup, picks: dict[str, Any], k: int) -> dict[str, Any]:
+    s, c = h["scores"], h["cost"]
+    out: dict[str, Any] = {}
+    quality_q = {"moe2": (h["q"], cs.quality == "softmax"), "subset_only": (h["logits"], False)}
+    if h["knn"] is not None:
+        quality_q["knn"] = (h["knn"], False)
+    for name, (qq, soft) in quality_q.items():
+        p = picks.get(name)
+        if p is None:
+            continue
+        pc, ps = Router(qq, h["chat"], c, s, soft, k).route(p["mask"][None], p["lambda"])
+        out[name] = {"mean_cost": float(pc.mean()), "accuracy": float(ps.mean())}
+    for name in ("best_single", "cheapest"):
+        j = picks.get(name)
+        if j is not None:
+            out[name] = {"mean_cost": float(c[:, j].mean()), "accuracy": float(s[:, j].mean())}
+    best = s.max(axis=1, keepdims=True)
+    pick = np.argmin(np.where(s >= best, c, np.inf), axis=1)
+    idx = np.arange(len(pick))
+    out["oracle"] = {"mean_cost": float(c[idx, pick].mean()), "accuracy": float(s[idx, pick].mean())}
+    return out
+
+
+def cost_sweep(inp: Any, cfg: DictConfig, metric: str, values: list[float] | None, points: int) -> dict[str, Any]:
+    """The accuracy vs mean-cost front: at each mean budget every rule's answer (chosen on the
+    selection split) scored on the report split (and on ``eval.outcomes`` when given); every single
+    expert at its own cost; the oracle. Writes ``cost_front.{json,md,png}`` under ``paths.selection``.
+    """
+    from pathlib import Path
+
+    from moe2.selection.api import applicable_budgets
+    from moe2.selection.budgets import BudgetModel
+    from moe2.utils.io import write_json, write_text_atomic
+
+    budgets, notes = applicable_budgets(cfg.budget, inp.profile)
+    bm = BudgetModel(inp.profile, budgets, k=inp.val.k)
+    cs = setup(inp, cfg, bm, metric, None)
+    experts = list(inp.data.experts)
+    mc_sel, acc_sel = _single_means(cs, inp, inp.val_rows)
+    lo = cs.fronts["moe2"].min_cost()
+    hi = float(mc_sel.max())
+    if values is None:
+        grid = np.geomspace(max(lo, hi * 1e-6), hi, max(2, points)) if hi > lo else np.array([hi])
+        values = sorted({float(v) for v in np.concatenate([grid, mc_sel[mc_sel >= lo]])})
+    n_boot = int(_sel(cfg, "n_boot", 2000))
+    seed = int(cfg.get("seed", 0))
+    ev = OmegaConf.select(cfg, "eval.outcomes", default=None)
+    held = heldout_setup(inp, cfg, cs, str(ev)) if ev else None
+    has_test = inp.test_rows is not None and inp.test_rows.any()
+    rows_out = []
+    from moe2.experts.harvest import _progress
+
+    with _progress(len(values) > 3) as bar:
+        task = bar.add_task(f"mean {metric} sweep", total=len(values), rate="-")
+        for b in values:
+            row: dict[str, Any] = {"budget": float(b)}
+            if b < lo * (1 - 1e-12):
+                row["feasible"] = False
+                rows_out.append(row)
+                bar.advance(task)
+                continue
+            picks = choose(cs, inp, bm, float(b), refine=int(_sel(cfg, "cost_refine", 8)))
+            row["feasible"] = True
+            row["selection"] = {name: _describe(picks.get(name), experts) for name in RULES}
+            row["selection"]["best_single"] = (
+                None if picks["best_single"] is None else experts[picks["best_single"]]
+            )
+            if has_test:
+                row["report"] = score_on(cs, inp, picks, inp.test_rows, cs.q_rep, n_boot, seed)
+            if held is not None:
+                row["heldout"] = _score_heldout(held, cs, picks, inp.val.k)
+            rows_out.append(row)
+            bar.advance(task)
+    singles = []
+    for j, e in enumerate(experts):
+        srow = {
+            "expert": e,
+            "selection": {"mean_cost": float(mc_sel[j]), "accuracy": float(acc_sel[j])},
+        }
+        if has_test:
+            mc, acc = _single_means(cs, inp, inp.test_rows)
+            srow["report"] = {"mean_cost": float(mc[j]), "accuracy": float(acc[j])}
+        if held is not None:
+            srow["heldout"] = {
+                "mean_cost": float(held["cost"][:, j].mean()),
+                "accuracy": float(held["scores"][:, j].mean()),
+            }
+        singles.append(srow)
+    best = int(np.argmax(acc_sel))  # the best single expert, chosen on the selection split
+    result = {
+        "metric": metric,
+        "unit": cs.unit,
+        "quality": cs.quality,
+        "split": inp.split,
+        "experts": experts,
+        "exact_subsets": cs.exact_subsets,
+        "candidates": int(len(cs.masks)),
+        "budgets_not_applicable": notes or None,
+        "best_single": experts[best],
+        "singles": singles,
+        "points": rows_out,
+        "reaches_best_single": {
+            key: reaches(rows_out, singles, best, key)
+            for key in ("report", "heldout")
+            if (key == "report" and has_test) or (key == "heldout" and held is not None)
+        },
+    }
+    if held is not None:
+        result["heldout"] = {k: held[k] for k in ("outcomes_dir", "n_prompts", "exclusion")}
+    out = Path(cfg.paths.selection)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "cost_front.json", result)
+    md = front_markdown(result)
+    write_text_atomic(out / "cost_front.md", md)
+    plot_front(result, out / "cost_front.png")
+    print(md)
+    return result
+
+
+def reaches(rows: list[dict[str, Any]], singles: list[dict[str, Any]], best: int, key: str) -> dict[str, Any]:
+    """The cheapest point of the MoE² front whose accuracy on ``key`` is at least the best single
+    expert's there, with its cost as a fraction of that expert's."""
+    ref = singles[best][key]
+    hit = None
+    for r in rows:
+        m = (r.get(key) or {}).get("moe2")
+        if m and m["accuracy"] >= ref["accuracy"] - 1e-12:
+            if hit is None or m["mean_cost"] < hit["mean_cost"]:
+                hit = {"budget": r["budget"], **m}
+                hit["vs_best_single"] = ((r.get(key) or {}).get("best_single") or {}).get(
+                    "moe2_minus_it"
+                )
+    return {
+        "expert": singles[best]["expert"],
+        "expert_accuracy": ref["accuracy"],
+        "expert_mean_cost": ref["mean_cost"],
+        "reached": hit is not None,
+        "at": hit,
+        "cost_fraction": None if hit is None or not ref["mean_cost"] else hit["mean_cost"] / ref["mean_cost"],
+    }
+
+
+def front_markdown(result: dict[str, Any]) -> str:
+    """The cost front as Markdown: per mean budget, every rule's realised mean cost and accuracy."""
+    from moe2.gating.baselines import interval_text
+
+    u, metric = result["unit"], result["metric"]
+    lines = [
+        f"# Accuracy vs mean {metric} ({u})",
+        "",
+        f"q = {result['quality']}; (S, λ) chosen on the `{result['split']}` split "
+        f"({'exact over all ' if result['exact_subsets'] else 'search over '}{result['candidates']} "
+        "worst-case-feasible subsets; λ calibrated to each mean budget); every figure below is "
+        "realised on held-out prompts. Intervals: paired bootstrap 95% of MoE² − rule (points).",
+        "",
+    ]
+    for key, label in (("report", "report split"), ("heldout", "eval.outcomes table")):
+        if key not in result["reaches_best_single"]:
+            continue
+        rb = result["reaches_best_single"][key]
+        if rb["reached"]:
+            lines.append(
+                f"- **{label}**: MoE² reaches the best single expert's accuracy ({rb['expert']}: "
+                f"{rb['expert_accuracy']:.4f} at {rb['expert_mean_cost']:.6g} {u}) at a mean {metric} of "
+                f"{rb['at']['mean_cost']:.6g} {u} = {100 * rb['cost_fraction']:.1f}% of its cost "
+                f"(budget {rb['at']['budget']:.6g}; accuracy {rb['at']['accuracy']:.4f})."
+            )
+        else:
+            lines.append(
+                f"- **{label}**: MoE² does not reach the best single expert's accuracy "
+                f"({rb['expert']}: {rb['expert_accuracy']:.4f}) at any swept budget."
+            )
+    if "heldout" in result:
+        h = result["heldout"]
+        lines.append(
+            f"- eval.outcomes = `{h['outcomes_dir']}`: {h['n_prompts']} prompts "
+            f"({h['exclusion']['n_excluded']} excluded: in the gate's training table)."
+        )
+    for key, label in (("report", "report split"), ("heldout", "eval.outcomes table")):
+        pts = [p for p in result["points"] if p.get("feasible") and key in p]
+        if not pts:
+            continue
+        lines += [
+            "",
+            f"## Front on the {label}",
+            "",
+            f"| budget ({u}) | MoE² cost | MoE² acc | kNN cost | kNN acc | subset-only cost | subset-only acc "
+            "| best single in budget | MoE² − kNN | MoE² − subset-only | MoE² − best single |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+
+        def cell(r: dict[str, Any], name: str, f: str) -> str:
+            v = (r.get(name) or {}).get(f)
+            return "—" if v is None else (f"{v:.6g}" if f == "mean_cost" else f"{v:.4f}")
+
+        def vs(r: dict[str, Any], name: str) -> str:
+            iv = ((r.get(name) or {}).get("moe2_minus_it") or {}).get("accuracy")
+            return interval_text(iv) if iv else "—"
+
+        for p in pts:
+            r = p[key]
+            lines.append(
+                f"| {p['budget']:.6g} | {cell(r, 'moe2', 'mean_cost')} | {cell(r, 'moe2', 'accuracy')} | "
+                f"{cell(r, 'knn', 'mean_cost')} | {cell(r, 'knn', 'accuracy')} | "
+                f"{cell(r, 'subset_only', 'mean_cost')} | {cell(r, 'subset_only', 'accuracy')} | "
+                f"{p['selection'].get('best_single') or '—'} {cell(r, 'best_single', 'accuracy')} | "
+                f"{vs(r, 'knn')} | {vs(r, 'subset_only')} | {vs(r, 'best_single')} |"
+            )
+        orc = pts[-1][key]["oracle"]
+        lines += [
+            "",
+            f"Oracle (cheapest correct expert): accuracy {orc['accuracy']:.4f} at {orc['mean_cost']:.6g} {u}.",
+            "",
+            "| single expert | mean cost | accuracy |",
+            "|---|---|---|",
+        ]
+        for s in result["singles"]:
+            if key in s:
+                lines.append(f"| {s['expert']} | {s[key]['mean_cost']:.6g} | {s[key]['accuracy']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+FRONT_STYLE = {
+    "moe2": dict(color="#d62728", lw=2.4, marker="o", ms=5, zorder=5, label="MoE² cost-aware (S, λ)"),
+    "knn": dict(color="#1f77b4", lw=1.4, marker="s", ms=4, ls="--", label="cost-aware kNN"),
+    "subset_only": dict(color="#2ca02c", lw=1.4, marker="^", ms=4, ls=":", label="subset-only (λ = 0)"),
+}
+
+
+def plot_front(result: dict[str, Any], path: Any) -> Any:
+    """Accuracy vs realised mean cost, one panel per held-out set (report split, eval.outcomes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from moe2.utils.io import atomic_path
+
+    keys = [k for k in ("report", "heldout") if any(k in p for p in result["points"])]
+    keys = keys or ["selection"]
+    fig, axs = plt.subplots(1, len(keys), figsize=(7.5 * len(keys), 5.6), constrained_layout=True)
+    axs = np.atleast_1d(axs)
+    for ax, key in zip(axs, keys, strict=False):
+        pts = [p for p in result["points"] if p.get("feasible") and key in p]
+        for name, st in FRONT_STYLE.items():
+            xy = sorted(
+                (p[key][name]["mean_cost"], p[key][name]["accuracy"]) for p in pts if p[key].get(name)
+            )
+            if xy:
+                ax.plot(*zip(*xy, strict=False), **st)
+        orc = [(p[key]["oracle"]["mean_cost"], p[key]["oracle"]["accuracy"]) for p in pts[-1:]]
+        if orc:
+            ax.scatter(*zip(*orc, strict=False), marker="*", s=160, color="black", zorder=6,
+                       label="oracle (cheapest correct expert)")
+        for s in result["singles"]:
+            if key in s:
+                x, y = s[key]["mean_cost"], s[key]["accuracy"]
+                ax.scatter([x], [y], color="#ff7f0e", edgecolor="black", s=30, zorder=4)
+                ax.annotate(s["expert"][:24], (x, y), fontsize=7, xytext=(3, -9), textcoords="offset points")
+        ax.scatter([], [], color="#ff7f0e", edgecolor="black", s=30, label="single experts (own cost)")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"realised mean {result['metric']} per request ({result['unit']})")
+        ax.set_ylabel("accuracy")
+        ax.set_title({"report": "report split (held out)", "heldout": "eval.outcomes table"}.get(key, key))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"MoE² accuracy vs mean {result['metric']}: {len(result['experts'])} experts, q = {result['quality']}")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
