@@ -90,6 +90,10 @@ def mean_budget(cfg_budget: Any) -> tuple[str, float] | None:
 def cost_matrix(data: Any, profile: Any, metric: str) -> tuple[np.ndarray, list[str]]:
     """The realised cost ``[P, E]`` of ``metric`` and each expert's source.
 
+    A (prompt, expert) cell without an outcome (score NaN) may lack its cost too (NaN in the
+    result); the cost-aware selection leaves such prompts out. A cost missing where the expert did
+    answer is an error.
+
     Source order (COST_CONTRACT.md §2): measured in the outcome table; for ``energy_j`` and
     ``latency_ms`` then the cost profile (measured profiles, then the analytic device model),
     expanded per prompt by category.
@@ -103,14 +107,20 @@ def cost_matrix(data: Any, profile: Any, metric: str) -> tuple[np.ndarray, list[
         raise ConfigError(f"cost metric {metric!r}: use one of {sorted(METRICS)}")
     col = np.asarray(getattr(data, metric), dtype=np.float64)  # [P, E]
     out = np.array(col, copy=True)
+    # a cell without an outcome (score NaN) may lack its cost too: those prompts are left out
+    answered = np.isfinite(np.asarray(data.scores, dtype=np.float64))
     sources: list[str] = []
     missing, partial, negative = [], [], []
     for j, e in enumerate(data.experts):
         fin = np.isfinite(col[:, j])
-        if fin.all():
+        if (fin | ~answered[:, j]).all() and fin.any():
             sources.append("table")
+            lack = fin < answered[:, j]
+            if lack.any():
+                partial.append(f"{e} ({int(lack.sum())} of {len(fin)} answered prompts NaN)")
         elif fin.any():
-            partial.append(f"{e} ({int((~fin).sum())} of {len(fin)} prompts NaN)")
+            lack = answered[:, j] & ~fin
+            partial.append(f"{e} ({int(lack.sum())} of {len(fin)} answered prompts NaN)")
             sources.append("table")
         else:
             prof = None if profile is None or metric not in PROFILE_METRICS else profile

@@ -62,6 +62,9 @@ class CostSetup:
     fronts: dict[str, Front]  # rule -> calibration curves on the selection split
     exact_subsets: bool
     masks: np.ndarray  # candidate subsets
+    sel_rows: np.ndarray  # [P] the selection split's prompts with every outcome and cost
+    rep_rows: np.ndarray | None  # [P] the same for the report split
+    left_out: dict[str, int]  # prompts left out per split (an outcome or cost missing)
 
 
 def setup(inp: Any, cfg: DictConfig, bm: Any, metric: str, budget: float | None) -> CostSetup:
@@ -77,7 +80,7 @@ def setup(inp: Any, cfg: DictConfig, bm: Any, metric: str, budget: float | None)
             f"needs selection.aggregation=top1, got {inp.val.aggregation}"
         )
     cost, sources = cost_matrix(d, inp.profile, metric)
-    fit = d.split_mask("train") | d.split_mask("val")
+    fit = (d.split_mask("train") | d.split_mask("val")) & np.isfinite(cost).all(axis=1)
     table, default = predicted_costs(cost, d.category_idx, len(d.categories), fit)
     chat = table[:, d.category_idx].T  # [P, E]
     gdir = inp.logits_path.parent
@@ -92,7 +95,17 @@ def setup(inp: Any, cfg: DictConfig, bm: Any, metric: str, budget: float | None)
     else:
         q_rep = np.asarray(inp.logits, dtype=np.float64)
         q_sel = np.asarray(inp.sel_logits, dtype=np.float64)
-    vr = inp.val_rows
+    complete = np.isfinite(cost).all(axis=1) & np.isfinite(d.scores).all(axis=1)
+    vr = inp.val_rows & complete
+    tr = None if inp.test_rows is None else inp.test_rows & complete
+    left_out = {"selection": int((inp.val_rows & ~complete).sum())}
+    if tr is not None:
+        left_out["report"] = int((inp.test_rows & ~complete).sum())
+    if any(left_out.values()):
+        log.warning(
+            "cost-aware selection: %s prompt(s) left out (an expert has no outcome for them)",
+            left_out,
+        )
     k = inp.val.k
 
     def router(q: np.ndarray, rows: np.ndarray, softmax: bool) -> Router:
@@ -141,6 +154,9 @@ def setup(inp: Any, cfg: DictConfig, bm: Any, metric: str, budget: float | None)
         fronts=fronts,
         exact_subsets=exact,
         masks=masks,
+        sel_rows=vr,
+        rep_rows=tr,
+        left_out=left_out,
     )
 
 
@@ -167,7 +183,7 @@ def choose(cs: CostSetup, inp: Any, bm: Any, budget: float, refine: int = 8) -> 
         (expert index) — a rule is ``None`` when nothing it can deploy meets the budget.
     """
     out: dict[str, Any] = {name: f.best(budget, refine=refine) for name, f in cs.fronts.items()}
-    mc, acc = _single_means(cs, inp, inp.val_rows)
+    mc, acc = _single_means(cs, inp, cs.sel_rows)
     alone = bm.feasible(np.eye(inp.data.n_experts, dtype=bool))
     ok = alone & (mc <= budget * (1 + 1e-12))
     out["best_single"] = int(np.argmax(np.where(ok, acc, -np.inf))) if ok.any() else None
@@ -231,7 +247,7 @@ def calibration_report(cs: CostSetup, inp: Any, mask: np.ndarray, lam: float) ->
     expert of S) pair, and for the expert each prompt is routed to."""
     out: dict[str, Any] = {"quality": cs.quality, "bins": 15}
     d = inp.data
-    for key, rows, q in (("selection", inp.val_rows, cs.q_sel), ("report", inp.test_rows, cs.q_rep)):
+    for key, rows, q in (("selection", cs.sel_rows, cs.q_sel), ("report", cs.rep_rows, cs.q_rep)):
         if rows is None or not rows.any():
             continue
         qq = np.asarray(q, np.float64)[rows][:, mask]
@@ -258,7 +274,7 @@ def cost_select(inp: Any, cfg: DictConfig, bm: Any, metric: str, budget: float) 
     block ``cost_selection`` (exactness, every rule's answer, figures on the report split, ECE)."""
     cs = setup(inp, cfg, bm, metric, budget)
     experts = list(inp.data.experts)
-    mc_sel, _ = _single_means(cs, inp, inp.val_rows)
+    mc_sel, _ = _single_means(cs, inp, cs.sel_rows)
     check_budget(
         cs.fronts["moe2"], budget, metric=metric, single_mean=mc_sel, experts=experts, split=inp.split
     )
@@ -286,13 +302,14 @@ def cost_select(inp: Any, cfg: DictConfig, bm: Any, metric: str, budget: float) 
     n_boot = int(_sel(cfg, "n_boot", 2000))
     seed = int(cfg.get("seed", 0))
     report = None
-    if inp.test_rows is not None and inp.test_rows.any():
-        report = score_on(cs, inp, picks, inp.test_rows, cs.q_rep, n_boot, seed)
+    if cs.rep_rows is not None and cs.rep_rows.any():
+        report = score_on(cs, inp, picks, cs.rep_rows, cs.q_rep, n_boot, seed)
     block = {
         "metric": metric,
         "unit": cs.unit,
         "budget_mean": budget,
         "cost_sources": dict(zip(experts, cs.sources, strict=False)),
+        "prompts_left_out": cs.left_out,
         "exactness": {
             "subsets": (
                 f"exact: all {len(cs.masks)} worst-case-feasible subsets enumerated"
@@ -308,7 +325,7 @@ def cost_select(inp: Any, cfg: DictConfig, bm: Any, metric: str, budget: float) 
         },
         "selection": {
             "split": inp.split,
-            "n": int(inp.val_rows.sum()),
+            "n": int(cs.sel_rows.sum()),
             **{name: _describe(picks.get(name), experts) for name in RULES},
             "best_single": None if picks["best_single"] is None else experts[picks["best_single"]],
             "cheapest": experts[picks["cheapest"]],
@@ -469,7 +486,7 @@ def cost_sweep(inp: Any, cfg: DictConfig, metric: str, values: list[float] | Non
     bm = BudgetModel(inp.profile, budgets, k=inp.val.k)
     cs = setup(inp, cfg, bm, metric, None)
     experts = list(inp.data.experts)
-    mc_sel, acc_sel = _single_means(cs, inp, inp.val_rows)
+    mc_sel, acc_sel = _single_means(cs, inp, cs.sel_rows)
     lo = cs.fronts["moe2"].min_cost()
     hi = float(mc_sel.max())
     if values is None:
@@ -479,7 +496,7 @@ def cost_sweep(inp: Any, cfg: DictConfig, metric: str, values: list[float] | Non
     seed = int(cfg.get("seed", 0))
     ev = OmegaConf.select(cfg, "eval.outcomes", default=None)
     held = heldout_setup(inp, cfg, cs, str(ev)) if ev else None
-    has_test = inp.test_rows is not None and inp.test_rows.any()
+    has_test = cs.rep_rows is not None and cs.rep_rows.any()
     rows_out = []
     from moe2.experts.harvest import _progress
 
@@ -499,7 +516,7 @@ def cost_sweep(inp: Any, cfg: DictConfig, metric: str, values: list[float] | Non
                 None if picks["best_single"] is None else experts[picks["best_single"]]
             )
             if has_test:
-                row["report"] = score_on(cs, inp, picks, inp.test_rows, cs.q_rep, n_boot, seed)
+                row["report"] = score_on(cs, inp, picks, cs.rep_rows, cs.q_rep, n_boot, seed)
             if held is not None:
                 row["heldout"] = _score_heldout(held, cs, picks, inp.val.k)
             rows_out.append(row)
@@ -511,7 +528,7 @@ def cost_sweep(inp: Any, cfg: DictConfig, metric: str, values: list[float] | Non
             "selection": {"mean_cost": float(mc_sel[j]), "accuracy": float(acc_sel[j])},
         }
         if has_test:
-            mc, acc = _single_means(cs, inp, inp.test_rows)
+            mc, acc = _single_means(cs, inp, cs.rep_rows)
             srow["report"] = {"mean_cost": float(mc[j]), "accuracy": float(acc[j])}
         if held is not None:
             srow["heldout"] = {
@@ -528,6 +545,7 @@ def cost_sweep(inp: Any, cfg: DictConfig, metric: str, values: list[float] | Non
         "experts": experts,
         "exact_subsets": cs.exact_subsets,
         "candidates": int(len(cs.masks)),
+        "prompts_left_out": cs.left_out,
         "budgets_not_applicable": notes or None,
         "best_single": experts[best],
         "singles": singles,

@@ -105,6 +105,13 @@ def sweep(inp: Any, cfg: DictConfig, select_with: Callable[..., Any]) -> dict[st
 
     base = applicable_budgets(cfg.budget, inp.profile)[0]
     k = inp.val.k
+    lacking = [a for a in axes if not np.isfinite(np.asarray(getattr(inp.profile, a))).all()]
+    if lacking:
+        raise ConfigError(
+            f"sweep.axes={axes}: no {'/'.join(lacking)} figure for every expert (hosted experts from "
+            "the table); sweep a worst-case budget the table measures, or a mean budget: "
+            "sweep.axes=[mean.cost]"
+        )
     loose = BudgetModel(inp.profile, Budgets(None, None, base.memory, base.t_agg_ms), k=k)
     values = {
         a: [
