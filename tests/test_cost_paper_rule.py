@@ -38,7 +38,9 @@ def _figures(root: Path) -> dict:
     out: dict = {}
     for b in ("budget=default", "budget=edge_tight"):
         s = run_select(
-            compose("select", ["experts=tiny", b, f"paths.artifacts={root}", "selection.n_boot=100"])
+            compose(
+                "select", ["experts=tiny", b, f"paths.artifacts={root}", "selection.n_boot=100"]
+            )
         )
         assert s["cost_routing"] is None
         out[b] = [

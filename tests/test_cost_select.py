@@ -22,7 +22,8 @@ def _hosted_tables(n_prompts: int = 240, seed: int = 3, cost: bool = True):
     t = make_tables(n_prompts=n_prompts, experts=HOSTED, seed=seed)
     if cost:
         t.outcomes["cost"] = [
-            PRICE[e] * (1 + tok / 60) for e, tok in zip(t.outcomes["expert"], t.outcomes["output_tokens"], strict=True)
+            PRICE[e] * (1 + tok / 60)
+            for e, tok in zip(t.outcomes["expert"], t.outcomes["output_tokens"], strict=True)
         ]
     return t
 
@@ -297,4 +298,6 @@ def test_mean_cost_sweep_front(hosted: Path) -> None:
     md = (out / "cost_front.md").read_text()
     assert "best single expert's accuracy" in md and "| api-small |" in md
     with pytest.raises(ConfigError, match="one axis"):
-        run_sweep(compose("sweep", [f"paths.artifacts={hosted}", "sweep.axes=[mean.cost,energy_j]"]))
+        run_sweep(
+            compose("sweep", [f"paths.artifacts={hosted}", "sweep.axes=[mean.cost,energy_j]"])
+        )

@@ -285,7 +285,9 @@ def hosted_budgets(budgets: Any, profile: CostProfile) -> tuple[Any, dict[str, s
         if getattr(budgets, metric) is None:
             continue
         fig = np.asarray(getattr(profile, metric))
-        lacking = [e for e, row in zip(profile.experts, fig, strict=False) if not np.isfinite(row).all()]
+        lacking = [
+            e for e, row in zip(profile.experts, fig, strict=False) if not np.isfinite(row).all()
+        ]
         if lacking:
             notes[metric] = (
                 f"not applied: the outcome table has no {metric} for hosted expert(s) {lacking} "

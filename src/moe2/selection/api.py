@@ -131,7 +131,9 @@ def load_inputs(cfg: DictConfig) -> SelectionInputs:
     )
 
 
-def _profile(cfg: DictConfig, data: OutcomeData, load_pool: Any, build_cost_profile: Any) -> CostProfile:
+def _profile(
+    cfg: DictConfig, data: OutcomeData, load_pool: Any, build_cost_profile: Any
+) -> CostProfile:
     """The cost profile: of the ``experts`` pool, or of a hosted pool made from the table's experts.
 
     ``selection.pool``: ``experts`` (the pool file; every table expert must be in it), ``table``
@@ -346,7 +348,12 @@ def run_select(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _apply_cost_routing(
-    sel: dict[str, Any], inp: SelectionInputs, cfg: DictConfig, bm: BudgetModel, metric: str, budget: float
+    sel: dict[str, Any],
+    inp: SelectionInputs,
+    cfg: DictConfig,
+    bm: BudgetModel,
+    metric: str,
+    budget: float,
 ) -> dict[str, Any]:
     """Replace the paper's answer in ``sel`` by the best ``(S, λ)`` under the mean budget; the
     paper's worst-case optimum is kept as ``sel["worst_case_optimum"]``."""

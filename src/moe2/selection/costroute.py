@@ -80,7 +80,7 @@ def mean_budget(cfg_budget: Any) -> tuple[str, float] | None:
         raise ConfigError(
             f"budget.mean sets {sorted(items)}: one mean budget at a time (λ trades quality for one cost)"
         )
-    (metric, value), = items.items()
+    ((metric, value),) = items.items()
     b = budget_number(value, f"budget.mean.{metric}")
     if not (math.isfinite(b) and b > 0):
         raise ConfigError(f"budget.mean.{metric}={value}: give a positive finite number")
@@ -274,7 +274,9 @@ class Router:
             cost += np.where(inside, self.cost[pidx, e], 0.0)
         return cost, score
 
-    def curves(self, masks: np.ndarray, lams: np.ndarray, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    def curves(
+        self, masks: np.ndarray, lams: np.ndarray, chunk: int = 64
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Mean cost and mean score ``[G, M]`` of ``masks`` at each λ of ``lams``."""
         masks = np.atleast_2d(np.asarray(masks, dtype=bool))
         G, M = len(lams), len(masks)
@@ -302,7 +304,9 @@ class Router:
         gap = min(gaps) if gaps else 1.0
         return 2.0 * max(qr, 1e-12) / max(gap, 1e-300)
 
-    def calibrate(self, mask: np.ndarray, budget: float, lo: float, hi: float, iters: int = 60) -> float:
+    def calibrate(
+        self, mask: np.ndarray, budget: float, lo: float, hi: float, iters: int = 60
+    ) -> float:
         """The smallest λ in ``(lo, hi]`` with mean cost ``≤ budget`` (bisection; ``hi`` meets it)."""
         m = np.asarray(mask, dtype=bool)[None]
         for _ in range(iters):
@@ -349,8 +353,12 @@ class Front:
         best = None
         for m in cand:
             g = int(j[m])
-            lam = 0.0 if g == 0 else self.router.calibrate(
-                self.masks[m], budget, float(self.lams[g - 1]), float(self.lams[g])
+            lam = (
+                0.0
+                if g == 0
+                else self.router.calibrate(
+                    self.masks[m], budget, float(self.lams[g - 1]), float(self.lams[g])
+                )
             )
             c, s = self.router.route(self.masks[m][None], lam)
             key = (float(s.mean()), -float(c.mean()), -int(self.masks[m].sum()))
@@ -365,7 +373,9 @@ class Front:
                 }
         return best
 
-    def curve_of(self, mask: np.ndarray, budget: float | None, points: int = 12) -> list[dict[str, float]]:
+    def curve_of(
+        self, mask: np.ndarray, budget: float | None, points: int = 12
+    ) -> list[dict[str, float]]:
         """The calibration points of one subset (λ ascending, from 0 to where cost stops falling)."""
         m = np.flatnonzero((self.masks == np.asarray(mask, dtype=bool)[None]).all(axis=1))
         if len(m):
@@ -379,7 +389,9 @@ class Front:
         first = int(np.flatnonzero(c >= c[0] * (1 - 1e-12))[-1]) if last > 0 else 0
         first = min(first, last)
         idx = np.unique(
-            np.concatenate([[0], np.round(np.linspace(first, max(last, 1), points - 1)).astype(int)])
+            np.concatenate(
+                [[0], np.round(np.linspace(first, max(last, 1), points - 1)).astype(int)]
+            )
         )
         return [
             {"lambda": float(self.lams[i]), "mean_cost": float(c[i]), "quality": float(s[i])}
@@ -420,7 +432,11 @@ def greedy_candidates(router: Router, bm: Any, budget: float, lams: np.ndarray) 
     out = []
     while True:
         adds = [i for i in range(n) if not cur[i]]
-        trial = np.array([cur | np.eye(n, dtype=bool)[i] for i in adds]) if adds else np.zeros((0, n), bool)
+        trial = (
+            np.array([cur | np.eye(n, dtype=bool)[i] for i in adds])
+            if adds
+            else np.zeros((0, n), bool)
+        )
         if not len(trial):
             break
         trial = trial[bm.feasible(trial)]
@@ -469,7 +485,12 @@ def ece(probs: np.ndarray, scores: np.ndarray, bins: int = 15) -> float:
 
 
 def infeasible_message(
-    metric: str, budget: float, front: Front, single_mean: np.ndarray, experts: list[str], split: str
+    metric: str,
+    budget: float,
+    front: Front,
+    single_mean: np.ndarray,
+    experts: list[str],
+    split: str,
 ) -> str:
     """The one error of a mean budget no routing meets: metric, experts, smallest feasible value."""
     unit = METRICS[metric]
