@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from conftest import make_tables
+
 from moe2.data.tables import load_outcomes, write_tables
 from moe2.gating.logits import GateLogits, write_logits
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import make_tables
+
 from moe2.data.tables import load_outcomes, write_tables
 from moe2.errors import BudgetInfeasibleError, ConfigError, DataError
 from moe2.gating.logits import CORRECT_FILE, GateLogits, write_logits

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from conftest import make_tables
+
 from moe2.data.tables import load_outcomes, write_tables
 from moe2.gating.logits import CORRECT_FILE, CORRECT_OOF_FILE, read_logits
 from moe2.utils.stage import compose

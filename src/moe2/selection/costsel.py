@@ -374,7 +374,7 @@ def markdown_section(block: dict[str, Any]) -> str:
         f"- λ: {block['exactness']['lambda']}",
         f"- chosen: {', '.join(m['subset'])} with λ = {m['lambda']:.6g}: on the {sel['split']} "
         f"split mean {block['metric']} {m['mean_cost']:.6g} {u}, accuracy {m['quality']:.4f}",
-        f"- cost sources: " + ", ".join(f"{e}: {s}" for e, s in block["cost_sources"].items()),
+        "- cost sources: " + ", ".join(f"{e}: {s}" for e, s in block["cost_sources"].items()),
     ]
     cal = block["calibration_error"]
     for key in ("selection", "report"):
@@ -608,12 +608,15 @@ def reaches(
     hit = None
     for r in rows:
         m = (r.get(key) or {}).get("moe2")
-        if m and m["accuracy"] >= ref["accuracy"] - 1e-12:
-            if hit is None or m["mean_cost"] < hit["mean_cost"]:
-                hit = {"budget": r["budget"], **m}
-                hit["vs_top_single"] = ((r.get(key) or {}).get("top_single") or {}).get(
-                    "moe2_minus_it"
-                )
+        if (
+            m
+            and m["accuracy"] >= ref["accuracy"] - 1e-12
+            and (hit is None or m["mean_cost"] < hit["mean_cost"])
+        ):
+            hit = {"budget": r["budget"], **m}
+            hit["vs_top_single"] = ((r.get(key) or {}).get("top_single") or {}).get(
+                "moe2_minus_it"
+            )
     return {
         "expert": singles[best]["expert"],
         "expert_accuracy": ref["accuracy"],
