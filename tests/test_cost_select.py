@@ -301,3 +301,11 @@ def test_mean_cost_sweep_front(hosted: Path) -> None:
         run_sweep(
             compose("sweep", [f"paths.artifacts={hosted}", "sweep.axes=[mean.cost,energy_j]"])
         )
+
+
+def test_large_pools_fall_back_to_a_labelled_search(hosted: Path) -> None:
+    """Above selection.cost_exact_max_n the subsets come from a greedy search, said so."""
+    sel = _select(hosted, "budget.mean.cost=0.0008", "selection.cost_exact_max_n=2")
+    ex = sel["cost_selection"]["exactness"]["subsets"]
+    assert ex.startswith("search: greedy") and "not proven optimal" in ex
+    assert sel["cost_selection"]["selection"]["moe2"]["mean_cost"] <= 0.0008

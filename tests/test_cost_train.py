@@ -65,3 +65,30 @@ def test_train_writes_correctness_and_select_uses_it(
     assert (
         on_disk["cost_routing"]["metric"] == "energy_j" and on_disk["cost_routing"]["unit"] == "J"
     )
+
+    # the cost front, also scored on another table (eval.outcomes) with the saved gate's heads
+    other = make_tables(n_prompts=60, experts=TINY, seed=9)
+    ids = {f"p{i:05d}": f"o{i}" for i in range(60)}
+    other.prompts["prompt_id"] = other.prompts["prompt_id"].map(ids)
+    other.outcomes["prompt_id"] = other.outcomes["prompt_id"].map(ids)
+    other.prompts["text"] = [f"other {x}" for x in other.prompts["text"]]
+    write_tables(other, tmp_path / "other")
+    from moe2.selection.api import run_sweep
+
+    res = run_sweep(
+        compose(
+            "sweep",
+            [
+                *common,
+                "sweep.axes=[mean.output_tokens]",
+                "sweep.points=3",
+                f"eval.outcomes={tmp_path / 'other'}",
+            ],
+        )
+    )
+    assert res["heldout"]["n_prompts"] == 60 and "heldout" in res["reaches_best_single"]
+    for p in (p for p in res["points"] if p["feasible"]):
+        h = p["heldout"]
+        assert 0 <= h["moe2"]["accuracy"] <= h["oracle"]["accuracy"] + 1e-12
+    assert all("heldout" in s for s in res["singles"])
+    assert "eval.outcomes table" in (tmp_path / "selection" / "cost_front.md").read_text()

@@ -614,9 +614,7 @@ def reaches(
             and (hit is None or m["mean_cost"] < hit["mean_cost"])
         ):
             hit = {"budget": r["budget"], **m}
-            hit["vs_top_single"] = ((r.get(key) or {}).get("top_single") or {}).get(
-                "moe2_minus_it"
-            )
+            hit["vs_top_single"] = ((r.get(key) or {}).get("top_single") or {}).get("moe2_minus_it")
     return {
         "expert": singles[best]["expert"],
         "expert_accuracy": ref["accuracy"],
