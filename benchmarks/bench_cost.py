@@ -17,6 +17,7 @@ Commands (repository root, venv active):
     python benchmarks/bench_cost.py front --table routerbench
     python benchmarks/bench_cost.py train --table llmrouter
     python benchmarks/bench_cost.py front --table llmrouter
+    python benchmarks/bench_cost.py summary --table routerbench   # the RESULTS.md tables
 
 ``--work`` (default /tmp/moe2-cost) holds the gates and results; ``--outcomes`` the imported tables
 (default /tmp/moe2-quality/<table>/outcomes); ``--cache`` the embedding cache (/tmp/moe2-cache).
@@ -124,9 +125,56 @@ def front(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def summary(args: argparse.Namespace) -> str:
+    """The RESULTS.md table of one table's front (test split) from ``cost_bench.json``/``cost_front.json``."""
+    from moe2.gating.baselines import interval_text
+
+    work = Path(args.work) / args.table
+    b = json.loads((work / "cost_bench.json").read_text())
+    f = json.loads((work / "selection" / "cost_front.json").read_text())
+    lines = [
+        "| mean budget (USD) | MoE² cost | MoE² acc | kNN cost | kNN acc | subset-only cost | "
+        "subset-only acc | MoE² − kNN (pt) | MoE² − subset-only (pt) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in f["points"]:
+        if not p.get("feasible"):
+            continue
+        r = p["report"]
+        lines.append(
+            f"| {p['budget']:.3g} | {r['moe2']['mean_cost']:.3g} | {r['moe2']['accuracy']:.4f} | "
+            f"{r['knn']['mean_cost']:.3g} | {r['knn']['accuracy']:.4f} | "
+            f"{r['subset_only']['mean_cost']:.3g} | {r['subset_only']['accuracy']:.4f} | "
+            f"{interval_text(r['knn']['moe2_minus_it']['accuracy'])} | "
+            f"{interval_text(r['subset_only']['moe2_minus_it']['accuracy'])} |"
+        )
+    lines += ["", "| single expert | mean cost (USD) | accuracy |", "|---|---|---|"]
+    for s in f["singles"]:
+        lines.append(
+            f"| {s['expert']} | {s['report']['mean_cost']:.3g} | {s['report']['accuracy']:.4f} |"
+        )
+    t1 = b["target_best_single_at_30pct"]
+    lines += [
+        "",
+        f"Select at 30% of {t1['reference']}'s mean cost (budget {t1['budget_mean']:.4g} USD on the OOF "
+        f"split): test mean cost {t1['moe2_test']['mean_cost']:.4g} USD "
+        f"({100 * t1['cost_fraction']:.1f}% of its {t1['reference_test']['mean_cost']:.4g}), accuracy "
+        f"{t1['moe2_test']['accuracy']:.4f} vs {t1['reference_test']['accuracy']:.4f}: MoE² − it "
+        f"{interval_text(t1['moe2_minus_reference']['accuracy'])}.",
+    ]
+    t2 = b["target_above_knn"]
+    lines.append(
+        f"MoE² − cost-aware kNN over {len(t2['points'])} budgets: {t2['significantly_above']} "
+        f"significantly above, {t2['significantly_below']} significantly below, the rest not significant."
+    )
+    out = "\n".join(lines)
+    print(out)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("stage", choices=["train", "front"])
+    ap.add_argument("stage", choices=["train", "front", "summary"])
     ap.add_argument("--table", required=True, choices=["routerbench", "llmrouter"])
     ap.add_argument("--work", default="/tmp/moe2-cost")
     ap.add_argument("--outcomes", default=None)
@@ -136,8 +184,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.stage == "train":
         train(args)
-    else:
+    elif args.stage == "front":
         front(args)
+    else:
+        summary(args)
 
 
 if __name__ == "__main__":
