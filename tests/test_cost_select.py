@@ -309,3 +309,13 @@ def test_large_pools_fall_back_to_a_labelled_search(hosted: Path) -> None:
     ex = sel["cost_selection"]["exactness"]["subsets"]
     assert ex.startswith("search: greedy") and "not proven optimal" in ex
     assert sel["cost_selection"]["selection"]["moe2"]["mean_cost"] <= 0.0008
+
+
+def test_without_correctness_heads_q_is_the_softmax_flagged_uncalibrated(hosted: Path) -> None:
+    (hosted / "gating" / CORRECT_FILE).unlink()
+    sel = _select(hosted, "budget.mean.cost=0.0008", "selection.n_boot=50")
+    assert sel["cost_routing"]["quality"] == "softmax"
+    cal = sel["cost_selection"]["calibration_error"]
+    assert "uncalibrated" in cal["note"] and 0 <= cal["report"]["ece_pairs"] <= 1
+    assert sel["cost_selection"]["selection"]["moe2"]["mean_cost"] <= 0.0008
+    assert "uncalibrated" in (hosted / "selection" / "report.md").read_text()
