@@ -140,7 +140,8 @@ def cost_matrix(data: Any, profile: Any, metric: str) -> tuple[np.ndarray, list[
         have = [
             m
             for m in METRICS
-            if np.isfinite(np.asarray(getattr(data, m), dtype=np.float64)).all(axis=0).all()
+            if (np.isfinite(np.asarray(getattr(data, m), dtype=np.float64)) | ~answered).all()
+            and np.isfinite(np.asarray(getattr(data, m), dtype=np.float64)).any(axis=0).all()
         ]
         raise DataError(
             f"cost metric {metric!r} ({METRICS[metric]}) is not in the outcome table for expert(s) "
