@@ -319,3 +319,34 @@ def test_without_correctness_heads_q_is_the_softmax_flagged_uncalibrated(hosted:
     assert "uncalibrated" in cal["note"] and 0 <= cal["report"]["ece_pairs"] <= 1
     assert sel["cost_selection"]["selection"]["moe2"]["mean_cost"] <= 0.0008
     assert "uncalibrated" in (hosted / "selection" / "report.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_routerbench_hosted_pool_mean_dollar_budget(routerbench_dir: Path, tmp_path: Path) -> None:
+    """The issue's case: RouterBench's 11 hosted LLMs, straight from the import, under a mean dollar
+    budget (the gate here is the per-category lookup of the train split, written as logits)."""
+    from moe2.data.importers import import_outcomes
+
+    files = sorted(str(p) for p in routerbench_dir.glob("*_train.csv"))
+    import_outcomes({"format": "routerbench", "path": files}, tmp_path / "outcomes")
+    data = load_outcomes(tmp_path / "outcomes")
+    train = data.split_mask("train")
+    look = np.stack(
+        [np.nanmean(data.scores[train & (data.category_idx == c)], axis=0) for c in range(3)]
+    )[data.category_idx]  # [P, E] P(correct) per category
+    cats = np.array([data.categories[i] for i in data.category_idx], dtype=object)
+    z = np.log(np.clip(look, 1e-3, 1 - 1e-3) / (1 - np.clip(look, 1e-3, 1 - 1e-3)))
+    for name in ("logits.parquet", CORRECT_FILE):
+        write_logits(
+            tmp_path / "gating" / name,
+            GateLogits(data.prompt_ids, data.splits, cats, data.experts, z.astype(np.float32)),
+        )
+    gpt4 = float(np.nanmean(data.cost[:, data.experts.index("gpt-4-1106-preview")]))
+    sel = _select(tmp_path, f"budget.mean.cost={0.3 * gpt4}", "selection.n_boot=200")
+    cr = sel["cost_routing"]
+    assert cr["unit"] == "USD" and len(cr["categories"]) == 3
+    assert sel["cost_selection"]["selection"]["moe2"]["mean_cost"] <= 0.3 * gpt4
+    assert set(sel["cost_selection"]["cost_sources"].values()) == {"table"}
+    assert sel["cost_selection"]["exactness"]["subsets"].startswith("exact: all")
+    assert all(p["placement"] == "hosted" for p in sel["placement"])
