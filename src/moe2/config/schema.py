@@ -67,6 +67,7 @@ class SelectionCfg:
     pool: str = "auto"
     cost_exact_max_n: int = 16
     cost_grid: int = 200
+    cost_grid_direct: int = 40
     cost_refine: int = 8
 
     def __post_init__(self) -> None:

@@ -263,13 +263,16 @@ class Router:
         else:
             q = np.broadcast_to(self.q[None], (len(masks), *self.q.shape))
         v = np.where(masks[:, None, :], q - lam[:, None, None] * self.chat[None], -np.inf)
+        pidx = np.arange(self.q.shape[0])[None]
+        if self.k == 1:
+            # argmax keeps the first maximum: the same tie rule as the stable sort below
+            top = np.argmax(v, axis=2)
+            return self.cost[pidx, top], self.scores[pidx, top]
         order = np.argsort(-v, axis=2, kind="stable")
         top = order[:, :, 0]
-        pidx = np.arange(self.q.shape[0])[None]
         score = self.scores[pidx, top]
         cost = np.zeros(top.shape)
-        k = min(self.k, self.n)
-        for j in range(k):
+        for j in range(min(self.k, self.n)):
             e = order[:, :, j]
             inside = np.take_along_axis(masks, e, axis=1)
             cost += np.where(inside, self.cost[pidx, e], 0.0)

@@ -142,7 +142,10 @@ def setup(inp: Any, cfg: DictConfig, bm: Any, metric: str, budget: float | None)
     fronts = {}
     for name, r in routers.items():
         lams = np.array([0.0]) if name == "subset_only" else None
-        fronts[name] = build_front(r, masks, grid=grid, lams=lams)
+        # a softmax q depends on S: every subset is routed directly, so a coarser grid
+        # (the chosen candidates are refined by bisection all the same)
+        g = min(grid, int(_sel(cfg, "cost_grid_direct", 40))) if not r.fast() else grid
+        fronts[name] = build_front(r, masks, grid=g, lams=lams)
     return CostSetup(
         metric=metric,
         unit=METRICS[metric],
