@@ -140,6 +140,10 @@ def test_select_mean_budget_writes_the_contract_block(hosted: Path) -> None:
     lams = [c["lambda"] for c in cr["calibration"]]
     assert len(lams) >= 2 and lams == sorted(lams) and lams[0] == 0.0
     assert cr["calibration"][0]["lambda"] <= cr["lambda"] <= cr["calibration"][-1]["lambda"]
+    at = [c for c in cr["calibration"] if c["lambda"] == cr["lambda"]]  # the chosen point is one
+    assert len(at) == 1 and at[0]["mean_cost"] <= 0.0008
+    costs = [c["mean_cost"] for c in cr["calibration"]]
+    assert costs[-1] < costs[0]  # the knob's range spans the curve
     # predicted cost = the mean realised cost of the category over train+val prompts
     data = load_outcomes(hosted / "outcomes")
     fit = data.split_mask("train") | data.split_mask("val")

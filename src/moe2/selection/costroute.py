@@ -378,29 +378,32 @@ class Front:
         return best
 
     def curve_of(
-        self, mask: np.ndarray, budget: float | None, points: int = 12
+        self, mask: np.ndarray, chosen: dict[str, Any] | None = None, points: int = 40
     ) -> list[dict[str, float]]:
-        """The calibration points of one subset (λ ascending, from 0 to where cost stops falling)."""
+        """The calibration points of one subset, λ ascending: λ = 0, then every grid λ where the
+        mean cost changes (the first λ of each new value, at most ``points``; the run-time knob
+        interpolates between them), from where the cost starts falling to where it stops; plus
+        the ``chosen`` calibrated point (``{"lambda", "mean_cost", "quality"}``)."""
         m = np.flatnonzero((self.masks == np.asarray(mask, dtype=bool)[None]).all(axis=1))
         if len(m):
             c, s = self.cost[:, m[0]], self.score[:, m[0]]
         else:
             c, s = self.router.curves(np.asarray(mask, dtype=bool)[None], self.lams)
             c, s = c[:, 0], s[:, 0]
-        # keep the λ range where the curve moves: λ = 0, then from the last λ at the λ = 0 cost to
-        # the first λ at the minimum cost
-        last = int(np.flatnonzero(c <= c.min() * (1 + 1e-12))[0])
-        first = int(np.flatnonzero(c >= c[0] * (1 - 1e-12))[-1]) if last > 0 else 0
-        first = min(first, last)
-        idx = np.unique(
-            np.concatenate(
-                [[0], np.round(np.linspace(first, max(last, 1), points - 1)).astype(int)]
-            )
-        )
-        return [
-            {"lambda": float(self.lams[i]), "mean_cost": float(c[i]), "quality": float(s[i])}
-            for i in idx
-        ]
+        moved = np.flatnonzero(np.abs(np.diff(c)) > 1e-12 * max(abs(c[0]), 1e-300)) + 1
+        if len(moved) > points:
+            moved = moved[np.round(np.linspace(0, len(moved) - 1, points)).astype(int)]
+        pts = {0: (float(self.lams[0]), float(c[0]), float(s[0]))}
+        for i in moved:
+            pts[int(i)] = (float(self.lams[i]), float(c[i]), float(s[i]))
+        rows = sorted(pts.values())
+        if chosen is not None and not any(
+            abs(r[0] - chosen["lambda"]) <= 1e-12 * max(r[0], 1) for r in rows
+        ):
+            rows = sorted([*rows, (chosen["lambda"], chosen["mean_cost"], chosen["quality"])])
+        if len(rows) < 2:  # a flat curve (one expert, or equal costs): its end is the same point
+            rows.append((float(self.lams[-1]), float(c[-1]), float(s[-1])))
+        return [{"lambda": a, "mean_cost": b, "quality": q} for a, b, q in rows]
 
 
 def build_front(

@@ -308,9 +308,7 @@ def cost_select(inp: Any, cfg: DictConfig, bm: Any, metric: str, budget: float) 
     mask = star["mask"]
     subset = [experts[i] for i in np.flatnonzero(mask)]
     cols = np.flatnonzero(mask)
-    curve = cs.fronts["moe2"].curve_of(mask, budget)
-    if len(curve) < 2:
-        curve = curve + [dict(curve[-1], **{"lambda": curve[-1]["lambda"] * 2 + 1e-12})]
+    curve = cs.fronts["moe2"].curve_of(mask, star)
     cost_routing = {
         "metric": metric,
         "unit": cs.unit,
