@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -125,7 +124,11 @@ def edge(boxes: Boxes, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
     fast = {"timeout_s": 3, "max_retries": 0}
     (d / "deployment.yaml").write_text(
         json.dumps(
-            {"experts": {n: {"kind": "openai", "url": p.url + "/v1", **fast} for n, p in experts.items()}}
+            {
+                "experts": {
+                    n: {"kind": "openai", "url": p.url + "/v1", **fast} for n, p in experts.items()
+                }
+            }
         )
     )
     router = ServerProcess(
