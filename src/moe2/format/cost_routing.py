@@ -201,7 +201,7 @@ class CostRouting:
             f"{self.split or 'the selection split'})"
         )
 
-    def lambda_for_budget(self, budget: float) -> float:
+    def lambda_for_budget(self, budget: float, prefix: str = "routing") -> float:
         """The smallest lambda whose calibrated mean cost is at most ``budget``.
 
         Between two calibration points the curve is linear; a budget at or above the mean cost at
@@ -210,7 +210,7 @@ class CostRouting:
         Raises:
             ConfigError: a budget below every calibrated mean cost (or not a number >= 0).
         """
-        b = _knob_value(budget, "routing.mean_budget")
+        b = _knob_value(budget, f"{prefix}.mean_budget")
         pts = self.calibration
         if pts[0].mean_cost <= b:
             return pts[0].lam
@@ -220,13 +220,18 @@ class CostRouting:
                 t = (prev.mean_cost - b) / (prev.mean_cost - cur.mean_cost)
                 return prev.lam + t * (cur.lam - prev.lam)
         raise ConfigError(
-            f"routing.mean_budget={b:g} {self.unit} is below what the calibration reaches "
+            f"{prefix}.mean_budget={b:g} {self.unit} is below what the calibration reaches "
             f"({self.describe_range()}); give a budget of at least "
             f"{min(p.mean_cost for p in pts):g} {self.unit}"
         )
 
-    def resolve(self, lam: float | None = None, mean_budget: float | None = None) -> float:
+    def resolve(
+        self, lam: float | None = None, mean_budget: float | None = None, prefix: str = "routing"
+    ) -> float:
         """The lambda of a knob setting: ``lam``, ``mean_budget`` mapped, or the calibrated one.
+
+        ``prefix`` names the knob's keys in the messages (``routing``: the config; ``moe2``: a
+        request body).
 
         Raises:
             ConfigError: both given, a value outside the calibrated range (the message names it),
@@ -234,17 +239,18 @@ class CostRouting:
         """
         if lam is not None and mean_budget is not None:
             raise ConfigError(
-                "give routing.lambda or routing.mean_budget, not both (a budget maps to a lambda)"
+                f"give {prefix}.lambda or {prefix}.mean_budget, not both (a budget maps to a "
+                "lambda)"
             )
         if mean_budget is not None:
-            return self.lambda_for_budget(mean_budget)
+            return self.lambda_for_budget(mean_budget, prefix)
         if lam is None:
             return self.lam
-        x = _knob_value(lam, "routing.lambda")
+        x = _knob_value(lam, f"{prefix}.lambda")
         lo, hi = self.lambda_range
         if not lo <= x <= hi:
             raise ConfigError(
-                f"routing.lambda={x:g} is outside the calibrated range [{lo:g}, {hi:g}] "
+                f"{prefix}.lambda={x:g} is outside the calibrated range [{lo:g}, {hi:g}] "
                 f"({self.describe_range()}); choose a value in it, or re-select with a wider sweep"
             )
         return x

@@ -175,13 +175,16 @@ class Bundle:
             )
         return cr
 
-    def knob(self, lam: float | None = None, mean_budget: float | None = None) -> float | None:
+    def knob(
+        self, lam: float | None = None, mean_budget: float | None = None, prefix: str = "routing"
+    ) -> float | None:
         """The lambda of the cost-aware rule for a knob setting (``None``: no cost routing).
 
         Args:
             lam: lambda itself, within the calibrated range.
             mean_budget: an average cost per request, mapped through the calibration curve.
-            (Neither: the calibrated lambda.)
+                (Neither: the calibrated lambda.)
+            prefix: how the messages name the keys (``routing`` config, ``moe2`` request body).
 
         Raises:
             ConfigError: a knob on a bundle without cost routing, both given, or a value
@@ -191,11 +194,11 @@ class Bundle:
             if lam is not None or mean_budget is not None:
                 raise ConfigError(
                     "this bundle has no cost routing (routing.json has no cost_routing), so "
-                    "routing.lambda / routing.mean_budget do not apply; export it from a "
+                    f"{prefix}.lambda / {prefix}.mean_budget do not apply; export it from a "
                     "selection made with budget.mean.<metric>=..."
                 )
             return None
-        return float(self.cost_routing.resolve(lam, mean_budget))
+        return float(self.cost_routing.resolve(lam, mean_budget, prefix))
 
     # ------------------------------------------------------------------ files
     def _file(self, rel: str, what: str) -> Path:
