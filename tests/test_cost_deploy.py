@@ -83,7 +83,12 @@ def test_gate_ships_correct_logits_with_parity_at_every_hop(cost_bundle: Path) -
     assert gate["correctness"] is True and gate["int8"] == "model.int8.onnx"
     spec = json.loads((cost_bundle / "gate" / "export_spec.json").read_text())
     assert [o["name"] for o in spec["outputs"]] == ["logits", "correct_logits"]
-    manifest = verify_bundle(cost_bundle)  # what `moe2 verify` checks
+    from moe2.pipelines.verify import main as verify
+
+    from moe2.utils.stage import compose
+
+    assert verify(compose("verify", [f"bundle.path={cost_bundle}"]))["parity_records"] >= 4
+    manifest = verify_bundle(cost_bundle)
     assert manifest["gate"]["correctness"] is True
     gate_recs = [r for r in manifest["parity"] if r["component"] == "gate"]
     outputs = {(r["hop"], r["output"]) for r in gate_recs}
@@ -306,3 +311,26 @@ def test_softmax_quality_ranks_by_the_gate_distribution(tmp_path: Path) -> None:
         assert big.score["alpha"] == pytest.approx(
             s.weights["alpha"] - 200.0 * PRICE["alpha"] * 0.8
         )
+
+
+def test_rtx4090_engines_build_from_the_two_output_gate(tmp_path: Path) -> None:
+    """TensorRT for RTX parses and builds the gate graph with ``correct_logits`` (ahead of time
+    for sm_89, no GPU needed); running it needs an sm_89 GPU (``test_tensorrt.py``)."""
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX: pip install tensorrt-rtx-cu13")
+    from moe2.export.tensorrt.engines import build_engines
+
+    from moe2.format.manifest import verify_bundle
+
+    subset = ["alpha", "beta"]
+    path = build_tiny_bundle(
+        tmp_path / "bundle",
+        subset=tuple(subset),
+        targets=("rtx4090",),
+        precision="fp16",
+        correctness=True,
+        cost_routing=cost_routing_doc(subset),
+    )
+    entry = build_engines(path, "rtx4090", local_arch="")
+    assert "gate" in {e["component"] for e in entry["engines"]}
+    m = verify_bundle(path)
+    assert m["engines"]["rtx4090"] == entry and m["gate"]["correctness"] is True
