@@ -306,3 +306,18 @@ def build_tiny_bundle(
         config={"export": options, "note": json.dumps("tiny test bundle")},
         routing_texts=PARITY_PROMPTS * 4,
     )
+
+
+def build_cost_bundle(path: Path, quantize: bool = False) -> Path:
+    """A tiny bundle with cost routing: all three experts, k=2 (top1), a ``GatingNet`` with
+    correctness heads and :func:`cost_routing_doc`'s block; no engine plans."""
+    return build_tiny_bundle(
+        path,
+        subset=tuple(EXPERTS),
+        k=2,
+        aggregation="top1",
+        targets=(),
+        quantize=quantize,
+        correctness=True,
+        cost_routing=cost_routing_doc(list(EXPERTS)),
+    )

@@ -24,6 +24,7 @@ from bundle_fixtures import (  # noqa: E402
     EXPERTS,
     PARITY_PROMPTS,
     PRICE,
+    build_cost_bundle,
     build_tiny_bundle,
     cost_routing_doc,
     tiny_correctness_gate,
@@ -38,16 +39,7 @@ PROMPTS = [*PARITY_PROMPTS, "how many legs does a spider have", "explain gravity
 
 @pytest.fixture(scope="module")
 def cost_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_bundle(
-        tmp_path_factory.mktemp("cost") / "bundle",
-        subset=tuple(SUBSET),
-        k=2,
-        aggregation="top1",
-        targets=(),
-        quantize=True,
-        correctness=True,
-        cost_routing=cost_routing_doc(SUBSET),
-    )
+    return build_cost_bundle(tmp_path_factory.mktemp("cost") / "bundle", quantize=True)
 
 
 @pytest.fixture(scope="module")

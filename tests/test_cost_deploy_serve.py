@@ -17,7 +17,7 @@ pytest.importorskip("onnxscript")
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from bundle_fixtures import EXPERTS, PRICE, build_tiny_bundle, cost_routing_doc  # noqa: E402
+from bundle_fixtures import EXPERTS, PRICE, build_cost_bundle  # noqa: E402
 from serve_helpers import chat, metric, post  # noqa: E402
 
 from moe2.errors import ExpertError  # noqa: E402
@@ -30,15 +30,7 @@ COST = {"metric": "cost", "unit": "USD"}
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_bundle(
-        tmp_path_factory.mktemp("cost_serve") / "bundle",
-        subset=tuple(SUBSET),
-        k=2,
-        aggregation="top1",
-        targets=(),
-        correctness=True,
-        cost_routing=cost_routing_doc(SUBSET),
-    )
+    return build_cost_bundle(tmp_path_factory.mktemp("cost_serve") / "bundle")
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +159,13 @@ def test_a_server_knob_outside_the_range_stops_at_startup(bundle: Path) -> None:
     with pytest.raises(ExpertError, match="exited with 2") as exc:
         proc.start()
     assert "routing.lambda=1000 is outside the calibrated range [0, 200]" in str(exc.value)
+
+
+def test_routing_config_takes_the_lambda_key() -> None:
+    from moe2.errors import ConfigError
+    from moe2.serving.config import RoutingCfg, build
+
+    cfg = build(RoutingCfg, {"lambda": 12.5, "k": 1}, "routing")
+    assert (cfg.lambda_, cfg.mean_budget, cfg.k) == (12.5, None, 1)
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['lambda_'\].*'lambda'"):
+        build(RoutingCfg, {"lambda_": 1.0}, "routing")

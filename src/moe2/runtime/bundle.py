@@ -16,6 +16,7 @@ import numpy as np
 
 from moe2.data.validate import check_prompt
 from moe2.errors import BundleError, ConfigError, DataError
+from moe2.format.cost_routing import CostRouting
 from moe2.utils.io import read_json
 
 log = logging.getLogger(__name__)
@@ -158,10 +159,8 @@ class Bundle:
         self.cost = cp if cp and cp.get("experts") else None
         self.cost_routing = self._read_cost_routing()
 
-    def _read_cost_routing(self) -> Any:
+    def _read_cost_routing(self) -> CostRouting | None:
         """``routing.json["cost_routing"]`` checked, or ``None`` (a bundle without cost routing)."""
-        from moe2.format.cost_routing import CostRouting
-
         block = self.routing.get("cost_routing")
         if block is None:
             return None

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from moe2.errors import ConfigError
 from moe2.serving.backends import FAILURE_STATUS, Call, ExpertFailure, Reply
 from moe2.serving.config import BudgetCfg, RoutingCfg
 from moe2.serving.health import Breaker, CostBook
@@ -110,8 +111,6 @@ class Router:
         self.cfg = routing
         self.k = int(routing.k or bundle.k)
         if not 1 <= self.k <= len(self.subset):
-            from moe2.errors import ConfigError
-
             raise ConfigError(f"routing.k must be between 1 and {len(self.subset)}, got {self.k}")
         self.aggregation = str(routing.aggregation or bundle.aggregation)
         self.metrics = metrics
@@ -164,8 +163,6 @@ class Router:
         req.session = session
         req.lam = self.lam
         if opts is not None and (opts.lambda_ is not None or opts.mean_budget is not None):
-            from moe2.errors import ConfigError
-
             try:
                 req.lam = self.bundle.knob(opts.lambda_, opts.mean_budget, prefix="moe2")
             except ConfigError as exc:
