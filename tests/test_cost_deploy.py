@@ -157,7 +157,7 @@ def test_ask_reports_the_cost_and_moves_with_the_knob(
     assert two.cost["value"] == pytest.approx(sum(PRICE[e] for e in names))
     with pytest.raises(ConfigError, match=r"outside the calibrated range \[0, 200\]"):
         b.ask(prompt, lam=250.0)
-    with pytest.raises(ConfigError, match="below what the calibration reaches"):
+    with pytest.raises(ConfigError, match="below every calibrated mean cost"):
         b.ask(prompt, mean_budget=0.0005)
 
 

@@ -105,7 +105,7 @@ def test_a_request_moves_the_knob_within_the_calibrated_range(router: Any, local
             "moe2.lambda",
             r"moe2.lambda=1000 is outside the calibrated range \[0, 200\]",
         ),
-        ({"mean_budget": 0.0001}, "moe2.mean_budget", "below what the calibration reaches"),
+        ({"mean_budget": 0.0001}, "moe2.mean_budget", "below every calibrated mean cost"),
         ({"lambda": 1, "mean_budget": 0.004}, "moe2.lambda", "not both"),
         ({"lambda": -1}, "moe2.lambda", "greater than or equal to 0"),
     ],

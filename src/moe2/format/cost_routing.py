@@ -193,12 +193,12 @@ class CostRouting:
         return self.calibration[0].lam, self.calibration[-1].lam
 
     def describe_range(self) -> str:
-        lo, hi = self.lambda_range
-        costs = [p.mean_cost for p in self.calibration]
+        """The calibration's ends in words, for messages."""
+        first, last = self.calibration[0], self.calibration[-1]
         return (
-            f"lambda in [{lo:g}, {hi:g}], mean {self.metric} per request in "
-            f"[{min(costs):g}, {max(costs):g}] {self.unit} (calibrated on "
-            f"{self.split or 'the selection split'})"
+            f"calibrated on {self.split or 'the selection split'}: lambda {first.lam:g} gives a "
+            f"mean {self.metric} of {first.mean_cost:g} {self.unit} per request, lambda "
+            f"{last.lam:g} gives {last.mean_cost:g} {self.unit}"
         )
 
     def lambda_for_budget(self, budget: float, prefix: str = "routing") -> float:
@@ -220,7 +220,7 @@ class CostRouting:
                 t = (prev.mean_cost - b) / (prev.mean_cost - cur.mean_cost)
                 return prev.lam + t * (cur.lam - prev.lam)
         raise ConfigError(
-            f"{prefix}.mean_budget={b:g} {self.unit} is below what the calibration reaches "
+            f"{prefix}.mean_budget={b:g} {self.unit} is below every calibrated mean cost "
             f"({self.describe_range()}); give a budget of at least "
             f"{min(p.mean_cost for p in pts):g} {self.unit}"
         )
