@@ -281,25 +281,19 @@ def test_fp16_gate_checks_both_outputs(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "gate" / "gate.json").read_text())["precision"] == "fp16"
 
 
-def test_softmax_quality_ranks_by_the_gate_distribution(tmp_path: Path) -> None:
-    """``quality: softmax`` (a gate without correctness heads): q is the gate's softmax over S."""
+def test_softmax_quality_ranks_by_the_gate_distribution(cost_bundle: Path) -> None:
+    """``quality: softmax`` (what selection uses without correctness logits): q is the gate's
+    softmax over S. The same bundle, its block swapped in memory (no second export)."""
     from moe2.runtime import load_bundle
 
-    subset = ["alpha", "beta"]
-    path = build_tiny_bundle(
-        tmp_path / "bundle",
-        subset=tuple(subset),
-        targets=(),
-        cost_routing=cost_routing_doc(subset, quality="softmax"),
-    )
-    b = load_bundle(path, backend="onnxruntime")
-    assert not b.gate.correctness and b.cost_routing.quality == "softmax"
+    b = load_bundle(cost_bundle, backend="onnxruntime")
+    b.cost_routing = CostRouting.from_dict(cost_routing_doc(SUBSET, quality="softmax"), "test")
     for prompt in PROMPTS:
         s = b.scores(prompt, "code", 0.0)
-        assert s.quality == s.weights
+        assert s.quality == s.weights == b.gate_weights(prompt)
         assert s.ranking() == sorted(s.weights, key=lambda e: -s.weights[e])
-        big = b.scores(prompt, "code", 200.0)  # 200 * (0.008 - 0.0008) > 1: the cheap one wins
-        assert big.ranking()[0] == "beta"
+        big = b.scores(prompt, "code", 200.0)  # lambda x cost outweighs the gate: cheapest wins
+        assert big.ranking()[0] == "gamma"
         assert big.score["alpha"] == pytest.approx(
             s.weights["alpha"] - 200.0 * PRICE["alpha"] * 0.8
         )
