@@ -67,8 +67,31 @@ class ExpertSource:
 # --------------------------------------------------------------------------------------- write
 
 
+def _cost_routing(
+    selection: dict[str, Any], subset: list[str], gate_correctness: bool
+) -> dict[str, Any] | None:
+    """``selection["cost_routing"]`` checked (shape, subset, the gate it needs), or ``None``."""
+    from moe2.format.cost_routing import CostRouting
+
+    block = selection.get("cost_routing")
+    if block is None:
+        return None
+    where = "selection.json cost_routing"
+    cr = CostRouting.from_dict(block, where)
+    cr.check_subset(subset, where)
+    if cr.quality == "correctness" and not gate_correctness:
+        raise BundleError(
+            f"{where}.quality is 'correctness', but the gate has no correctness heads; retrain "
+            "it with gating.net.correctness=true, or select with the gate's softmax as quality"
+        )
+    return block
+
+
 def _routing(
-    selection: dict[str, Any], gate_experts: Sequence[str], expert_dirs: dict[str, str]
+    selection: dict[str, Any],
+    gate_experts: Sequence[str],
+    expert_dirs: dict[str, str],
+    gate_correctness: bool = False,
 ) -> dict[str, Any]:
     subset = [str(e) for e in selection["subset"]]
     unknown = [e for e in subset if e not in gate_experts]
@@ -91,6 +114,8 @@ def _routing(
         "aggregation": aggregation,
         "expert_dirs": {e: expert_dirs[e] for e in subset},
         "cost_profile": selection.get("cost_profile"),
+        # copied as written (checked): the runtime re-reads it with moe2.format.cost_routing
+        "cost_routing": _cost_routing(selection, subset, gate_correctness),
     }
 
 
@@ -125,7 +150,7 @@ def write_bundle(
         The bundle path.
     """
     from moe2.export.causal_lm import export_causal_lm
-    from moe2.export.gate import export_gate, quantize_gate, to_fp16
+    from moe2.export.gate import export_gate, has_correctness, quantize_gate, to_fp16
 
     from moe2.utils.meta import git_commit, now_iso, run_metadata, versions
 
@@ -149,7 +174,8 @@ def write_bundle(
         raise ConfigError(f"experts to export {names} differ from the selected subset {subset}")
 
     expert_dirs = {ex.name: f"experts/{slug(ex.key)}" for ex in experts}
-    routing = _routing(selection, gate.experts, expert_dirs)  # fail fast, before any export
+    # fail fast, before any export
+    routing = _routing(selection, gate.experts, expert_dirs, has_correctness(gate.module))
 
     with atomic_path(path) as tmp:
         tmp.mkdir()
@@ -179,7 +205,7 @@ def write_bundle(
             )
             gate_info = read_json(tmp / "gate" / "gate.json")
         if precision in ("fp16", "int8w"):  # the gate is small: INT8 weights gain it nothing
-            records.append(to_fp16(tmp / "gate", gate.module, prompts, threads))
+            records += to_fp16(tmp / "gate", gate.module, prompts, threads)
             gate_info = read_json(tmp / "gate" / "gate.json")
 
         exported: dict[str, dict[str, Any]] = {}
@@ -252,6 +278,7 @@ def write_bundle(
                 "onnx": "gate/model.onnx",
                 "int8": f"gate/{gate_info['int8']}" if gate_info.get("int8") else None,
                 "precision": gate_info.get("precision", "fp32"),
+                "correctness": bool(gate_info.get("correctness")),
             },
             "targets": plans,
             "engines": {},

@@ -30,21 +30,61 @@ GATE_FILE = "model.onnx"
 GATE_INT8_FILE = "model.int8.onnx"
 
 
+def has_correctness(gate: Any) -> bool:
+    """Whether ``gate`` has correctness heads (``GatingNet(correctness=True)``): the exported graph
+    then gets the second output ``correct_logits``."""
+    return getattr(gate, "correct_head", None) is not None and all(
+        callable(getattr(gate, m, None)) for m in ("embed", "head_logits", "correctness_logits")
+    )
+
+
 def _graph_module(gate: Any) -> Any:
-    """Wrap ``gate`` so the exported graph has exactly ``(input_ids, attention_mask) -> logits``."""
+    """Wrap ``gate`` so the exported graph is ``(input_ids, attention_mask) -> logits`` (and
+    ``correct_logits`` for a gate with correctness heads; both with the category unknown, as the
+    graph takes no category input)."""
     import torch
+
+    correctness = has_correctness(gate)
 
     class GateGraph(torch.nn.Module):
         def __init__(self, inner: torch.nn.Module):
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+            if correctness:
+                emb = self.inner.embed(input_ids, attention_mask)  # [B, D], encoder runs once
+                logits = self.inner.head_logits(emb)  # [B, E]: what GatingNet.forward returns
+                return logits.float(), self.inner.correctness_logits(emb).float()  # [B, E] x 2
             out = self.inner(input_ids, attention_mask)
             logits = out.logits if hasattr(out, "logits") else out
             return logits.float()  # [B, E]
 
     return GateGraph(gate).eval()
+
+
+def _reference(module: Any, feed: dict[str, Any]) -> list[np.ndarray]:
+    """The PyTorch outputs of the wrapped gate, as numpy (``[logits]`` or ``[logits, correct]``)."""
+    import torch
+
+    with torch.no_grad():
+        out = module(feed["input_ids"], feed["attention_mask"])
+    return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
+
+
+def _ort_outputs(runner: OrtGate, texts: Sequence[str]) -> list[np.ndarray]:
+    logits, correct = runner.outputs(texts)
+    return [logits] if correct is None else [logits, correct]
+
+
+def _gate_runner(out_dir: Path, info: dict[str, Any], file: str, threads: int | None) -> OrtGate:
+    return OrtGate(
+        ort_session(out_dir / file, threads),
+        load_tokenizer(out_dir / "tokenizer"),
+        info["experts"],
+        info["max_length"],
+        correctness=bool(info.get("correctness")),
+    )
 
 
 def export_gate(
@@ -83,7 +123,8 @@ def export_gate(
     out_dir.mkdir(parents=True, exist_ok=True)
     if len(prompts) < 2:
         raise BundleError("gate export needs at least 2 parity prompts (export.parity.prompts)")
-    spec = gate_spec(len(experts), opset=opset, atol=atol, rtol=rtol)
+    correctness = has_correctness(gate)
+    spec = gate_spec(len(experts), opset=opset, atol=atol, rtol=rtol, correctness=correctness)
     ctx = _context_length(gate)
     if ctx:
         spec.meta["max_position_embeddings"] = ctx
@@ -95,28 +136,33 @@ def export_gate(
         raise BundleError(
             "the gate's parity prompts tokenize to a single token; use longer prompts"
         )
-    with torch.no_grad():
-        reference = module(*example).numpy()  # [B, E]
-    if reference.shape != (len(prompts), len(experts)):
-        raise BundleError(
-            f"the gate returns logits of shape {list(reference.shape)}, expected "
-            f"[{len(prompts)}, {len(experts)}] for {len(experts)} experts"
-        )
+    references = _reference(module, {"input_ids": example[0], "attention_mask": example[1]})
+    for name, ref in zip(spec.output_names, references, strict=True):
+        if ref.shape != (len(prompts), len(experts)):
+            raise BundleError(
+                f"the gate returns {name} of shape {list(ref.shape)}, expected "
+                f"[{len(prompts)}, {len(experts)}] for {len(experts)} experts"
+            )
     export_onnx(module, spec, example, out_dir / GATE_FILE)
     tokenizer.save_pretrained(str(out_dir / "tokenizer"))
     write_json(out_dir / "export_spec.json", spec.to_dict())
-    runner = OrtGate(ort_session(out_dir / GATE_FILE, threads), tokenizer, experts, max_length)
-    ort_logits = runner.logits(prompts)
-    records = [
-        compare_arrays("gate", "torch->onnxruntime", "logits", reference, ort_logits, atol, rtol)
-    ]
-    info = {
+    info: dict[str, Any] = {
         "experts": list(experts),
         "max_length": max_length,
         "onnx": GATE_FILE,
         "int8": None,
         "precision": "fp32",
     }
+    if correctness:
+        # old bundles have no key: readers take its absence as false
+        info["correctness"] = True
+    runner = _gate_runner(out_dir, info, GATE_FILE, threads)
+    records = [
+        compare_arrays("gate", "torch->onnxruntime", name, ref, got, atol, rtol)
+        for name, ref, got in zip(
+            spec.output_names, references, _ort_outputs(runner, prompts), strict=True
+        )
+    ]
     write_json(out_dir / "gate.json", info)
     return info, records
 
@@ -135,8 +181,8 @@ def to_fp16(
     gate: Any,
     prompts: Sequence[str],
     threads: int | None = None,
-) -> dict[str, Any]:
-    """Convert ``out_dir/model.onnx`` to FP16 and check it against the FP32 PyTorch logits.
+) -> list[dict[str, Any]]:
+    """Convert ``out_dir/model.onnx`` to FP16 and check it against the FP32 PyTorch outputs.
 
     Args:
         out_dir: the exported gate's directory.
@@ -145,33 +191,40 @@ def to_fp16(
         threads: ONNX Runtime threads.
 
     Returns:
-        The parity record (``hop: torch->onnxruntime-fp16``, FP16 tolerance).
+        One parity record per graph output (``hop: torch->onnxruntime-fp16``, FP16 tolerance).
     """
-    torch = require("torch", "gate export")
+    require("torch", "gate export")
     out_dir = Path(out_dir)
     info = read_json(out_dir / "gate.json")
     tokenizer = load_tokenizer(out_dir / "tokenizer")
-    feed = encode_gate(tokenizer, prompts, info["max_length"], "pt")
-    with torch.no_grad():
-        reference = _graph_module(gate)(feed["input_ids"], feed["attention_mask"]).numpy()
+    references = _reference(
+        _graph_module(gate), encode_gate(tokenizer, prompts, info["max_length"], "pt")
+    )
     convert_fp16(out_dir / GATE_FILE)
     spec = spec_from_file(out_dir / "export_spec.json")
     spec = replace(spec, meta={**spec.meta, "precision": "fp16"})
     write_json(out_dir / "export_spec.json", spec.to_dict())
     info["precision"] = "fp16"
     write_json(out_dir / "gate.json", info)
-    runner = OrtGate(
-        ort_session(out_dir / GATE_FILE, threads), tokenizer, info["experts"], info["max_length"]
-    )
-    return compare_arrays(
-        "gate",
-        "torch->onnxruntime-fp16",
-        "logits",
-        reference,
-        runner.logits(prompts),
-        FP16_TOLERANCE["atol"],
-        FP16_TOLERANCE["rtol"],
-    )
+    runner = _gate_runner(out_dir, info, GATE_FILE, threads)
+    return [
+        compare_arrays(
+            "gate",
+            "torch->onnxruntime-fp16",
+            name,
+            ref,
+            got,
+            FP16_TOLERANCE["atol"],
+            FP16_TOLERANCE["rtol"],
+        )
+        for name, ref, got in zip(
+            spec.output_names, references, _ort_outputs(runner, prompts), strict=True
+        )
+    ]
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
 
 
 def routing_accuracy(logits: np.ndarray, scores: np.ndarray) -> float:
@@ -193,7 +246,9 @@ def quantize_gate(
     The int8 gate is compared with the fp32 gate on ``texts``: with outcome ``scores [P, E]`` (in
     the gate's expert order) the routing accuracies (mean score of the top-1 expert) must differ by
     at most ``max_drop_points`` percentage points; without scores, top-1 agreement must be at least
-    ``100 - max_drop_points`` %, which bounds the accuracy drop the same way. A failing int8 gate is
+    ``100 - max_drop_points`` %, which bounds the accuracy drop the same way. A gate with
+    correctness heads must also keep the top-1 of ``sigmoid(correct_logits)`` on at least
+    ``100 - max_drop_points`` % of ``texts`` (the record's ``correctness``). A failing int8 gate is
     deleted and the record says why; the bundle then ships fp32 only.
 
     Returns:
@@ -206,17 +261,14 @@ def quantize_gate(
     quant.quantize_dynamic(
         str(fp32_path), str(int8_path), weight_type=quant.QuantType.QInt8, per_channel=False
     )
-    tokenizer = load_tokenizer(out_dir / "tokenizer")
-    fp32 = OrtGate(ort_session(fp32_path, threads), tokenizer, info["experts"], info["max_length"])
-    int8 = OrtGate(ort_session(int8_path, threads), tokenizer, info["experts"], info["max_length"])
+    fp32 = _gate_runner(out_dir, info, GATE_FILE, threads)
+    int8 = _gate_runner(out_dir, info, GATE_INT8_FILE, threads)
     texts = list(texts)
-    a = np.concatenate(
-        [fp32.logits(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
-    )
-    b = np.concatenate(
-        [int8.logits(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
-    )
-    agreement = float((a.argmax(1) == b.argmax(1)).mean())
+    batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+    # [P, E] per output: logits, and correct_logits for a gate with correctness heads
+    a = [np.concatenate(x) for x in zip(*(_ort_outputs(fp32, t) for t in batches), strict=True)]
+    b = [np.concatenate(x) for x in zip(*(_ort_outputs(int8, t) for t in batches), strict=True)]
+    agreement = float((a[0].argmax(1) == b[0].argmax(1)).mean())
     record: dict[str, Any] = {
         "component": "gate",
         "hop": "onnxruntime->onnxruntime-int8",
@@ -225,10 +277,10 @@ def quantize_gate(
         "prompts": len(texts),
         "top1_agreement": agreement,
         "max_drop_points": max_drop_points,
-        "max_abs_logit_diff": float(np.abs(a - b).max()),
+        "max_abs_logit_diff": float(np.abs(a[0] - b[0]).max()),
     }
     if scores is not None:
-        acc32, acc8 = routing_accuracy(a, scores), routing_accuracy(b, scores)
+        acc32, acc8 = routing_accuracy(a[0], scores), routing_accuracy(b[0], scores)
         drop = 100.0 * (acc32 - acc8)
         record.update(
             fp32_accuracy=acc32, int8_accuracy=acc8, drop_points=drop, basis="outcome scores"
@@ -236,6 +288,17 @@ def quantize_gate(
     else:
         drop = 100.0 * (1.0 - agreement)
         record.update(drop_points_bound=drop, basis="top-1 agreement")
+    if len(a) == 2:
+        # cost-aware routing ranks by sigmoid(correct_logits): the int8 graph must rank alike
+        # (lambda = 0 is that ranking) and move the probabilities little
+        q32, q8 = _sigmoid(a[1]), _sigmoid(b[1])
+        q_agree = float((q32.argmax(1) == q8.argmax(1)).mean())
+        record["correctness"] = {
+            "top1_agreement": q_agree,
+            "drop_points_bound": 100.0 * (1.0 - q_agree),
+            "max_abs_prob_diff": float(np.abs(q32 - q8).max()),
+        }
+        drop = max(drop, 100.0 * (1.0 - q_agree))
     kept = drop <= max_drop_points
     # a rejected int8 gate is a decision, not a failure of the bundle: record it as passed=True
     # with kept=False, so `verify` accepts the fp32-only bundle

@@ -46,6 +46,20 @@ def render(answer: Any) -> None:
     console.print(
         f"estimated request latency {lat}, energy {en} (bundle cost profile, category {answer.category or 'mean'})"
     )
+    if answer.scores is not None:
+        ranked = sorted(answer.scores.items(), key=lambda kv: -kv[1]["score"])
+        console.print(
+            "cost-aware scores (quality - lambda x cost): "
+            + ", ".join(
+                f"{e} {s['quality']:.3f} - {s['cost']:.3g} -> {s['score']:.3f}" for e, s in ranked
+            )
+        )
+    if answer.cost is not None:
+        c = answer.cost
+        console.print(
+            f"predicted {c['metric']} of this request: {c['value']:.6g} {c['unit']} "
+            f"(cost-aware routing, lambda {c['lambda']:.6g}, category {c['category'] or 'unknown'})"
+        )
     for note in answer.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
 
@@ -63,6 +77,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         choices = OmegaConf.to_container(choices) if OmegaConf.is_config(choices) else [choices]
     # refuse a bad prompt before the bundle's models are loaded
     check_prompt(cfg.prompt, [str(c) for c in choices] if choices is not None else None, "prompt")
+    knob = cfg.get("routing") or {}
     bundle = load_bundle(str(cfg.bundle.path), backend=str(cfg.backend), threads=cfg.threads)
     answer = bundle.ask(
         str(cfg.prompt),
@@ -71,6 +86,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         k=cfg.k,
         aggregation=cfg.aggregation,
         category=cfg.category,
+        lam=knob.get("lambda"),
+        mean_budget=knob.get("mean_budget"),
     )
     render(answer)
     return asdict(answer)

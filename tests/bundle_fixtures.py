@@ -57,6 +57,9 @@ PARITY_PROMPTS = [
     "write a python function that reverses a list",
 ]
 EXPERTS = ["alpha", "beta", "gamma"]
+CATEGORIES = ["arith", "geo", "code"]
+#: predicted USD per request of each expert (per category: x1, x1.2, x0.8): alpha dear, gamma cheap
+PRICE = {"alpha": 0.01, "beta": 0.001, "gamma": 0.0001}
 
 
 def tiny_tokenizer(padding_side: str = "right") -> Any:
@@ -113,6 +116,72 @@ def tiny_gate(vocab_size: int, n_experts: int = len(EXPERTS), seed: int = 0) -> 
     return TinyGate().eval()
 
 
+def tiny_correctness_gate(
+    encoder_dir: Path, experts: tuple[str, ...] = tuple(EXPERTS), seed: int = 0
+) -> Any:
+    """The real ``GatingNet`` with correctness heads (and category input and bias) on a tiny random
+    1-layer BERT saved to ``encoder_dir`` with :func:`tiny_tokenizer`'s vocabulary."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from moe2.gating.net import GatingNet
+
+    tok = tiny_tokenizer()
+    tok.save_pretrained(encoder_dir)
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(cfg, add_pooling_layer=False).save_pretrained(encoder_dir)
+    torch.manual_seed(seed)
+    net = GatingNet(
+        list(experts),
+        encoder=str(encoder_dir),
+        hidden=16,
+        dropout=0.0,
+        max_length=64,
+        categories=CATEGORIES,
+        correctness=True,
+        correctness_weight=0.5,
+        category_bias=True,
+    )
+    with torch.no_grad():
+        # category_bias starts at zero; give the correctness heads a clear order per category
+        # row (the graph uses the "unknown" row): the first expert (the dearest) most often right
+        prior = torch.linspace(2.0, -1.0, len(experts))
+        net.correct_bias.weight.copy_(prior.expand_as(net.correct_bias.weight))
+    return net.eval()
+
+
+def cost_routing_doc(
+    subset: list[str], quality: str = "correctness", lam: float = 50.0
+) -> dict[str, Any]:
+    """A ``cost_routing`` block as ``moe2 select`` writes it (COST_CONTRACT §4), by hand."""
+    scale = [1.0, 1.2, 0.8]
+    return {
+        "metric": "cost",
+        "unit": "USD",
+        "quality": quality,
+        "lambda": lam,
+        "budget_mean": 0.004,
+        "experts": list(subset),
+        "categories": list(CATEGORIES),
+        "cost_table": [[PRICE[e] * f for f in scale] for e in subset],
+        "cost_default": [PRICE[e] for e in subset],
+        "calibration": [
+            {"lambda": 0.0, "mean_cost": 0.009, "quality": 0.8},
+            {"lambda": 50.0, "mean_cost": 0.004, "quality": 0.75},
+            {"lambda": 200.0, "mean_cost": 0.001, "quality": 0.6},
+        ],
+        "split": "oof",
+    }
+
+
 def tiny_llama(vocab_size: int, seed: int = 0) -> Any:
     """A 2-layer random Llama (GQA: 4 heads, 2 KV heads, head dim 8)."""
     import torch
@@ -136,7 +205,7 @@ def tiny_llama(vocab_size: int, seed: int = 0) -> Any:
 
 def selection_doc(subset: list[str], k: int = 2, aggregation: str = "top1") -> dict[str, Any]:
     """A ``selection.json`` as the selection stage writes it, with a small cost profile."""
-    cats = ["arith", "geo", "code"]
+    cats = list(CATEGORIES)
     e, c = len(EXPERTS), len(cats)
     lat = np.arange(1, e * c + 1, dtype=float).reshape(e, c) * 100.0
     energy = np.arange(1, e * c + 1, dtype=float).reshape(e, c)
@@ -174,17 +243,25 @@ def build_tiny_bundle(
     gate_experts: tuple[str, ...] = tuple(EXPERTS),
     precision: str = "fp32",
     shapes: dict[str, int] | None = None,
+    correctness: bool = False,
+    cost_routing: dict[str, Any] | None = None,
 ) -> Path:
     """Export a bundle of a tiny random gate and tiny random Llama experts to ``path``.
 
     ``precision`` is the ONNX graphs' (``export.precision``); ``shapes`` the engine profiles'
     bounds (``export.tensorrt.shapes``; default: small ones within the tiny models' 128/256
-    positions).
+    positions). ``correctness``: the gate is a ``GatingNet`` with correctness heads
+    (:func:`tiny_correctness_gate`, its encoder saved beside ``path``); ``cost_routing``: the
+    selection's cost-routing block (:func:`cost_routing_doc`).
     """
     from moe2.export.bundle import ExpertSource, GateSource, write_bundle
 
     tok = tiny_tokenizer()
-    gate = GateSource(tiny_gate(len(tok)), tok, list(gate_experts), max_length=64)
+    if correctness:
+        net = tiny_correctness_gate(Path(path).parent / f"{Path(path).name}.encoder", gate_experts)
+        gate = GateSource(net, net.tokenizer, list(gate_experts), max_length=64)
+    else:
+        gate = GateSource(tiny_gate(len(tok)), tok, list(gate_experts), max_length=64)
     # experts sharing a model share one exported graph (like one LLM placed on two devices)
     models = [tiny_llama(len(tok), seed=i) for i in range(len(subset) if distinct_models else 1)]
     experts = [
@@ -217,12 +294,30 @@ def build_tiny_bundle(
             }
         },
     }
+    selection = selection_doc(list(subset), k=k, aggregation=aggregation)
+    if cost_routing is not None:
+        selection["cost_routing"] = cost_routing
     return write_bundle(
         path,
         gate=gate,
         experts=experts,
-        selection=selection_doc(list(subset), k=k, aggregation=aggregation),
+        selection=selection,
         options=options,
         config={"export": options, "note": json.dumps("tiny test bundle")},
         routing_texts=PARITY_PROMPTS * 4,
+    )
+
+
+def build_cost_bundle(path: Path, quantize: bool = False) -> Path:
+    """A tiny bundle with cost routing: all three experts, k=2 (top1), a ``GatingNet`` with
+    correctness heads and :func:`cost_routing_doc`'s block; no engine plans."""
+    return build_tiny_bundle(
+        path,
+        subset=tuple(EXPERTS),
+        k=2,
+        aggregation="top1",
+        targets=(),
+        quantize=quantize,
+        correctness=True,
+        cost_routing=cost_routing_doc(list(EXPERTS)),
     )

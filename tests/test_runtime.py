@@ -43,6 +43,13 @@ def test_ask_top1_uses_the_best_gated_expert(bundle: Path) -> None:
     row = cost["experts"].index(best)
     assert a.est_latency_ms == pytest.approx(np.mean(cost["latency_ms"][row]))
     assert a.backend == "onnxruntime"
+    # no cost routing in this bundle: the gate alone ranks, no cost is reported, no knob applies
+    assert b.cost_routing is None and a.cost is None and a.scores is None
+    assert [e for e, _ in b.route("what is the capital of france", k=2)] == sorted(
+        a.gate_weights, key=lambda e: -a.gate_weights[e]
+    )
+    with pytest.raises(ConfigError, match="no cost routing"):
+        b.ask("what is the capital of france", lam=0.0)
 
 
 def test_generation_matches_pytorch_greedy(bundle: Path) -> None:

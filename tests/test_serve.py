@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,28 +24,12 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
 from bundle_fixtures import build_tiny_bundle  # noqa: E402
+from serve_helpers import chat, metric, post  # noqa: E402
 
 from moe2.serving.process import ServerProcess  # noqa: E402
 
 Q_FRANCE = "what is the capital of france"
 Q_ADD = "add two and three"
-
-
-def chat(text: str, **kw: Any) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": text}], **kw}
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels`` in a /metrics page."""
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(rf"^{name}(\{{[^}}]*\}})? (\S+)$", line)
-        if not m:
-            continue
-        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
-        if all(got.get(k) == v for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
 
 
 class BadExpert:
@@ -178,13 +161,6 @@ def stack(bundle: Path, bad: BadExpert, tmp_path_factory: pytest.TempPathFactory
         p.stop()
 
 
-def post(url: str, path: str, body: Any, **kw: Any) -> httpx.Response:
-    content = body if isinstance(body, (str, bytes)) else json.dumps(body)
-    return httpx.post(
-        url + path, content=content, headers={"content-type": "application/json"}, timeout=30, **kw
-    )
-
-
 # ---------------------------------------------------------------------------------- the router
 def test_chat_routes_through_the_gate_and_says_so(stack: Any, bundle: Path) -> None:
     from moe2.runtime import load_bundle
@@ -212,6 +188,9 @@ def test_chat_routes_through_the_gate_and_says_so(stack: Any, bundle: Path) -> N
     assert 0 < e["expert_latency_ms"] <= e["latency_ms"]
     assert e["energy_j"] is None and "no energy counter" in e["energy_note"]
     assert info["energy_source"] == "estimated" and r.headers["x-moe2-energy-source"] == "estimated"
+    # a bundle without cost routing reports no cost (issue 11 changes nothing here)
+    assert "cost" not in info and "scores" not in info
+    assert not any(h.startswith("x-moe2-cost") or h == "x-moe2-lambda" for h in r.headers)
 
 
 def test_naming_an_expert_calls_it_directly(stack: Any) -> None:
@@ -233,8 +212,9 @@ def test_naming_an_expert_calls_it_directly(stack: Any) -> None:
 
 def test_models_route_health_metrics(stack: Any) -> None:
     url = stack["r1"].url
-    ids = [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]]
-    assert ids == ["moe2", "alpha", "beta"]
+    models = httpx.get(url + "/v1/models").json()["data"]
+    assert [m["id"] for m in models] == ["moe2", "alpha", "beta"]
+    assert "cost_routing" not in models[0]["moe2"]
     calls_before = metric(httpx.get(url + "/metrics").text, "moe2_expert_calls_total")
     r = post(url, "/v1/route", chat(Q_ADD, moe2={"k": 2, "aggregation": "vote"}))
     assert r.status_code == 200, r.text
@@ -246,6 +226,7 @@ def test_models_route_health_metrics(stack: Any) -> None:
     assert metric(page, "moe2_expert_calls_total") == calls_before  # route only: no expert ran
     assert metric(page, "moe2_requests_total", endpoint="route", status="200") >= 1
     assert "moe2_expert_seconds_bucket" in page and "moe2_breaker_open" in page
+    assert "moe2_cost_total{" not in page  # no cost routing, no cost counted
     h = httpx.get(url + "/health").json()
     assert h["status"] == "ok" and set(h["experts"]) == {"alpha", "beta"}
 

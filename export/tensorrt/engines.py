@@ -121,9 +121,19 @@ def engine_parity(
     if engine_plan.kind == "gate":
         sess = ort_session(onnx_path)
         feeds = _gate_feeds(bundle_dir, prompts)
-        ref = np.concatenate([sess.run(None, f)[0] for f in feeds])
-        got = np.concatenate([engine.run(f, 0)[0] for f in feeds])
-        return [compare_arrays(comp, "onnxruntime->tensorrt", "logits", ref, got, atol, rtol)]
+        # every output of the graph: logits, and correct_logits for a gate with correctness heads
+        names = [o.name for o in sess.get_outputs()]
+        ref = [np.concatenate(x) for x in zip(*(sess.run(None, f) for f in feeds), strict=True)]
+        runs = [engine.run(f, 0) for f in feeds]
+        if sorted(engine.outputs) != sorted(names):
+            raise BundleError(
+                f"the {comp} engine has outputs {engine.outputs}, its ONNX graph {names}; rebuild it"
+            )
+        got = [np.concatenate([r[engine.outputs.index(n)] for r in runs]) for n in names]
+        return [
+            compare_arrays(comp, "onnxruntime->tensorrt", n, a, b, atol, rtol)
+            for n, a, b in zip(names, ref, got, strict=True)
+        ]
     model_dir = onnx_path.parent
     spec = spec_from_file(model_dir / "export_spec.json")
     tok = load_tokenizer(model_dir / "tokenizer")

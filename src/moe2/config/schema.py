@@ -74,12 +74,23 @@ class SelectionCfg:
     seed: int = 0
     n_boot: int = 2000
     prefer_smaller: bool = False
+    pool: str = "auto"
+    cost_exact_max_n: int = 16
+    cost_grid: int = 200
+    cost_grid_direct: int = 40
+    cost_refine: int = 8
 
     def __post_init__(self) -> None:
         _choice("selection", "method", self.method, SELECTION_METHODS)
         _choice("selection", "aggregation", self.aggregation, ("top1", "mixture", "vote"))
         _choice("selection", "metric", self.metric, ("accuracy", "loglik"))
         _choice("selection", "backend", self.backend, ("auto", "numpy", "torch"))
+        _choice("selection", "pool", self.pool, ("auto", "experts", "table"))
+        if self.cost_grid < 2 or self.cost_refine < 1:
+            raise ConfigError(
+                f"selection.cost_grid={self.cost_grid} (>= 2) and selection.cost_refine="
+                f"{self.cost_refine} (>= 1)"
+            )
         for b in self.baselines:
             _choice("selection", "baselines[]", b, SELECTION_METHODS[1:])
         if self.metric == "loglik" and self.aggregation != "mixture":
@@ -91,6 +102,17 @@ class SelectionCfg:
                 f"selection.split and selection.report_split are both {self.split!r}: the split "
                 "that chooses the subset cannot also report it"
             )
+
+
+@dataclass
+class MeanBudgetCfg:
+    """``budget.mean.<metric>``: a mean cost per request (at most one set), met by calibrating λ of
+    the cost-aware routing (:mod:`moe2.selection.costroute`); null: no mean budget."""
+
+    cost: Optional[float] = None  # noqa: UP045 - USD per call
+    energy_j: Optional[float] = None  # noqa: UP045
+    latency_ms: Optional[float] = None  # noqa: UP045
+    output_tokens: Optional[float] = None  # noqa: UP045
 
 
 @dataclass
@@ -107,6 +129,7 @@ class BudgetCfg:
     latency_ms: Any = None
     memory: Any = True
     t_agg_ms: float = 0.0
+    mean: MeanBudgetCfg = field(default_factory=MeanBudgetCfg)
 
 
 @dataclass

@@ -122,13 +122,23 @@ class TrtEngine:
 
 
 class TrtSession:
-    """ONNX-Runtime-like ``run(None, feed)`` over an engine (profile 0), for the gate."""
+    """ONNX-Runtime-like ``run(names, feed)`` over an engine (profile 0), for the gate."""
 
     def __init__(self, engine: TrtEngine):
         self.engine = engine
 
     def run(self, names: Any, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.engine.run(feed, profile=0)
+        """The outputs named in ``names`` (``None``: all), in that order, as ONNX Runtime does."""
+        out = self.engine.run(feed, profile=0)
+        if names is None:
+            return out
+        missing = [n for n in names if n not in self.engine.outputs]
+        if missing:
+            raise BundleError(
+                f"the gate engine has no output(s) {missing} (it has {self.engine.outputs}); "
+                "rebuild it with `moe2 build-engines`"
+            )
+        return [out[self.engine.outputs.index(n)] for n in names]
 
 
 class TrtCausalLM(OrtCausalLM):

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from moe2.format.specs import ExportSpec, past_names
+from moe2.format.specs import CORRECT_LOGITS, ExportSpec, past_names
 from moe2.format.tokenize import encode_gate, load_tokenizer
 from moe2.utils.deps import require
 
@@ -51,13 +51,23 @@ class OrtGate:
         tokenizer: the gate's tokenizer.
         experts: expert names in the order of the logits.
         max_length: tokenizer truncation length.
+        correctness: the graph has the second output ``correct_logits [B, E]`` (``gate.json``
+            ``"correctness": true``: a gate with correctness heads).
     """
 
-    def __init__(self, session: Any, tokenizer: Any, experts: Sequence[str], max_length: int = 256):
+    def __init__(
+        self,
+        session: Any,
+        tokenizer: Any,
+        experts: Sequence[str],
+        max_length: int = 256,
+        correctness: bool = False,
+    ):
         self.session = session
         self.tokenizer = tokenizer
         self.experts = list(experts)
         self.max_length = int(max_length)
+        self.correctness = bool(correctness)
 
     def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Tokenize ``texts`` into int64 ``input_ids`` / ``attention_mask`` ``[B, S]``."""
@@ -66,6 +76,14 @@ class OrtGate:
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         """Gate logits ``[B, E]`` (float32) for ``texts``, tokenization included."""
         return self.session.run(["logits"], self.encode(texts))[0]
+
+    def outputs(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Routing logits ``[B, E]`` and correctness logits ``[B, E]`` (``None`` without
+        correctness heads), from one run of the graph."""
+        if not self.correctness:
+            return self.logits(texts), None
+        logits, correct = self.session.run(["logits", CORRECT_LOGITS], self.encode(texts))
+        return logits, correct
 
 
 class OrtCausalLM:

@@ -156,12 +156,28 @@ def present_names(n_layers: int) -> list[str]:
     return [f"present.{i}.{kv}" for i in range(n_layers) for kv in ("key", "value")]
 
 
+#: the gate's second output when it has correctness heads: per-expert logits whose ``sigmoid`` is
+#: the predicted probability of a correct answer (cost-aware routing, issue 11)
+CORRECT_LOGITS = "correct_logits"
+
+
 def gate_spec(
-    n_experts: int, opset: int = 18, atol: float = 1e-4, rtol: float = 1e-3
+    n_experts: int,
+    opset: int = 18,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    correctness: bool = False,
 ) -> ExportSpec:
-    """The gating network: ``input_ids, attention_mask [batch, seq]`` -> ``logits [batch, E]``."""
+    """The gating network: ``input_ids, attention_mask [batch, seq]`` -> ``logits [batch, E]``.
+
+    With ``correctness`` (a gate with correctness heads) a second output
+    ``correct_logits [batch, E]``.
+    """
     if n_experts < 1:
         raise ConfigError(f"a gate needs at least one expert, got {n_experts}")
+    outputs = [TensorSpec("logits", "float32", ("batch", n_experts))]
+    if correctness:
+        outputs.append(TensorSpec(CORRECT_LOGITS, "float32", ("batch", n_experts)))
     return ExportSpec(
         family="gate",
         kind="gate",
@@ -169,11 +185,11 @@ def gate_spec(
             TensorSpec("input_ids", "int64", ("batch", "seq")),
             TensorSpec("attention_mask", "int64", ("batch", "seq")),
         ),
-        outputs=(TensorSpec("logits", "float32", ("batch", n_experts)),),
+        outputs=tuple(outputs),
         opset=opset,
         atol=atol,
         rtol=rtol,
-        meta={"n_experts": n_experts},
+        meta={"n_experts": n_experts, **({"correctness": True} if correctness else {})},
     )
 
 

@@ -48,7 +48,7 @@ def oof_logits(
     *,
     fit: Callable[..., Any],
     predict: Callable[..., np.ndarray],
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any], np.ndarray | None]:
     """Out-of-fold logits of the train+val prompts of ``data``.
 
     Args:
@@ -61,7 +61,9 @@ def oof_logits(
         predict: :func:`moe2.gating.train.predict_logits`.
 
     Returns:
-        ``(rows [P] bool: the train+val prompts, logits [rows.sum(), E], info)``.
+        ``(rows [P] bool: the train+val prompts, logits [rows.sum(), E], info, correct)`` with
+        ``correct`` the fold gates' correctness-head logits ``[rows.sum(), E]`` (``None`` when the
+        gate has no correctness heads).
     """
     from moe2.errors import ConfigError
 
@@ -71,6 +73,8 @@ def oof_logits(
     fold = np.full(data.n_prompts, -1, dtype=np.int64)
     fold[rows] = fold_of(data.prompt_ids[rows], folds, seed)
     out = np.full((data.n_prompts, data.n_experts), np.nan, dtype=np.float32)
+    correct = np.full_like(out, np.nan)
+    has_correct = True
     t0 = time.perf_counter()
     epochs = []
     with tempfile.TemporaryDirectory(prefix="moe2-oof-") as tmp:
@@ -95,6 +99,16 @@ def oof_logits(
                 base_embeddings[idx],
                 category_idx=data.category_idx[idx],  # a gate with a category input uses it
             )
+            if getattr(res.net, "correct_head", None) is not None:
+                correct[idx] = predict(
+                    res.net,
+                    [data.texts[i] for i in idx],
+                    base_embeddings[idx],
+                    category_idx=data.category_idx[idx],
+                    correctness=True,
+                )
+            else:
+                has_correct = False
             epochs.append(res.epochs)
             log.info("oof fold %d/%d: %d prompts, %d epochs", f + 1, folds, len(idx), res.epochs)
     info = {
@@ -105,4 +119,4 @@ def oof_logits(
         "seconds": time.perf_counter() - t0,
         "definition": "each train+val prompt scored by a gate trained without its fold",
     }
-    return rows, out[rows], info
+    return rows, out[rows], info, (correct[rows] if has_correct else None)

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 from moe2.utils.io import atomic_path
 
 _META_KEY = b"moe2.experts"
+#: the correctness heads' logits (same format as logits.parquet; sigmoid = P(expert correct))
+CORRECT_FILE = "correctness.parquet"
+#: their out-of-fold version (train+val prompts, with ``oof.folds`` > 0)
+CORRECT_OOF_FILE = "correctness_oof.parquet"
 
 
 @dataclass

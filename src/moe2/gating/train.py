@@ -30,7 +30,7 @@ from moe2.errors import ConfigError, DataError
 from moe2.gating.datamodule import OutcomeDataModule
 from moe2.gating.heldout import RECORD, TrainingRecord, write_record
 from moe2.gating.knn import knn_scores
-from moe2.gating.logits import GateLogits, write_logits
+from moe2.gating.logits import CORRECT_FILE, CORRECT_OOF_FILE, GateLogits, write_logits
 from moe2.gating.module import GateModule, calibration_error, routing_metrics
 from moe2.gating.net import GatingNet, build_gate, cached_embeddings
 from moe2.utils.instantiate import instantiate
@@ -464,6 +464,7 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
         k,
     )
     metrics: dict[str, Any] = split_metrics(logits, knn, data)
+    correct = None
     if res.net.correct_head is not None:
         correct = predict_logits(
             res.net, data.texts, res.base_embeddings, device, category_idx=cat_idx, correctness=True
@@ -481,7 +482,7 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
         seed=int(cfg.get("seed", 0)),
     )
     metrics["quality"] = quality
-    oof = None
+    oof = oof_correct = None
     folds = oof_folds(OmegaConf.select(cfg, "oof.folds", default=0), refit)
     if folds and res.world_size > 1:
         # the fold gates would need every rank again; this process is rank 0 alone now
@@ -490,7 +491,7 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
     if folds:
         from moe2.gating.crossfit import oof_logits
 
-        oof_rows, oof_z, metrics["oof"] = oof_logits(
+        oof_rows, oof_z, metrics["oof"], oof_c = oof_logits(
             data,
             cfg,
             res.base_embeddings,
@@ -500,6 +501,8 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
             predict=predict_logits,
         )
         oof = GateLogits.for_data(data.select(oof_rows), oof_z, data.experts)
+        if oof_c is not None:
+            oof_correct = GateLogits.for_data(data.select(oof_rows), oof_c, data.experts)
     per_epoch = float(np.median(res.epoch_seconds)) if res.epoch_seconds else None
     timing = {
         "fit_seconds": res.fit_seconds,
@@ -544,11 +547,16 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
             GateLogits.for_data(data, logits, data.experts),
         )
         write_logits(tmp / "knn_scores.parquet", GateLogits.for_data(data, knn, data.experts))
+        # the correctness heads' logits (sigmoid = P(correct)): cost-aware routing's quality q
+        if correct is not None:
+            write_logits(tmp / CORRECT_FILE, GateLogits.for_data(data, correct, data.experts))
         write_record(tmp / RECORD, TrainingRecord.of(_refit_view(data) if refit else data))
         if oof is not None:
             from moe2.gating.crossfit import OOF_FILE
 
             write_logits(tmp / OOF_FILE, oof)
+        if oof_correct is not None:
+            write_logits(tmp / CORRECT_OOF_FILE, oof_correct)
         np.savez_compressed(
             tmp / "knn.npz",
             embeddings=res.base_embeddings[train_rows].astype(np.float16),

@@ -223,3 +223,75 @@ def build_cost_profile(
             "costs": s,
         },
     )
+
+
+#: placement of an expert of a hosted pool (no device: no memory budget)
+HOSTED = "hosted"
+
+
+def table_cost_profile(data: OutcomeData) -> CostProfile:
+    """The cost profile of a hosted pool made from an outcome table's experts (no pool file).
+
+    Hosted experts (APIs, or any expert without a device model card) have no memory on a device of
+    ours and no analytic model: ``memory_bytes`` is 0 on a placement ``"hosted"`` of unbounded
+    capacity, and latency/energy per category are the table's measured means where the table has
+    them for every prompt of that expert, else NaN (``source`` ``"none"``: a worst-case budget on
+    that metric does not apply, see :func:`hosted_budgets`).
+    """
+    cats = list(data.categories)
+    n_e, n_c = data.n_experts, len(cats)
+    figs = {}
+    source = np.full((n_e, n_c), "none", dtype=object)
+    for metric in ("latency_ms", "energy_j"):
+        vals = np.asarray(getattr(data, metric), dtype=np.float64)  # [P, E]
+        out = np.full((n_e, n_c), np.nan)
+        for j in range(n_e):
+            if not np.isfinite(vals[:, j]).all():
+                continue
+            for c in range(n_c):
+                m = data.category_idx == c
+                out[j, c] = float(vals[m, j].mean()) if m.any() else float(vals[:, j].mean())
+            source[j] = "table"
+        figs[metric] = out
+    return CostProfile(
+        experts=list(data.experts),
+        categories=cats,
+        devices=[HOSTED] * n_e,
+        latency_ms=figs["latency_ms"],
+        energy_j=figs["energy_j"],
+        memory_bytes=np.zeros(n_e),
+        capacity_bytes={HOSTED: math.inf},
+        source=source,
+        detail={"hosted": True, "device_types": [HOSTED] * n_e},
+    )
+
+
+def hosted_budgets(budgets: Any, profile: CostProfile) -> tuple[Any, dict[str, str]]:
+    """The worst-case budgets that apply to a profile, and why the others do not.
+
+    For a hosted profile (:func:`table_cost_profile`) memory never applies, and an energy or latency
+    budget applies only when every expert has that figure; a profile of device experts is returned
+    unchanged.
+    """
+    import dataclasses
+
+    if not (profile.detail or {}).get("hosted"):
+        return budgets, {}
+    notes = {}
+    if budgets.memory:
+        notes["memory"] = "hosted experts: no device memory to budget"
+    repl: dict[str, Any] = {"memory": False}
+    for metric in ("energy_j", "latency_ms"):
+        if getattr(budgets, metric) is None:
+            continue
+        fig = np.asarray(getattr(profile, metric))
+        lacking = [
+            e for e, row in zip(profile.experts, fig, strict=False) if not np.isfinite(row).all()
+        ]
+        if lacking:
+            notes[metric] = (
+                f"not applied: the outcome table has no {metric} for hosted expert(s) {lacking} "
+                "(worst-case budgets apply only where costs exist)"
+            )
+            repl[metric] = None
+    return dataclasses.replace(budgets, **repl), notes

@@ -16,6 +16,7 @@ import numpy as np
 
 from moe2.data.validate import check_prompt
 from moe2.errors import BundleError, ConfigError, DataError
+from moe2.format.cost_routing import CostRouting
 from moe2.utils.io import read_json
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,44 @@ class Answer:
     seconds: float
     choice_probs: list[float] | None = None
     notes: list[str] = field(default_factory=list)
+    #: predicted cost of the routed experts ``{metric, unit, value, source, lambda, category}``
+    #: (bundles with cost routing; ``None`` otherwise)
+    cost: dict[str, Any] | None = None
+    #: per expert of the subset ``{quality, cost, score}`` of the cost-aware rule (or ``None``)
+    scores: dict[str, dict[str, float]] | None = None
+
+
+@dataclass
+class Scores:
+    """What the gate says about one prompt, over the bundle's subset.
+
+    Attributes:
+        weights: the gate's softmax restricted to the subset (aggregation weights).
+        quality: ``q_e`` of the cost-aware rule (``None`` without cost routing).
+        cost: predicted cost of one request to each expert (``None`` without cost routing).
+        score: ``q_e - lam * cost_e`` (``None`` without cost routing).
+        lam: the lambda used (``None`` without cost routing).
+    """
+
+    weights: dict[str, float]
+    quality: dict[str, float] | None = None
+    cost: dict[str, float] | None = None
+    score: dict[str, float] | None = None
+    lam: float | None = None
+
+    def ranking(self) -> list[str]:
+        """The subset, best first: by score with cost routing, else by gate weight."""
+        key = self.score if self.score is not None else self.weights
+        return [e for e, _ in sorted(key.items(), key=lambda kv: -kv[1])]
+
+    def table(self) -> dict[str, dict[str, float]] | None:
+        """``{expert: {quality, cost, score}}`` (``None`` without cost routing)."""
+        if self.score is None or self.quality is None or self.cost is None:
+            return None
+        return {
+            e: {"quality": self.quality[e], "cost": self.cost[e], "score": self.score[e]}
+            for e in self.score
+        }
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -106,6 +145,7 @@ class Bundle:
             load_tokenizer(self._dir("gate/tokenizer", "the bundle")),
             gate_info["experts"],
             gate_info["max_length"],
+            correctness=bool(gate_info.get("correctness")),
         )
         self.gate_file = gate_file.name
         self.subset: list[str] = list(self.routing["subset"])
@@ -117,6 +157,47 @@ class Bundle:
         self._generation: dict[str, dict[str, Any]] = {}
         cp = self.routing.get("cost_profile")
         self.cost = cp if cp and cp.get("experts") else None
+        self.cost_routing = self._read_cost_routing()
+
+    def _read_cost_routing(self) -> CostRouting | None:
+        """``routing.json["cost_routing"]`` checked, or ``None`` (a bundle without cost routing)."""
+        block = self.routing.get("cost_routing")
+        if block is None:
+            return None
+        where = "routing.json cost_routing"
+        cr = CostRouting.from_dict(block, where)
+        cr.check_subset(self.subset, where)
+        if cr.quality == "correctness" and not self.gate.correctness:
+            raise BundleError(
+                f"{where}.quality is 'correctness' but the gate has no correct_logits output "
+                "(gate/gate.json); the bundle is inconsistent, re-export it"
+            )
+        return cr
+
+    def knob(
+        self, lam: float | None = None, mean_budget: float | None = None, prefix: str = "routing"
+    ) -> float | None:
+        """The lambda of the cost-aware rule for a knob setting (``None``: no cost routing).
+
+        Args:
+            lam: lambda itself, within the calibrated range.
+            mean_budget: an average cost per request, mapped through the calibration curve.
+                (Neither: the calibrated lambda.)
+            prefix: how the messages name the keys (``routing`` config, ``moe2`` request body).
+
+        Raises:
+            ConfigError: a knob on a bundle without cost routing, both given, or a value
+                outside the calibrated range (named in the message).
+        """
+        if self.cost_routing is None:
+            if lam is not None or mean_budget is not None:
+                raise ConfigError(
+                    "this bundle has no cost routing (routing.json has no cost_routing), so "
+                    f"{prefix}.lambda / {prefix}.mean_budget do not apply; export it from a "
+                    "selection made with budget.mean.<metric>=..."
+                )
+            return None
+        return float(self.cost_routing.resolve(lam, mean_budget, prefix))
 
     # ------------------------------------------------------------------ files
     def _file(self, rel: str, what: str) -> Path:
@@ -228,17 +309,54 @@ class Bundle:
     # ------------------------------------------------------------------ routing
     def gate_weights(self, prompt: str) -> dict[str, float]:
         """The gate's softmax over the bundle's subset (the other experts masked out)."""
-        logits = self.gate.logits([prompt])[0]  # [E_all]
+        return self._weights(self.gate.logits([prompt])[0])
+
+    def _weights(self, logits: np.ndarray) -> dict[str, float]:
+        """Softmax of the logits ``[E_all]`` restricted to the subset."""
         w = _softmax(logits[self.subset_index].astype(np.float64))
         return dict(zip(self.subset, w.tolist(), strict=True))
 
-    def route(self, prompt: str, k: int | None = None) -> list[tuple[str, float]]:
-        """Top-k experts of the subset with gate weights renormalised over those k."""
+    def scores(self, prompt: str, category: str | None = None, lam: float | None = None) -> Scores:
+        """The gate's weights over the subset and, with cost routing, the rule's scores
+        ``q_e - lam * c_e(category)`` (``lam``: a value :meth:`knob` returned; ``None``: the
+        calibrated one), from one run of the gate."""
+        cr = self.cost_routing
+        if cr is None or cr.quality != "correctness":
+            weights = self.gate_weights(prompt)
+            if cr is None:
+                return Scores(weights)
+            correct = None
+        else:
+            logits, correct = self.gate.outputs([prompt])  # [1, E_all] each
+            weights = self._weights(logits[0])
+        lam = cr.lam if lam is None else float(lam)
+        if correct is not None:
+            q = 1.0 / (1.0 + np.exp(-correct[0][self.subset_index].astype(np.float64)))
+            quality = dict(zip(self.subset, q.tolist(), strict=True))
+        else:  # "softmax": the gate's distribution over the subset, as select scored it
+            quality = dict(weights)
+        cost = cr.costs(category)
+        cost = {e: cost[e] for e in self.subset}
+        return Scores(weights, quality, cost, cr.scores(quality, category, lam), lam)
+
+    def route(
+        self,
+        prompt: str,
+        k: int | None = None,
+        category: str | None = None,
+        lam: float | None = None,
+        scores: Scores | None = None,
+    ) -> list[tuple[str, float]]:
+        """Top-k experts of the subset with gate weights renormalised over those k.
+
+        With cost routing the top-k are by the rule's score at ``lam`` (default: the calibrated
+        lambda); ``scores`` reuses a :meth:`scores` result instead of running the gate again.
+        """
         k = self.k if k is None else int(k)
         if not 1 <= k <= len(self.subset):
             raise ConfigError(f"k must be between 1 and {len(self.subset)}, got {k}")
-        weights = self.gate_weights(prompt)
-        top = sorted(weights.items(), key=lambda kv: -kv[1])[:k]
+        s = scores if scores is not None else self.scores(prompt, category, lam)
+        top = [(e, s.weights[e]) for e in s.ranking()[:k]]
         total = sum(w for _, w in top)
         return [(e, w / total) for e, w in top]
 
@@ -267,6 +385,8 @@ class Bundle:
         k: int | None = None,
         aggregation: str | None = None,
         category: str | None = None,
+        lam: float | None = None,
+        mean_budget: float | None = None,
     ) -> Answer:
         """Answer ``prompt`` with the bundle.
 
@@ -276,7 +396,13 @@ class Bundle:
             max_new_tokens: generation length (default: the bundle's).
             k: experts to route to (default: the bundle's k).
             aggregation: ``top1``, ``mixture`` or ``vote`` (default: the bundle's).
-            category: the prompt's category, for the cost estimates (default: mean over categories).
+            category: the prompt's category, for the cost estimates (default: mean over categories)
+                and the cost-aware rule's predicted costs (default: the bundle's per-expert
+                default cost).
+            lam: the cost-aware rule's lambda, within the calibrated range (bundles with cost
+                routing; default: the calibrated lambda).
+            mean_budget: instead of ``lam``, an average cost per request, mapped to lambda
+                through the calibration curve.
         """
         import time
 
@@ -290,8 +416,10 @@ class Bundle:
         if agg not in AGGREGATIONS:
             raise ConfigError(f"aggregation {agg!r} is not one of {AGGREGATIONS}")
         notes: list[str] = list(self.notes)
-        weights = self.gate_weights(prompt)
-        routed = self.route(prompt, k)
+        lam = self.knob(lam, mean_budget)  # a bad knob fails before the gate runs
+        scores = self.scores(prompt, category, lam)
+        weights = scores.weights
+        routed = self.route(prompt, k, scores=scores)
         if agg == "top1":
             routed = routed[:1]
             routed = [(routed[0][0], 1.0)]
@@ -350,6 +478,10 @@ class Bundle:
             seconds=time.perf_counter() - start,
             choice_probs=probs,
             notes=notes,
+            cost=None
+            if self.cost_routing is None
+            else self.cost_routing.cost_of([u.name for u in uses], category, scores.lam),
+            scores=scores.table(),
         )
 
     @staticmethod

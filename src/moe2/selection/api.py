@@ -50,6 +50,8 @@ class SelectionInputs:
     test_rows: np.ndarray | None = None  # [P] bool, the report split's prompts
     knn: np.ndarray | None = None  # [P, E] kNN predicted scores (gating/knn_scores.parquet)
     split: str = "val"  # the split F is computed on (selection.split, ``auto`` resolved)
+    sel_logits: np.ndarray | None = None  # [P, E] logits F is computed from (OOF rows replaced)
+    not_applicable: dict[str, str] | None = None  # worst-case budgets that do not apply, and why
 
 
 def _sel(cfg: DictConfig, key: str, default: Any = None) -> Any:
@@ -69,8 +71,7 @@ def load_inputs(cfg: DictConfig) -> SelectionInputs:
         else Path(cfg.paths.gating)
     )
     logits = gate.align(list(data.prompt_ids), data.experts)  # [P, E]
-    pool = load_pool(cfg.experts)
-    profile = build_cost_profile(pool, data, cfg.get("costs"), cfg.paths.profiles)
+    profile = _profile(cfg, data, load_pool, build_cost_profile)
     if list(profile.experts) != list(data.experts):
         raise DataError(
             f"cost profile experts {profile.experts} do not match the outcome table {data.experts}"
@@ -126,7 +127,37 @@ def load_inputs(cfg: DictConfig) -> SelectionInputs:
         test_rows=None if test is None else t_rows,
         knn=knn,
         split=split,
+        sel_logits=sel_logits,
     )
+
+
+def _profile(
+    cfg: DictConfig, data: OutcomeData, load_pool: Any, build_cost_profile: Any
+) -> CostProfile:
+    """The cost profile: of the ``experts`` pool, or of a hosted pool made from the table's experts.
+
+    ``selection.pool``: ``experts`` (the pool file; every table expert must be in it), ``table``
+    (a hosted pool from the table, :func:`moe2.profiling.costs.table_cost_profile`), or ``auto``
+    (``table`` when the ``experts`` pool holds none of the table's experts, e.g. an imported
+    RouterBench/LLMRouter table of hosted LLMs; else ``experts``).
+    """
+    from moe2.profiling.costs import table_cost_profile
+
+    mode = str(_sel(cfg, "pool", "auto"))
+    if mode not in ("auto", "experts", "table"):
+        raise ConfigError(f"selection.pool={mode!r}; use auto, experts or table")
+    if mode == "table":
+        return table_cost_profile(data)
+    pool = load_pool(cfg.experts)
+    if mode == "auto" and not set(data.experts) & {e.name for e in pool}:
+        log.warning(
+            "none of the outcome table's %d experts is in the experts pool: using a hosted pool "
+            "from the table (no memory budget; worst-case energy/latency budgets only where the "
+            "table measures them). selection.pool=experts turns this off.",
+            data.n_experts,
+        )
+        return table_cost_profile(data)
+    return build_cost_profile(pool, data, cfg.get("costs"), cfg.paths.profiles)
 
 
 def resolve_split(split: str, gating_dir: Path) -> str:
@@ -174,8 +205,19 @@ def _oof_rows(
 
 
 def budget_model(cfg_budget: Any, profile: CostProfile, k: int) -> BudgetModel:
-    """The budget model of a ``budget`` config (or mapping) for a cost profile."""
-    return BudgetModel(profile, Budgets.from_config(cfg_budget), k=k)
+    """The budget model of a ``budget`` config (or mapping) for a cost profile (for a hosted
+    profile without the budgets that do not apply: :func:`moe2.profiling.costs.hosted_budgets`)."""
+    return BudgetModel(profile, applicable_budgets(cfg_budget, profile)[0], k=k)
+
+
+def applicable_budgets(cfg_budget: Any, profile: CostProfile) -> tuple[Budgets, dict[str, str]]:
+    """The worst-case budgets of ``cfg_budget`` that apply to ``profile``, and notes on the others."""
+    from moe2.profiling.costs import hosted_budgets
+
+    b, notes = hosted_budgets(Budgets.from_config(cfg_budget), profile)
+    for key, why in notes.items():
+        log.warning("budget.%s: %s", key, why)
+    return b, notes
 
 
 def select_with(
@@ -219,9 +261,13 @@ def run_select(cfg: DictConfig) -> dict[str, Any]:
         BudgetInfeasibleError: no expert satisfies the budgets (the message gives the smallest
             budget values that admit one).
     """
+    from moe2.selection.costroute import mean_budget
+
+    mean = mean_budget(cfg.budget)
     inp = load_inputs(cfg)
     method = str(_sel(cfg, "method", "monotonic"))
-    bm = budget_model(cfg.budget, inp.profile, inp.val.k)
+    budgets, not_applicable = applicable_budgets(cfg.budget, inp.profile)
+    bm = BudgetModel(inp.profile, budgets, k=inp.val.k)
     sel = select_with(inp, bm, method, cfg)
     if sel["subset"] is None:
         # only a method that answers one fixed subset (all_experts) can come back empty here:
@@ -230,6 +276,9 @@ def run_select(cfg: DictConfig) -> dict[str, Any]:
             f"selection.method={method}: {sel.get('note') or 'no feasible answer'}; loosen the "
             "budgets (budget=none drops them) or use selection.method=monotonic"
         )
+    cost = None
+    if mean is not None:
+        cost = _apply_cost_routing(sel, inp, cfg, bm, *mean)
     mask = np.array([e in sel["subset"] for e in inp.data.experts], dtype=bool)
     nb = neighbours(inp.val, bm, mask)
     experts = inp.data.experts
@@ -241,6 +290,7 @@ def run_select(cfg: DictConfig) -> dict[str, Any]:
         experts=list(experts),
         placement=placement(inp.profile, sel["subset"]),
         budget_config=Budgets.from_config(cfg.budget).to_dict(),
+        **({"budgets_not_applicable": not_applicable} if not_applicable else {}),
         runner_up=None
         if nb["runner_up"] is None
         else {
@@ -261,10 +311,18 @@ def run_select(cfg: DictConfig) -> dict[str, Any]:
     sel["quality"] = rule_quality(
         inp, mask, bm, n_boot=int(_sel(cfg, "n_boot", 2000)), seed=int(cfg.get("seed", 0))
     )
+    # the contract's block (COST_CONTRACT.md §4): null without a mean budget
+    sel["cost_routing"] = None if cost is None else cost["cost_routing"]
+    report_md = markdown_report(sel)
+    if cost is not None:
+        from moe2.selection.costsel import markdown_section
+
+        sel["cost_selection"] = cost["cost_selection"]
+        report_md += markdown_section(cost["cost_selection"])
     out = Path(cfg.paths.selection)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "selection.json", sel)
-    write_text_atomic(out / "report.md", markdown_report(sel))
+    write_text_atomic(out / "report.md", report_md)
     _write_meta(
         out,
         "select",
@@ -287,6 +345,41 @@ def run_select(cfg: DictConfig) -> dict[str, Any]:
     for key, rep in sel["quality"].items():
         print_report(rep, f"two-level rule {sel['subset']} on the {names[key]} split")
     return sel
+
+
+def _apply_cost_routing(
+    sel: dict[str, Any],
+    inp: SelectionInputs,
+    cfg: DictConfig,
+    bm: BudgetModel,
+    metric: str,
+    budget: float,
+) -> dict[str, Any]:
+    """Replace the paper's answer in ``sel`` by the best ``(S, λ)`` under the mean budget; the
+    paper's worst-case optimum is kept as ``sel["worst_case_optimum"]``."""
+    from moe2.selection.costsel import cost_select
+
+    cost = cost_select(inp, cfg, bm, metric, budget)
+    mask = cost["mask"]
+    sel["worst_case_optimum"] = {
+        k: sel.get(k) for k in ("subset", "objective", "test_objective", "optimal")
+    }
+    star = cost["cost_selection"]["selection"]["moe2"]
+    sel.update(
+        method="cost_aware",
+        subset=[inp.data.experts[i] for i in np.flatnonzero(mask)],
+        objective=star["quality"],
+        test_objective=(cost["cost_selection"].get("report") or {}).get("moe2", {}).get("accuracy"),
+        optimal=False,
+        budgets=bm.report(mask),
+        note=(
+            f"best (S, λ) under budget.mean.{metric}={budget:g}: "
+            f"{cost['cost_selection']['exactness']['subsets']}; λ {star['lambda']:.6g} calibrated "
+            "(objective = accuracy of the cost-aware rule on the selection split)"
+        ),
+    )
+    sel.pop("per_category", None)
+    return cost
 
 
 def _write_meta(out: Path, stage: str, cfg: DictConfig, inp: SelectionInputs, **extra: Any) -> None:

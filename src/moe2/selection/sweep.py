@@ -87,6 +87,9 @@ def sweep(inp: Any, cfg: DictConfig, select_with: Callable[..., Any]) -> dict[st
 
     sw = OmegaConf.to_container(cfg.sweep, resolve=True) if "sweep" in cfg else {}
     axes = list(sw.get("axes") or ["energy_j", "latency_ms"])
+    mean_axes = [a for a in axes if str(a).startswith("mean.")]
+    if mean_axes:
+        return _mean_sweep(inp, cfg, sw, axes)
     bad = [a for a in axes if a not in AXES]
     if bad or not 1 <= len(axes) <= 2:
         raise ConfigError(f"sweep.axes={axes}: give one or two of {AXES}")
@@ -98,8 +101,17 @@ def sweep(inp: Any, cfg: DictConfig, select_with: Callable[..., Any]) -> dict[st
         sw.get("baselines") or ["greedy", "best_single", "random_feasible", "all_experts"]
     )
     method = str(OmegaConf.select(cfg, "selection.method", default="monotonic"))
-    base = Budgets.from_config(cfg.budget)
+    from moe2.selection.api import applicable_budgets
+
+    base = applicable_budgets(cfg.budget, inp.profile)[0]
     k = inp.val.k
+    lacking = [a for a in axes if not np.isfinite(np.asarray(getattr(inp.profile, a))).all()]
+    if lacking:
+        raise ConfigError(
+            f"sweep.axes={axes}: no {'/'.join(lacking)} figure for every expert (hosted experts from "
+            "the table); sweep a worst-case budget the table measures, or a mean budget: "
+            "sweep.axes=[mean.cost]"
+        )
     loose = BudgetModel(inp.profile, Budgets(None, None, base.memory, base.t_agg_ms), k=k)
     values = {
         a: [
@@ -208,6 +220,25 @@ def sweep(inp: Any, cfg: DictConfig, select_with: Callable[..., Any]) -> dict[st
     plot_pareto(result, out / "pareto.png")
     print(pareto_markdown(result))
     return result
+
+
+def _mean_sweep(inp: Any, cfg: DictConfig, sw: dict[str, Any], axes: list[str]) -> dict[str, Any]:
+    """``sweep.axes=[mean.<metric>]``: the accuracy vs mean-cost front
+    (:func:`moe2.selection.costsel.cost_sweep`); values from ``sweep.values.mean_<metric>`` or
+    ``sweep.points`` geometric ones from the cheapest reachable mean cost to the dearest expert's."""
+    from moe2.selection.costroute import METRICS
+    from moe2.selection.costsel import cost_sweep
+
+    if len(axes) != 1:
+        raise ConfigError(
+            f"sweep.axes={axes}: a mean-budget sweep takes one axis (mean.<metric>), alone"
+        )
+    metric = axes[0].split(".", 1)[1]
+    if metric not in METRICS:
+        raise ConfigError(f"sweep.axes={axes}: mean.<metric> with a metric of {sorted(METRICS)}")
+    vals = (sw.get("values") or {}).get(f"mean_{metric}")
+    values = None if not vals else [budget_number(v, f"sweep.values.mean_{metric}") for v in vals]
+    return cost_sweep(inp, cfg, metric, values, int(sw.get("points", 8)))
 
 
 def heldout_objective(inp: Any, cfg: DictConfig, outcomes_dir: str) -> dict[str, Any]:

@@ -119,6 +119,12 @@ def routing_headers(rid: str, info: dict[str, Any]) -> dict[str, str]:
         h["x-moe2-failover"] = ";".join(f"{f['from']}>{f['to']}" for f in info["failover"])
     if info.get("session"):
         h["x-moe2-session"] = info["session"]
+    cost = info.get("cost")
+    if cost:
+        h["x-moe2-cost"] = f"{cost['value']:.6g}"
+        h["x-moe2-cost-metric"] = cost["metric"]
+        h["x-moe2-cost-unit"] = cost["unit"]
+        h["x-moe2-lambda"] = f"{cost['lambda']:.6g}"
     return {k: _header(v) for k, v in h.items()}
 
 
@@ -291,7 +297,8 @@ def router_app(router: Any, server: ServerCfg) -> Any:
             if req.stream:
                 plan, expert, failovers, pieces = await router.open_stream(req)
                 info = {"route": plan.route, "experts": [{"name": expert}], "gate_weights": plan.gate_weights,
-                        "aggregation": "top1", "failover": failovers, "session": req.session}  # fmt: skip
+                        "aggregation": "top1", "failover": failovers, "session": req.session,
+                        **router.cost_fields(plan, router.cost([expert], req))}  # fmt: skip
 
                 def final(reply: Reply) -> dict[str, Any]:
                     moe2 = {**info, "experts": [{"name": expert, "latency_ms": reply.latency_ms,
@@ -300,6 +307,7 @@ def router_app(router: Any, server: ServerCfg) -> Any:
                             "latency_ms": (time.perf_counter() - t0) * 1000.0, "energy_j": reply.energy_j,
                             "energy_source": "measured" if reply.energy_j is not None else "none",
                             "routing_ms": plan.routing_ms}  # fmt: skip
+                    router.count_cost(info.get("cost"))
                     u = usage(
                         reply.prompt_tokens,
                         reply.completion_tokens,
@@ -372,16 +380,28 @@ def router_app(router: Any, server: ServerCfg) -> Any:
                 "routing_ms": plan.routing_ms,
                 "budget": {"latency_ms": req.budget.latency_ms, "energy_j": req.budget.energy_j},
             }
+            # with cost routing: each expert's quality, predicted cost and score, the chosen's cost
+            cost = router.cost_fields(plan, router.cost(plan.chosen, req))
+            for e in experts if cost.get("scores") else []:
+                e.update(cost["scores"][e["name"]])
+            out.update(cost)
             info = {"route": plan.route, "experts": [{"name": e} for e in plan.chosen], "gate_weights": plan.gate_weights,
-                    "aggregation": plan.aggregation, "latency_ms": plan.routing_ms, "session": req.session}  # fmt: skip
+                    "aggregation": plan.aggregation, "latency_ms": plan.routing_ms, "session": req.session,
+                    **cost}  # fmt: skip
             return JSONResponse(out, headers=routing_headers(rid, info)), req.model
 
         return await _respond(request, "route", metrics, server, handle)
 
     @app.get("/v1/models")
     async def models() -> Any:
+        cr = router.cost_routing
+        knob = None if cr is None else {
+            "metric": cr.metric, "unit": cr.unit, "quality": cr.quality, "lambda": router.lam,
+            "calibrated_lambda": cr.lam, "lambda_range": list(cr.lambda_range),
+        }  # fmt: skip
         data = [{"id": "moe2", "object": "model", "created": created, "owned_by": "moe2",
-                 "moe2": {"experts": router.subset, "k": router.k, "aggregation": router.aggregation}}]  # fmt: skip
+                 "moe2": {"experts": router.subset, "k": router.k, "aggregation": router.aggregation,
+                          **({"cost_routing": knob} if knob else {})}}]  # fmt: skip
         for e in router.subset:
             b = router.backends[e]
             data.append({"id": e, "object": "model", "created": created, "owned_by": "moe2",

@@ -17,6 +17,7 @@ Unknown keys or bad values fail at startup with :class:`~moe2.errors.ConfigError
 from __future__ import annotations
 
 import dataclasses
+import keyword
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -103,6 +104,11 @@ class RoutingCfg:
         min_samples: measured calls of an expert before its measured mean cost replaces the
             bundle's estimate in budget checks.
         session_header: request header that keeps a conversation on one expert.
+        lambda_: the cost-aware rule's lambda (key ``lambda``; bundles with cost routing), within
+            the calibrated range; ``None``: the bundle's calibrated lambda. A request may set its
+            own (``moe2.lambda`` / ``moe2.mean_budget``).
+        mean_budget: instead of ``lambda``, an average cost per request, mapped to lambda through
+            the bundle's calibration curve.
     """
 
     k: int | None = None
@@ -112,6 +118,8 @@ class RoutingCfg:
     breaker: BreakerCfg = field(default_factory=BreakerCfg)
     min_samples: int = 5
     session_header: str = "x-moe2-session"
+    lambda_: float | None = None
+    mean_budget: float | None = None
 
     def __post_init__(self) -> None:
         if self.aggregation is not None and self.aggregation not in AGGREGATIONS:
@@ -161,7 +169,9 @@ def build(cls: type, data: Any, where: str) -> Any:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    # a key that is a Python keyword (``lambda``) is the field with a trailing underscore
+    fields = {f.name.removesuffix("_") if keyword.iskeyword(f.name[:-1]) else f.name: f
+              for f in dataclasses.fields(cls)}  # fmt: skip
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
@@ -170,7 +180,7 @@ def build(cls: type, data: Any, where: str) -> Any:
         sub = fields[name].default_factory  # type: ignore[misc]
         if dataclasses.is_dataclass(sub):
             value = build(sub, value, f"{where}.{name}")  # type: ignore[arg-type]
-        kw[name] = value
+        kw[fields[name].name] = value
     try:
         return cls(**kw)
     except (TypeError, ConfigError) as exc:

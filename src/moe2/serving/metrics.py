@@ -85,6 +85,12 @@ class Metrics:
             "Requests no feasible expert could serve within budget",
             registry=r,
         )
+        self.cost = Counter(
+            "moe2_cost",
+            "Predicted cost of answered requests (cost-aware routing), per cost metric and unit",
+            ["metric", "unit"],
+            registry=r,
+        )
         self.budget_use = Histogram(
             "moe2_budget_use_ratio", "Measured cost of a request over its budget", ["kind"],
             buckets=(0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 1.5, 2, 5), registry=r,

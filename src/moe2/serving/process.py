@@ -28,9 +28,12 @@ class ServerProcess:
         stage: ``serve`` or ``serve-expert``.
         bundle: the bundle directory.
         overrides: more Hydra overrides (``expert=NAME``, ``deployment.file=...``).
-        port: TCP port on 127.0.0.1 (0: any free port).
+        port: TCP port (0: any free port).
         startup_s: how long to wait for the server to listen.
         log: file for the server's output (default: a temporary file).
+        host: address to listen on (default loopback; an edge box's address when ``prefix`` puts
+            the server in another network namespace).
+        prefix: command words before the server's own (e.g. ``["ip", "netns", "exec", "box1"]``).
     """
 
     def __init__(
@@ -41,7 +44,11 @@ class ServerProcess:
         port: int = 0,
         startup_s: float = 180.0,
         log: str | os.PathLike[str] | None = None,
+        host: str = "127.0.0.1",
+        prefix: list[str] | tuple[str, ...] = (),
     ) -> None:
+        self.host = host
+        self.prefix = list(prefix)
         self.stage = stage
         self.bundle = str(bundle)
         self.overrides = list(overrides)
@@ -54,7 +61,7 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:PORT``."""
+        """``http://HOST:PORT`` (as the server reported it)."""
         return str(self.info["url"])
 
     @property
@@ -72,12 +79,13 @@ class ServerProcess:
         ready = self.ready = self.dir / "ready.json"
         ready.unlink(missing_ok=True)
         cmd = [
+            *self.prefix,
             sys.executable,
             "-m",
             "moe2.cli",
             self.stage,
             self.bundle,
-            "server.host=127.0.0.1",
+            f"server.host={self.host}",
             f"server.port={self.port}",
             f"server.ready_file={ready}",
             f"paths.artifacts={self.dir / 'artifacts'}",

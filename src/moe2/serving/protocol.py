@@ -3,7 +3,8 @@
 Requests are validated with pydantic (unknown fields are kept and ignored, as OpenAI servers do);
 every failure becomes an :class:`APIError` with an HTTP status and an OpenAI-style body
 ``{"error": {"message", "type", "param", "code"}}``. moe2's own request options go in an optional
-``moe2`` object (``k``, ``aggregation``, ``choices``, ``category``, ``budget``).
+``moe2`` object (``k``, ``aggregation``, ``choices``, ``category``, ``budget``, ``lambda``,
+``mean_budget``).
 """
 
 from __future__ import annotations
@@ -65,13 +66,18 @@ class BudgetOptions(_Lenient):
 
 
 class Moe2Options(_Lenient):
-    """moe2's request options (the ``moe2`` field of a request body)."""
+    """moe2's request options (the ``moe2`` field of a request body); ``lambda`` /
+    ``mean_budget``: the cost-aware rule's knob for this request (bundles with cost routing)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     k: int | None = Field(default=None, ge=1)
     aggregation: Literal["top1", "mixture", "vote"] | None = None
     choices: list[str] | None = None
     category: str | None = None
     budget: BudgetOptions | None = None
+    lambda_: float | None = Field(default=None, alias="lambda", ge=0)
+    mean_budget: float | None = Field(default=None, ge=0)
 
 
 class ChatMessage(_Lenient):

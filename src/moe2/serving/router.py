@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from moe2.errors import ConfigError
 from moe2.serving.backends import FAILURE_STATUS, Call, ExpertFailure, Reply
 from moe2.serving.config import BudgetCfg, RoutingCfg
 from moe2.serving.health import Breaker, CostBook
@@ -44,6 +45,7 @@ class Request:
     category: str | None = None
     budget: BudgetCfg = field(default_factory=BudgetCfg)
     session: str | None = None
+    lam: float | None = None  # the cost-aware rule's lambda (None: no cost routing)
 
     def route_text(self) -> str:
         """What the gate reads: the prompt; for a chat the last user message, or with a session
@@ -75,6 +77,7 @@ class Plan:
     excluded: dict[str, str]
     prompt_tokens: dict[str, int]
     routing_ms: float
+    scores: Any = None  # moe2.runtime.bundle.Scores with cost routing, else None
 
 
 class Router:
@@ -108,8 +111,6 @@ class Router:
         self.cfg = routing
         self.k = int(routing.k or bundle.k)
         if not 1 <= self.k <= len(self.subset):
-            from moe2.errors import ConfigError
-
             raise ConfigError(f"routing.k must be between 1 and {len(self.subset)}, got {self.k}")
         self.aggregation = str(routing.aggregation or bundle.aggregation)
         self.metrics = metrics
@@ -117,6 +118,9 @@ class Router:
         cats = (bundle.cost or {}).get("categories") or []
         self.costs = CostBook(min_samples=routing.min_samples, categories=frozenset(map(str, cats)))
         self._bundle_estimates: dict[tuple[str, str | None], tuple[float | None, float | None]] = {}
+        # the server's knob (ConfigError at startup when outside the calibrated range)
+        self.lam: float | None = bundle.knob(routing.lambda_, routing.mean_budget)
+        self.cost_routing = bundle.cost_routing
         for e in self.subset:
             metrics.breaker_open.labels(e).set(0)
 
@@ -157,6 +161,13 @@ class Router:
         req.stream = bool(body.stream)
         req.budget = budget
         req.session = session
+        req.lam = self.lam
+        if opts is not None and (opts.lambda_ is not None or opts.mean_budget is not None):
+            try:
+                req.lam = self.bundle.knob(opts.lambda_, opts.mean_budget, prefix="moe2")
+            except ConfigError as exc:
+                param = "moe2.lambda" if opts.lambda_ is not None else "moe2.mean_budget"
+                raise APIError(400, str(exc), param=param, code="invalid_cost_knob") from exc
         if opts is not None:
             req.k, req.aggregation, req.category = opts.k, opts.aggregation, opts.category
             req.choices = [str(c) for c in opts.choices] if opts.choices else None
@@ -209,6 +220,17 @@ class Router:
             else ("bundle" if est_en is not None else "none"),
         }
 
+    def cost(self, experts: list[str], req: Request) -> dict[str, Any] | None:
+        """The predicted cost ``{metric, unit, value, ...}`` of ``experts`` answering ``req``
+        (``None`` without cost routing); counted in ``moe2_cost_total``."""
+        if self.cost_routing is None:
+            return None
+        return self.cost_routing.cost_of(experts, req.category, req.lam)
+
+    def count_cost(self, cost: dict[str, Any] | None) -> None:
+        if cost is not None:
+            self.metrics.cost.labels(cost["metric"], cost["unit"]).inc(cost["value"])
+
     # ------------------------------------------------------------------ routing
     def gate(self, text: str) -> dict[str, float]:
         """The gate's weights over the subset.
@@ -224,13 +246,19 @@ class Router:
         t0 = time.perf_counter()
         direct = req.model != ROUTER_MODEL
         agg = req.aggregation or self.aggregation
+        scores = None
         if direct:
             weights = {req.model: 1.0}
             ranking = [req.model]
             k = 1
         else:
-            weights = self.gate(req.route_text())
-            ranking = sorted(weights, key=lambda e: -weights[e])
+            if self.cost_routing is not None:
+                # q - lambda * predicted cost decides the ranking (and so the failover order)
+                scores = self.bundle.scores(req.route_text(), req.category, req.lam)
+                weights, ranking = scores.weights, scores.ranking()
+            else:
+                weights = self.gate(req.route_text())
+                ranking = sorted(weights, key=lambda e: -weights[e])
             k = int(req.k or self.k)
             if not 1 <= k <= len(self.subset):
                 raise APIError(
@@ -320,6 +348,7 @@ class Router:
             excluded,
             n_prompt,
             ms,
+            scores,
         )
         if not chosen:
             self._refuse(plan, too_long, over_budget, req)
@@ -497,6 +526,8 @@ class Router:
             }
             for r, u in zip(replies, uses, strict=True)
         ]
+        cost = self.cost([r.expert for r in replies], req)
+        self.count_cost(cost)
         return {
             "text": text,
             "finish_reason": replies[0].finish_reason if len(replies) == 1 else "stop",
@@ -520,8 +551,15 @@ class Router:
                 "choice_probs": probs,
                 "notes": notes,
                 "session": req.session,
+                **self.cost_fields(plan, cost),
             },
         }
+
+    def cost_fields(self, plan: Plan, cost: dict[str, Any] | None) -> dict[str, Any]:
+        """``cost`` (and the rule's ``scores``) of a response's ``moe2`` field, with cost routing."""
+        if cost is None:
+            return {}
+        return {"cost": cost, "scores": plan.scores.table() if plan.scores else None}
 
     async def open_stream(
         self, req: Request

@@ -1,0 +1,194 @@
+"""Accuracy vs mean cost (issue 11 targets): MoE² cost-aware routing vs cost-aware kNN, the paper's
+subset-only rule, every single expert and the oracle, on RouterBench and LLMRouter (real dollars).
+
+Protocol (benchmarks/RESULTS.md, "Cost-aware routing under a mean budget"): the tables of the
+routing-quality protocol (``bench_quality.py import``: seeded hash splits 0.70/0.15/0.15, seed 0).
+The gate is the default one (``conf/gating/minilm.yaml``), refitted on train+val, with 5 out-of-fold
+gates (``oof.folds=5``): ``(S, λ)`` is chosen and λ calibrated on the out-of-fold predictions of
+train+val (``selection.split=oof``); test is used once, for the figures. No setting was chosen by
+looking at test (grid, refine and q are the defaults).
+
+Targets: (1) the best single expert's accuracy at <= 30% of its mean cost; (2) the MoE² front above
+cost-aware kNN at every cost. Intervals: paired bootstrap 95% over the test prompts.
+
+Commands (repository root, venv active):
+
+    python benchmarks/bench_cost.py train --table routerbench   # ~3 min on 2 loaded cores
+    python benchmarks/bench_cost.py front --table routerbench
+    python benchmarks/bench_cost.py train --table llmrouter
+    python benchmarks/bench_cost.py front --table llmrouter
+    python benchmarks/bench_cost.py summary --table routerbench   # the RESULTS.md tables
+
+``--work`` (default /tmp/moe2-cost) holds the gates and results; ``--outcomes`` the imported tables
+(default /tmp/moe2-quality/<table>/outcomes); ``--cache`` the embedding cache (/tmp/moe2-cache).
+Results: ``WORK/<table>/selection/{cost_front.json,cost_front.md,cost_front.png,selection.json}``
+and ``WORK/<table>/cost_bench.json`` (the target figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _paths(args: argparse.Namespace) -> list[str]:
+    work = Path(args.work) / args.table
+    outcomes = args.outcomes or f"/tmp/moe2-quality/{args.table}/outcomes"
+    return [
+        f"paths.artifacts={work}",
+        f"paths.outcomes={outcomes}",
+        f"paths.cache={args.cache}",
+    ]
+
+
+def train(args: argparse.Namespace) -> None:
+    cmd = ["moe2", "train", *_paths(args), "oof.folds=5", "logger=none"]
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def front(args: argparse.Namespace) -> dict[str, Any]:
+    from moe2.selection.api import run_select, run_sweep
+    from moe2.utils.stage import compose
+
+    common = [
+        *_paths(args),
+        "budget=none",
+        "selection.split=oof",
+        f"selection.n_boot={args.n_boot}",
+    ]
+    t0 = time.perf_counter()
+    res = run_sweep(
+        compose("sweep", [*common, "sweep.axes=[mean.cost]", f"sweep.points={args.points}"])
+    )
+    sweep_s = time.perf_counter() - t0
+    # the top single expert (most accurate on the selection split) and 30% of its mean cost
+    top = res["best_single"]
+    top_cost = next(s for s in res["singles"] if s["expert"] == top)["selection"]["mean_cost"]
+    budget = 0.3 * top_cost
+    t0 = time.perf_counter()
+    sel = run_select(compose("select", [*common, f"budget.mean.cost={budget}"]))
+    select_s = time.perf_counter() - t0
+    rep = sel["cost_selection"]["report"]
+    t1 = {
+        "reference": top,
+        "budget_mean": budget,
+        "reference_test": rep["top_single"],
+        "moe2_test": {k: rep["moe2"][k] for k in ("mean_cost", "accuracy")},
+        "cost_fraction": rep["moe2"]["mean_cost"] / rep["top_single"]["mean_cost"],
+        "moe2_minus_reference": rep["top_single"]["moe2_minus_it"],
+        "met_point_estimate": rep["moe2"]["accuracy"] >= rep["top_single"]["accuracy"]
+        and rep["moe2"]["mean_cost"] <= 0.3 * rep["top_single"]["mean_cost"],
+    }
+    pts = [p for p in res["points"] if p.get("feasible") and "report" in p]
+    vs_knn = []
+    for p in pts:
+        r = p["report"]
+        if "knn" not in r:
+            continue
+        iv = r["knn"]["moe2_minus_it"]["accuracy"]
+        vs_knn.append(
+            {
+                "budget": p["budget"],
+                "moe2": [r["moe2"]["mean_cost"], r["moe2"]["accuracy"]],
+                "knn": [r["knn"]["mean_cost"], r["knn"]["accuracy"]],
+                "diff": iv,
+            }
+        )
+    t2 = {
+        "points": vs_knn,
+        "above_everywhere_point_estimate": all(v["diff"]["mean"] >= 0 for v in vs_knn),
+        "significantly_above": sum(
+            bool(v["diff"]["significant"]) and v["diff"]["mean"] > 0 for v in vs_knn
+        ),
+        "significantly_below": sum(
+            bool(v["diff"]["significant"]) and v["diff"]["mean"] < 0 for v in vs_knn
+        ),
+    }
+    out = {
+        "table": args.table,
+        "target_best_single_at_30pct": t1,
+        "target_above_knn": t2,
+        "reaches_best_single": res["reaches_best_single"],
+        "cost_routing": sel["cost_routing"],
+        "calibration_error": sel["cost_selection"]["calibration_error"],
+        "seconds": {"sweep": sweep_s, "select": select_s},
+    }
+    path = Path(args.work) / args.table / "cost_bench.json"
+    path.write_text(json.dumps(out, indent=1))
+    print(json.dumps({k: v for k, v in out.items() if k != "cost_routing"}, indent=1)[:6000])
+    return out
+
+
+def summary(args: argparse.Namespace) -> str:
+    """The RESULTS.md table of one table's front (test split) from ``cost_bench.json``/``cost_front.json``."""
+    from moe2.gating.baselines import interval_text
+
+    work = Path(args.work) / args.table
+    b = json.loads((work / "cost_bench.json").read_text())
+    f = json.loads((work / "selection" / "cost_front.json").read_text())
+    lines = [
+        "| mean budget (USD) | MoE² cost | MoE² acc | kNN cost | kNN acc | subset-only cost | "
+        "subset-only acc | MoE² − kNN (pt) | MoE² − subset-only (pt) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in f["points"]:
+        if not p.get("feasible"):
+            continue
+        r = p["report"]
+        lines.append(
+            f"| {p['budget']:.3g} | {r['moe2']['mean_cost']:.3g} | {r['moe2']['accuracy']:.4f} | "
+            f"{r['knn']['mean_cost']:.3g} | {r['knn']['accuracy']:.4f} | "
+            f"{r['subset_only']['mean_cost']:.3g} | {r['subset_only']['accuracy']:.4f} | "
+            f"{interval_text(r['knn']['moe2_minus_it']['accuracy'])} | "
+            f"{interval_text(r['subset_only']['moe2_minus_it']['accuracy'])} |"
+        )
+    lines += ["", "| single expert | mean cost (USD) | accuracy |", "|---|---|---|"]
+    for s in f["singles"]:
+        lines.append(
+            f"| {s['expert']} | {s['report']['mean_cost']:.3g} | {s['report']['accuracy']:.4f} |"
+        )
+    t1 = b["target_best_single_at_30pct"]
+    lines += [
+        "",
+        f"Select at 30% of {t1['reference']}'s mean cost (budget {t1['budget_mean']:.4g} USD on the OOF "
+        f"split): test mean cost {t1['moe2_test']['mean_cost']:.4g} USD "
+        f"({100 * t1['cost_fraction']:.1f}% of its {t1['reference_test']['mean_cost']:.4g}), accuracy "
+        f"{t1['moe2_test']['accuracy']:.4f} vs {t1['reference_test']['accuracy']:.4f}: MoE² − it "
+        f"{interval_text(t1['moe2_minus_reference']['accuracy'])}.",
+    ]
+    t2 = b["target_above_knn"]
+    lines.append(
+        f"MoE² − cost-aware kNN over {len(t2['points'])} budgets: {t2['significantly_above']} "
+        f"significantly above, {t2['significantly_below']} significantly below, the rest not significant."
+    )
+    out = "\n".join(lines)
+    print(out)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("stage", choices=["train", "front", "summary"])
+    ap.add_argument("--table", required=True, choices=["routerbench", "llmrouter"])
+    ap.add_argument("--work", default="/tmp/moe2-cost")
+    ap.add_argument("--outcomes", default=None)
+    ap.add_argument("--cache", default="/tmp/moe2-cache")
+    ap.add_argument("--points", type=int, default=14)
+    ap.add_argument("--n-boot", type=int, default=2000)
+    args = ap.parse_args()
+    if args.stage == "train":
+        train(args)
+    elif args.stage == "front":
+        front(args)
+    else:
+        summary(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

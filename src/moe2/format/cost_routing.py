@@ -1,0 +1,325 @@
+"""The cost-aware routing block of a bundle (``routing.json["cost_routing"]``, issue 11).
+
+``moe2 select`` with an average budget (``budget.mean.<metric>=B``) writes the block into
+``selection.json``; ``moe2 export`` copies it, checked by :meth:`CostRouting.from_dict`, into the
+bundle; ``moe2 ask`` and ``moe2 serve`` route with it: among the bundle's subset ``S``, each expert
+scores ``q_e(x) - lambda * c_e(category)`` and the top-k by score answer. ``q`` is the gate's
+correctness heads' ``sigmoid`` (``quality: correctness``) or the gate's softmax over ``S``
+(``quality: softmax``); ``c`` is the predicted cost of one request (``cost_table``, or
+``cost_default`` for an unknown category). ``lambda`` is the run-time knob: the calibrated value by
+default, any value within the calibration's range, or the one an average budget maps to through
+the calibration curve (:meth:`CostRouting.lambda_for_budget`).
+
+Numpy only: the exporter and the edge runtime both import this.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from moe2.errors import BundleError, ConfigError
+
+Quality = Literal["correctness", "softmax"]
+QUALITIES: tuple[str, ...] = ("correctness", "softmax")
+
+
+@dataclass(frozen=True)
+class CalibrationPoint:
+    """One point of the calibration curve: mean cost and quality per request at ``lam``."""
+
+    lam: float
+    mean_cost: float
+    quality: float | None
+
+
+@dataclass(frozen=True)
+class CostRouting:
+    """A checked ``cost_routing`` block (see the module docstring and COST_CONTRACT §4).
+
+    Attributes:
+        metric: the cost metric (``cost``, ``energy_j``, ``latency_ms``, ``output_tokens``, ...).
+        unit: its unit (``USD``, ``J``, ``ms``, ``tokens``).
+        quality: where ``q`` comes from (``correctness`` or ``softmax``).
+        lam: the calibrated lambda (the knob's default).
+        budget_mean: the average budget it was calibrated for (``None``: lambda was given).
+        experts: the subset, in the order of the tables.
+        categories: category names, in the order of ``cost_table``'s columns.
+        cost_table: ``[|S|, C]`` predicted cost of one request per expert and category.
+        cost_default: ``[|S|]`` predicted cost when the category is unknown.
+        calibration: the curve, lambda strictly ascending, at least 2 points.
+        split: the split it was calibrated on.
+    """
+
+    metric: str
+    unit: str
+    quality: Quality
+    lam: float
+    budget_mean: float | None
+    experts: tuple[str, ...]
+    categories: tuple[str, ...]
+    cost_table: np.ndarray
+    cost_default: np.ndarray
+    calibration: tuple[CalibrationPoint, ...]
+    split: str | None
+
+    # ------------------------------------------------------------------ reading
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> CostRouting:
+        """Check a ``cost_routing`` mapping and build it.
+
+        Args:
+            d: the block as read from JSON.
+            where: where it was read (``selection.json cost_routing``), for the messages.
+
+        Raises:
+            BundleError: the first problem, naming the field and what it should hold.
+        """
+
+        def bad(field: str, what: str) -> BundleError:
+            return BundleError(
+                f"{where}.{field} {what}; rerun `moe2 select` with budget.mean.<metric>=... "
+                "(or fix the block) and export again"
+            )
+
+        if not isinstance(d, dict):
+            raise BundleError(
+                f"{where} is a {type(d).__name__}, not a mapping; rerun `moe2 select`"
+            )
+        need = (
+            "metric",
+            "unit",
+            "quality",
+            "lambda",
+            "experts",
+            "categories",
+            "cost_table",
+            "cost_default",
+            "calibration",
+        )
+        missing = [k for k in need if k not in d]
+        if missing:
+            raise BundleError(f"{where} lacks {missing}; rerun `moe2 select` and export again")
+        for key in ("metric", "unit"):
+            if not isinstance(d[key], str) or not d[key]:
+                raise bad(key, "must be a non-empty string")
+        if d["quality"] not in QUALITIES:
+            raise bad("quality", f"is {d['quality']!r}, not one of {list(QUALITIES)}")
+        lam = _number(d["lambda"], lambda what: bad("lambda", what), minimum=0.0)
+        budget = d.get("budget_mean")
+        if budget is not None:
+            budget = _number(budget, lambda what: bad("budget_mean", what), minimum=0.0)
+        experts = _names(d["experts"], lambda what: bad("experts", what), empty=False)
+        categories = _names(d["categories"], lambda what: bad("categories", what), empty=True)
+        table = _matrix(d["cost_table"], (len(experts), len(categories)), "cost_table", bad)
+        default = _matrix(d["cost_default"], (len(experts),), "cost_default", bad)
+        cal = d["calibration"]
+        if not isinstance(cal, list) or len(cal) < 2:
+            raise bad("calibration", "must be a list of at least 2 {lambda, mean_cost} points")
+        points = []
+        for i, p in enumerate(cal):
+            if not isinstance(p, dict) or "lambda" not in p or "mean_cost" not in p:
+                raise bad(f"calibration[{i}]", "is not a {lambda, mean_cost, quality} point")
+            q = p.get("quality")
+            points.append(
+                CalibrationPoint(
+                    _number(p["lambda"], lambda w, i=i: bad(f"calibration[{i}].lambda", w), 0.0),
+                    _number(
+                        p["mean_cost"], lambda w, i=i: bad(f"calibration[{i}].mean_cost", w), 0.0
+                    ),
+                    None
+                    if q is None
+                    else _number(q, lambda w, i=i: bad(f"calibration[{i}].quality", w)),
+                )
+            )
+        lams = [p.lam for p in points]
+        if any(b <= a for a, b in zip(lams, lams[1:], strict=False)):
+            raise bad("calibration", f"must have strictly ascending lambdas, got {lams}")
+        if not lams[0] <= lam <= lams[-1]:
+            raise bad(
+                "lambda", f"= {lam:g} lies outside the calibrated range [{lams[0]:g}, {lams[-1]:g}]"
+            )
+        split = d.get("split")
+        if split is not None and not isinstance(split, str):
+            raise bad("split", "must be a string or null")
+        return cls(
+            str(d["metric"]),
+            str(d["unit"]),
+            d["quality"],
+            lam,
+            budget,
+            experts,
+            categories,
+            table,
+            default,
+            tuple(points),
+            split,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The block as JSON-ready data (what ``routing.json`` holds)."""
+        return {
+            "metric": self.metric,
+            "unit": self.unit,
+            "quality": self.quality,
+            "lambda": self.lam,
+            "budget_mean": self.budget_mean,
+            "experts": list(self.experts),
+            "categories": list(self.categories),
+            "cost_table": self.cost_table.tolist(),
+            "cost_default": self.cost_default.tolist(),
+            "calibration": [
+                {"lambda": p.lam, "mean_cost": p.mean_cost, "quality": p.quality}
+                for p in self.calibration
+            ],
+            "split": self.split,
+        }
+
+    def check_subset(self, subset: list[str], where: str) -> None:
+        """The block's experts must be the bundle's subset (any order)."""
+        if sorted(self.experts) != sorted(subset):
+            raise BundleError(
+                f"{where}.experts {list(self.experts)} differ from the selected subset {subset}; "
+                "rerun `moe2 select` so both come from the same run"
+            )
+
+    # ------------------------------------------------------------------ the knob
+    @property
+    def lambda_range(self) -> tuple[float, float]:
+        """The calibrated range of the run-time knob: the curve's first and last lambda."""
+        return self.calibration[0].lam, self.calibration[-1].lam
+
+    def describe_range(self) -> str:
+        """The calibration's ends in words, for messages."""
+        first, last = self.calibration[0], self.calibration[-1]
+        return (
+            f"calibrated on {self.split or 'the selection split'}: lambda {first.lam:g} gives a "
+            f"mean {self.metric} of {first.mean_cost:g} {self.unit} per request, lambda "
+            f"{last.lam:g} gives {last.mean_cost:g} {self.unit}"
+        )
+
+    def lambda_for_budget(self, budget: float, prefix: str = "routing") -> float:
+        """The smallest lambda whose calibrated mean cost is at most ``budget``.
+
+        Between two calibration points the curve is linear; a budget at or above the mean cost at
+        the smallest lambda gives that lambda (the budget does not bind).
+
+        Raises:
+            ConfigError: a budget below every calibrated mean cost (or not a number >= 0).
+        """
+        b = _knob_value(budget, f"{prefix}.mean_budget")
+        pts = self.calibration
+        if pts[0].mean_cost <= b:
+            return pts[0].lam
+        for prev, cur in zip(pts, pts[1:], strict=False):
+            if cur.mean_cost <= b:
+                # prev.mean_cost > b >= cur.mean_cost: the crossing of the segment
+                t = (prev.mean_cost - b) / (prev.mean_cost - cur.mean_cost)
+                return prev.lam + t * (cur.lam - prev.lam)
+        raise ConfigError(
+            f"{prefix}.mean_budget={b:g} {self.unit} is below every calibrated mean cost "
+            f"({self.describe_range()}); give a budget of at least "
+            f"{min(p.mean_cost for p in pts):g} {self.unit}"
+        )
+
+    def resolve(
+        self, lam: float | None = None, mean_budget: float | None = None, prefix: str = "routing"
+    ) -> float:
+        """The lambda of a knob setting: ``lam``, ``mean_budget`` mapped, or the calibrated one.
+
+        ``prefix`` names the knob's keys in the messages (``routing``: the config; ``moe2``: a
+        request body).
+
+        Raises:
+            ConfigError: both given, a value outside the calibrated range (the message names it),
+                or not a number.
+        """
+        if lam is not None and mean_budget is not None:
+            raise ConfigError(
+                f"give {prefix}.lambda or {prefix}.mean_budget, not both (a budget maps to a "
+                "lambda)"
+            )
+        if mean_budget is not None:
+            return self.lambda_for_budget(mean_budget, prefix)
+        if lam is None:
+            return self.lam
+        x = _knob_value(lam, f"{prefix}.lambda")
+        lo, hi = self.lambda_range
+        if not lo <= x <= hi:
+            raise ConfigError(
+                f"{prefix}.lambda={x:g} is outside the calibrated range [{lo:g}, {hi:g}] "
+                f"({self.describe_range()}); choose a value in it, or re-select with a wider sweep"
+            )
+        return x
+
+    # ------------------------------------------------------------------ the rule
+    def costs(self, category: str | None) -> dict[str, float]:
+        """Predicted cost of one request to each expert: its category's, else the default."""
+        if category is not None and category in self.categories:
+            col = self.cost_table[:, self.categories.index(category)]
+        else:
+            col = self.cost_default
+        return dict(zip(self.experts, col.tolist(), strict=True))
+
+    def scores(
+        self, quality: dict[str, float], category: str | None, lam: float
+    ) -> dict[str, float]:
+        """``q_e - lam * c_e(category)`` for every expert of ``quality`` (the subset)."""
+        cost = self.costs(category)
+        return {e: float(q) - lam * cost[e] for e, q in quality.items()}
+
+    def cost_of(self, experts: list[str], category: str | None, lam: float) -> dict[str, Any]:
+        """The predicted cost of a request routed to ``experts``: ``{metric, unit, value, ...}``."""
+        cost = self.costs(category)
+        return {
+            "metric": self.metric,
+            "unit": self.unit,
+            "value": float(sum(cost[e] for e in experts)),
+            "source": "predicted",
+            "lambda": float(lam),
+            "category": category if category in self.categories else None,
+        }
+
+
+def _knob_value(v: Any, name: str) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={v!r} is not a number") from None
+    if not math.isfinite(x) or x < 0:
+        raise ConfigError(f"{name}={v!r} must be a finite number >= 0")
+    return x
+
+
+def _number(v: Any, bad: Any, minimum: float | None = None) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise bad(f"is {v!r}, not a finite number")
+    if minimum is not None and v < minimum:
+        raise bad(f"is {v!r}, below {minimum:g}")
+    return float(v)
+
+
+def _names(v: Any, bad: Any, empty: bool) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise bad("must be a list of names")
+    if not v and not empty:
+        raise bad("is empty")
+    if len(set(v)) != len(v):
+        raise bad(f"repeats a name: {v}")
+    return tuple(v)
+
+
+def _matrix(v: Any, shape: tuple[int, ...], field: str, bad: Any) -> np.ndarray:
+    try:
+        a = np.asarray(v, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise bad(field, f"must be numbers of shape {list(shape)}") from None
+    if a.shape != shape:
+        what = "[experts][categories]" if len(shape) == 2 else "[experts]"
+        raise bad(field, f"has shape {list(a.shape)}, expected {list(shape)} {what}")
+    if not np.isfinite(a).all() or (a < 0).any():
+        raise bad(field, "must hold finite costs >= 0 (no NaN, no negative value)")
+    return a
