@@ -6,7 +6,7 @@ groups it composes, each typed by its schema in :mod:`moe2.config.schema`, so a 
 (``moe2 ask ... max_new_token=5``) fails at compose like a group's. ``data`` is ``Any``: each
 importer's option file brings its own schema (``DATA_SCHEMAS``). ``logger`` is an open mapping
 ``{name: {_target_: ...}}``: a logger is a factory with its own arguments (bound to its signature
-by :func:`moe2.config.schema.validate`), and any Lightning logger may be added as a new entry.
+by :func:`validate`), and any Lightning logger may be added as a new entry.
 """
 
 from __future__ import annotations
@@ -362,7 +362,7 @@ def validate(cfg: DictConfig) -> None:
     gating = cfg.get("gating") if "gating" in cfg else None
     if isinstance(gating, DictConfig):
         for key in ("optimizer", "scheduler"):
-            if not OmegaConf.is_missing(gating, key) and gating.get(key) is not None:
+            if key in gating and not OmegaConf.is_missing(gating, key) and gating.get(key):
                 check_factory(gating.get(key), f"gating.{key}")
     loggers = cfg.get("logger") if "logger" in cfg else None
     if isinstance(loggers, DictConfig):
