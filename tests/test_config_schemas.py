@@ -17,6 +17,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from moe2.config import conf_dir
+from moe2.config import options as O
 from moe2.config import schema as S
 from moe2.config.stage_schemas import stage_schemas
 from moe2.errors import ConfigError
@@ -233,8 +234,8 @@ def test_schemas_agree_with_the_code_that_reads_them() -> None:
     args = {k: p.default for k, p in sig.items() if k not in ("self", "experts", "categories")}
     assert {k: v for k, v in net.items() if k != "category"} == args
     assert {f.name for f in dataclasses.fields(S.ExpertMemberCfg)} == registry._MEMBER_KEYS
-    assert HarvestOptions is S.HarvestCfg
-    assert dataclasses.asdict(S.CostsCfg()) == DEFAULT_COSTS
+    assert HarvestOptions is O.HarvestCfg
+    assert dataclasses.asdict(O.CostsCfg()) == DEFAULT_COSTS
     # a partial placement's keys are Placement's
     S.DeploymentCfg(default={f.name: None for f in dataclasses.fields(Placement)})
 
@@ -243,7 +244,7 @@ def test_the_shipped_pools_and_gates_are_typed() -> None:
     cfg = compose("pipeline", [])
     assert OmegaConf.get_type(cfg.experts.members[0]) is S.ExpertMemberCfg
     assert OmegaConf.get_type(cfg.gating.net) is S.GatingNetCfg
-    assert OmegaConf.get_type(cfg.costs) is S.CostsCfg
+    assert OmegaConf.get_type(cfg.costs) is O.CostsCfg
     for pool in ("llmrouter9", "tiny", "qwen_random"):
         assert compose("harvest", [f"experts={pool}"]).experts.name == pool
     serve = compose("serve", ["deployment=remote"])

@@ -15,6 +15,9 @@ Open on purpose (documented at each field): ``_target_`` factories (``gating.opt
 values that take several forms (a path or a list of paths, a model name or an inline card, the
 budgets' number-or-per-category limits) and the partial placements of a deployment.
 
+The ``harvest`` and ``costs`` schemas live in :mod:`moe2.config.options` (a leaf module: the
+harvest and the analytic cost model take them as their own option types).
+
 Registry data (``conf/hardware/``, ``conf/experts/models/``) is data read by
 :mod:`moe2.experts.registry`, not a config group, and has no schema here.
 """
@@ -27,6 +30,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
+from moe2.config.options import check_choice as _choice
 from moe2.errors import ConfigError
 from moe2.selection.optimizer import METHODS
 
@@ -36,11 +40,6 @@ from moe2.selection.optimizer import METHODS
 
 #: the optimizer's own list, so a new method needs no second edit here
 SELECTION_METHODS = METHODS
-
-
-def _choice(group: str, key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{group}.{key}={value!r}; use one of {', '.join(allowed)}")
 
 
 @dataclass
@@ -463,7 +462,7 @@ DATA_SCHEMAS: dict[str, type] = {
 }
 
 
-# ------------------------------------------------------------------------------ experts, costs
+# --------------------------------------------------------------------------------------- experts
 
 
 @dataclass
@@ -492,101 +491,7 @@ class ExpertsCfg:
     members: list[ExpertMemberCfg] = field(default_factory=list)
 
 
-@dataclass
-class CostsTokensCfg:
-    """``costs.tokens``: token counts of the analytic model (null: from the outcome table)."""
-
-    prompt: Optional[float] = None  # noqa: UP045
-    chars_per_token: float = 4.0
-    output: float = 128.0
-    default_prompt: float = 256.0
-
-
-@dataclass
-class CostsNetworkCfg:
-    """``costs.network``: the request's network time (null: each device's own figures)."""
-
-    enabled: bool = True
-    rtt_ms: Optional[float] = None  # noqa: UP045
-    bandwidth_mbps: Optional[float] = None  # noqa: UP045
-    bytes_per_token: float = 4.0
-
-
-@dataclass
-class CostsKvCfg:
-    """``costs.kv``: the KV cache held per expert (memory budget)."""
-
-    context_tokens: int = 4096
-    batch: int = 1
-    bytes_per_value: float = 2.0
-
-
-@dataclass
-class CostsEfficiencyCfg:
-    """``costs.efficiency``: fractions of peak compute and bandwidth (null: each device's own)."""
-
-    compute: Optional[float] = None  # noqa: UP045
-    bandwidth: Optional[float] = None  # noqa: UP045
-
-
-@dataclass
-class CostsCfg:
-    """``costs``: the analytic cost model (:mod:`moe2.profiling.analytic`, which takes its
-    defaults from here); measured profiles override it per expert and category."""
-
-    tokens: CostsTokensCfg = field(default_factory=CostsTokensCfg)
-    network: CostsNetworkCfg = field(default_factory=CostsNetworkCfg)
-    kv: CostsKvCfg = field(default_factory=CostsKvCfg)
-    efficiency: CostsEfficiencyCfg = field(default_factory=CostsEfficiencyCfg)
-    power: str = "typical"
-    #: weight precision -> the precision its matmuls run in
-    compute_precision: dict[str, str] = field(
-        default_factory=lambda: {
-            "fp32": "fp32",
-            "tf32": "tf32",
-            "fp16": "fp16",
-            "bf16": "bf16",
-            "fp8": "fp8",
-            "int8": "int8",
-            "int4": "fp16",
-        }
-    )
-    power_mode_scaling: bool = True
-
-    def __post_init__(self) -> None:
-        _choice("costs", "power", self.power, ("idle", "typical", "max"))
-
-
-# ----------------------------------------------------------------------------- harvest, profile
-
-
-@dataclass
-class HarvestCfg:
-    """``harvest``: knobs of a harvest run (also :class:`moe2.experts.harvest.HarvestOptions`)."""
-
-    device: str = "cpu"
-    dtype: str = "auto"
-    batch_size: int = 16
-    shard_size: int = 64
-    max_new_tokens: int = 16
-    grade: str = "auto"
-    mode: str = "packed"
-    max_length: Optional[int] = None  # noqa: UP045
-    limit: Optional[int] = None  # noqa: UP045
-    restart: bool = False
-    #: write DIR/outcomes and succeed even when (prompt, expert) pairs are missing
-    allow_partial: bool = False
-    progress: bool = True
-    cache_dir: Optional[str] = None  # noqa: UP045
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.shard_size < 1:
-            raise ConfigError("harvest.batch_size and harvest.shard_size must be >= 1")
-        if self.max_new_tokens < 1:
-            raise ConfigError("harvest.max_new_tokens must be >= 1")
-        _choice("harvest", "device", self.device, ("cpu", "cuda", "auto"))
-        _choice("harvest", "mode", self.mode, ("packed", "pairs"))
-        _choice("harvest", "grade", self.grade, ("auto", "exact", "numeric", "normalized"))
+# --------------------------------------------------------------------------------------- profile
 
 
 @dataclass

@@ -17,18 +17,17 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from moe2.config.options import CostsCfg, HarvestCfg
 from moe2.config.schema import (
     DATA_SCHEMAS,
     SCHEMAS,
     BudgetCfg,
     BundleRefCfg,
-    CostsCfg,
     DeploymentCfg,
     EvaluateCfg,
     ExpertsCfg,
     ExportCfg,
     GatingCfg,
-    HarvestCfg,
     MeasureCfg,
     OofCfg,
     PathsCfg,

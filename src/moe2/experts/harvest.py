@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from moe2.config.schema import HarvestCfg
+from moe2.config.options import HarvestCfg
 from moe2.data.tables import OutcomeTables, write_tables
 from moe2.data.validate import check_prompts
 from moe2.errors import DataError, IncompleteHarvestError, Moe2Error

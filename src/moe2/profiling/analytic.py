@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from moe2.config.schema import CostsCfg
+from moe2.config.options import CostsCfg
 from moe2.errors import ConfigError
 from moe2.experts.registry import DeviceSpec, ExpertSpec, ModelCard
 
