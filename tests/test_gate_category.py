@@ -186,8 +186,8 @@ def test_ask_stage_passes_the_category(
     cat_bundle: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from moe2.pipelines.ask import main
-    from moe2.runtime import load_bundle
 
+    from moe2.runtime import load_bundle
     from moe2.utils.stage import compose
 
     prompt = "explain gravity in one sentence"
@@ -245,9 +245,7 @@ def test_plan_profiles_the_category_input_with_the_batch(cat_bundle: Path) -> No
     assert [shapes["category"][k] for k in ("min", "opt", "max")] == [[b] for b in batch]
 
 
-def test_rtx4090_engine_builds_from_the_three_input_gate(
-    cat_bundle: Path, tmp_path: Path
-) -> None:
+def test_rtx4090_engine_builds_from_the_three_input_gate(cat_bundle: Path, tmp_path: Path) -> None:
     """TensorRT for RTX parses and builds the gate with the ``category`` input, ahead of time for
     sm_89 without a GPU; running the engine needs an sm_89 GPU (``test_tensorrt.py``)."""
     pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX: pip install tensorrt-rtx-cu13")
