@@ -264,3 +264,19 @@ def test_rtx4090_engine_builds_from_the_three_input_gate(cat_bundle: Path, tmp_p
     # what engine parity feeds on an sm_89 machine: the parity prompts' known and unknown
     feeds = _gate_feeds(copy, list(PARITY_PROMPTS))
     assert [f["category"].tolist() for f in feeds] == [[-1], [0], [1]]
+
+
+def test_export_checks_int8_routing_with_each_prompts_category(tmp_path: Path) -> None:
+    """``moe2 export`` feeds the int8 routing check each prompt's category from the table."""
+    from conftest import make_tables
+
+    from moe2.data.tables import write_tables
+    from moe2.export.build import _routing_check_data
+
+    tables = make_tables(n_prompts=30)
+    write_tables(tables, tmp_path / "outcomes")
+    texts, scores, cats = _routing_check_data(tmp_path / "outcomes", ["beta", "alpha"], 12)
+    assert len(texts) == len(cats) == 12 and scores.shape == (12, 2)
+    by_text = dict(zip(tables.prompts["text"], tables.prompts["category"], strict=True))
+    assert cats == [by_text[t] for t in texts]  # the prompt texts carry their category too
+    assert all(t.startswith(c) for t, c in zip(texts, cats, strict=True))
