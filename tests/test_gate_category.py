@@ -269,9 +269,9 @@ def test_rtx4090_engine_builds_from_the_three_input_gate(cat_bundle: Path, tmp_p
 def test_export_checks_int8_routing_with_each_prompts_category(tmp_path: Path) -> None:
     """``moe2 export`` feeds the int8 routing check each prompt's category from the table."""
     from conftest import make_tables
+    from moe2.export.build import _routing_check_data
 
     from moe2.data.tables import write_tables
-    from moe2.export.build import _routing_check_data
 
     tables = make_tables(n_prompts=30)
     write_tables(tables, tmp_path / "outcomes")
