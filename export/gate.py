@@ -338,7 +338,9 @@ def quantize_gate(
     deleted and the record says why; the bundle then ships fp32 only.
 
     A gate with categories is run on ``texts`` with their ``categories`` (names, ``None`` where
-    not known); without them, with :func:`parity_categories` (unknown and every known one).
+    not known) and again with every category unknown (requests that come without one), the two
+    feeds pooled; without ``categories``, once, with :func:`parity_categories` (unknown and every
+    known one in turn). The record's ``category_feeds`` counts the known and unknown feeds.
 
     Returns:
         A parity record (``hop: onnxruntime->onnxruntime-int8``, ``output: routing``).
@@ -353,6 +355,7 @@ def quantize_gate(
     fp32 = _gate_runner(out_dir, info, GATE_FILE, threads)
     int8 = _gate_runner(out_dir, info, GATE_INT8_FILE, threads)
     texts = list(texts)
+    n_prompts = len(texts)
     known = info.get("categories") or []
     if categories is None:
         cats = parity_categories(len(texts), known)
@@ -360,6 +363,9 @@ def quantize_gate(
         cats = list(categories)
         if len(cats) != len(texts):
             raise BundleError(f"{len(cats)} categories for {len(texts)} routing-check prompts")
+        if known:  # the same prompts once more, category unknown: [2P] feeds
+            texts, cats = texts + texts, cats + [None] * len(cats)
+            scores = None if scores is None else np.concatenate([scores, scores])
     spans = [slice(i, i + batch_size) for i in range(0, len(texts), batch_size)]
 
     def run(gate: OrtGate) -> list[np.ndarray]:
@@ -374,13 +380,14 @@ def quantize_gate(
         "hop": "onnxruntime->onnxruntime-int8",
         "output": "routing",
         "kind": "routing",
-        "prompts": len(texts),
+        "prompts": n_prompts,
         "top1_agreement": agreement,
         "max_drop_points": max_drop_points,
         "max_abs_logit_diff": float(np.abs(a[0] - b[0]).max()),
     }
     if known:
-        record["categories_known"] = int(sum(c in known for c in cats))
+        n_known = int(sum(c in known for c in cats))
+        record["category_feeds"] = {"known": n_known, "unknown": len(cats) - n_known}
     if scores is not None:
         acc32, acc8 = routing_accuracy(a[0], scores), routing_accuracy(b[0], scores)
         drop = 100.0 * (acc32 - acc8)

@@ -99,18 +99,26 @@ def test_parity_feeds_known_and_unknown_categories(cat_bundle: Path) -> None:
         assert r["passed"] and r["feed"]["categories"] == ["unknown", "arith", "geo"]
     int8 = next(r for r in records if r["hop"] == "onnxruntime->onnxruntime-int8")
     # the routing prompts cycle through unknown and every category: both kinds were fed
-    assert int8["kept"] and 0 < int8["categories_known"] < int8["prompts"]
+    feeds = int8["category_feeds"]
+    assert int8["kept"] and feeds["known"] > 0 and feeds["unknown"] > 0
+    assert feeds["known"] + feeds["unknown"] == int8["prompts"]
 
 
-def test_fp16_gate_without_correctness_takes_the_category(tmp_path: Path) -> None:
+def test_gate_without_correctness_takes_the_category_in_every_precision(tmp_path: Path) -> None:
     """A category gate without correctness heads (``forward(ids, mask, category)`` path):
-    torch -> ONNX Runtime, fp32 and fp16, on known and unknown categories."""
-    from moe2.export.gate import export_gate, to_fp16
+    torch -> ONNX Runtime, fp32, int8 and fp16, on known and unknown categories."""
+    from moe2.export.gate import export_gate, quantize_gate, to_fp16
 
     net = tiny_category_gate(tmp_path / "encoder", correctness=False)
     prompts = [*PARITY_PROMPTS, "how many legs does a spider have"]
     info, records = export_gate(net, net.tokenizer, EXPERTS, tmp_path / "gate", prompts)
     assert info["categories"] == CATEGORIES and "correctness" not in info
+    # int8 (from fp32): the routing texts with their categories, then all unknown, pooled
+    given = ["code", None, "geo", "astronomy"]
+    int8 = quantize_gate(tmp_path / "gate", prompts, categories=given)
+    assert int8["prompts"] == 4 and int8["category_feeds"] == {"known": 2, "unknown": 6}
+    with pytest.raises(BundleError, match="3 categories for 4 routing-check prompts"):
+        quantize_gate(tmp_path / "gate", prompts, categories=given[:3])
     fp16 = to_fp16(tmp_path / "gate", net, prompts)
     assert [r["output"] for r in records + fp16] == ["logits", "logits"]
     assert all(r["passed"] for r in records + fp16)
