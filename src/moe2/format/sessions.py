@@ -105,8 +105,10 @@ class OrtGate:
         (or takes no category, or none was given)."""
         if not self.categories or category is None or category in self._category_pos:
             return None
+        # a request's name is echoed back: cut, so that a huge one does not bloat the answer
+        shown = category if len(category) <= 64 else category[:64] + "..."
         return (
-            f"category {category!r} is not one the gate was trained on "
+            f"category {shown!r} is not one the gate was trained on "
             f"({', '.join(self.categories)}); routed as category unknown"
         )
 
