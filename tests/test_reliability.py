@@ -221,7 +221,7 @@ CASES: list[Case] = [
     Case("select-infeasible", "select", (*SEL, "budget.energy_j=1e-9"), 3, ("no subset of experts satisfies the budgets", "budget.energy_j >="), copy="sel", status="clean"),
     Case("select-negative-budget", "select", (*SEL, "budget.energy_j=-1"), 2, ("must be positive",), copy="sel", status="clean"),
     Case("select-unknown-budget-key", "select", (*SEL, "+budget.watts=3"), 2, ("unknown budget key", "watts"), copy="sel", status="clean"),
-    Case("select-wrong-pool", "select", ("experts=default", "paths.artifacts={art}"), 2, ("not in the experts pool", "experts=<pool>"), copy="sel", status="clean"),
+    Case("select-wrong-pool", "select", ("experts=default", "selection.pool=experts", "paths.artifacts={art}"), 2, ("not in the experts pool", "experts=<pool>"), copy="sel", status="clean"),
     Case("select-no-gate", "select", ("experts=tiny", "paths.artifacts={art}"), 5, ("logits",), copy="nogate", status="clean"),
     Case("harvest-empty-prompt", "harvest", ("experts=tiny", "data=prompts", "data.path={work}/prompts_empty.jsonl", "paths.artifacts={art}"), 5, ("non-empty string",), status="clean"),
     Case("harvest-one-choice", "harvest", ("experts=tiny", "data=prompts", "data.path={work}/prompts_one.jsonl", "paths.artifacts={art}"), 5, (">= 2 distinct",), status="clean"),

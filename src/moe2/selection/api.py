@@ -20,7 +20,7 @@ from moe2.data.validate import check_choosable
 from moe2.errors import BudgetInfeasibleError, ConfigError, DataError
 from moe2.gating.logits import read_logits
 from moe2.profiling.profile import CostProfile
-from moe2.selection.budgets import BudgetModel, Budgets
+from moe2.selection.budgets import BudgetModel, Budgets, applicable_budgets
 from moe2.selection.objective import SelectionObjective, build_objective
 from moe2.selection.optimizer import BASELINES, neighbours, solve
 from moe2.selection.report import (
@@ -208,16 +208,6 @@ def budget_model(cfg_budget: Any, profile: CostProfile, k: int) -> BudgetModel:
     """The budget model of a ``budget`` config (or mapping) for a cost profile (for a hosted
     profile without the budgets that do not apply: :func:`moe2.profiling.costs.hosted_budgets`)."""
     return BudgetModel(profile, applicable_budgets(cfg_budget, profile)[0], k=k)
-
-
-def applicable_budgets(cfg_budget: Any, profile: CostProfile) -> tuple[Budgets, dict[str, str]]:
-    """The worst-case budgets of ``cfg_budget`` that apply to ``profile``, and notes on the others."""
-    from moe2.profiling.costs import hosted_budgets
-
-    b, notes = hosted_budgets(Budgets.from_config(cfg_budget), profile)
-    for key, why in notes.items():
-        log.warning("budget.%s: %s", key, why)
-    return b, notes
 
 
 def select_with(

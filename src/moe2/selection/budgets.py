@@ -14,6 +14,7 @@ on that to discard every superset of an infeasible set.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,8 @@ import numpy as np
 
 from moe2.errors import BudgetInfeasibleError, ConfigError
 from moe2.profiling.profile import CostProfile
+
+log = logging.getLogger(__name__)
 
 
 def budget_number(value: Any, key: str) -> float:
@@ -393,3 +396,13 @@ class BudgetModel:
             f"E.g. expert {best['expert']!r} needs energy_j={best['energy_j']:.4g} and "
             f"latency_ms={best['latency_ms']:.4g}."
         )
+
+
+def applicable_budgets(cfg_budget: Any, profile: CostProfile) -> tuple[Budgets, dict[str, str]]:
+    """The worst-case budgets of ``cfg_budget`` that apply to ``profile``, and notes on the others."""
+    from moe2.profiling.costs import hosted_budgets  # profiling sits below selection
+
+    b, notes = hosted_budgets(Budgets.from_config(cfg_budget), profile)
+    for key, why in notes.items():
+        log.warning("budget.%s: %s", key, why)
+    return b, notes

@@ -510,8 +510,7 @@ def cost_sweep(
     """
     from pathlib import Path
 
-    from moe2.selection.api import applicable_budgets
-    from moe2.selection.budgets import BudgetModel
+    from moe2.selection.budgets import BudgetModel, applicable_budgets
     from moe2.utils.io import write_json, write_text_atomic
 
     budgets, notes = applicable_budgets(cfg.budget, inp.profile)

@@ -101,7 +101,7 @@ def sweep(inp: Any, cfg: DictConfig, select_with: Callable[..., Any]) -> dict[st
         sw.get("baselines") or ["greedy", "best_single", "random_feasible", "all_experts"]
     )
     method = str(OmegaConf.select(cfg, "selection.method", default="monotonic"))
-    from moe2.selection.api import applicable_budgets
+    from moe2.selection.budgets import applicable_budgets
 
     base = applicable_budgets(cfg.budget, inp.profile)[0]
     k = inp.val.k
