@@ -17,10 +17,11 @@ log = logging.getLogger(__name__)
 
 def _routing_check_data(
     outcomes_dir: Path, gate_experts: list[str], n: int
-) -> tuple[list[str] | None, np.ndarray | None]:
-    """Prompts (test split first) and their scores ``[P, E]`` in gate order, for the int8 check."""
+) -> tuple[list[str] | None, np.ndarray | None, list[str] | None]:
+    """Prompts (test split first), their scores ``[P, E]`` in gate order and their categories,
+    for the int8 check."""
     if n <= 0 or not (outcomes_dir / "prompts.parquet").is_file():
-        return None, None
+        return None, None, None
     from moe2.data.tables import load_outcomes
 
     data = load_outcomes(outcomes_dir)
@@ -28,10 +29,11 @@ def _routing_check_data(
         [{"test": 0, "val": 1, "train": 2}.get(str(s), 3) for s in data.splits], kind="stable"
     )[:n]
     texts = [data.texts[i] for i in order]
+    cats = [str(data.categories[int(data.category_idx[i])]) for i in order]
     if not all(e in data.experts for e in gate_experts):
-        return texts, None
+        return texts, None, cats
     cols = [data.experts.index(e) for e in gate_experts]
-    return texts, data.scores[np.ix_(order, cols)]
+    return texts, data.scores[np.ix_(order, cols)], cats
 
 
 def export_from_artifacts(cfg: Any) -> Path:
@@ -100,7 +102,7 @@ def export_from_artifacts(cfg: Any) -> Path:
         )
     options = OmegaConf.to_container(cfg.export, resolve=True)
     quant = options.get("quantize", {})
-    texts, scores = _routing_check_data(
+    texts, scores, cats = _routing_check_data(
         Path(str(paths.outcomes)), gate_experts, int(quant.get("routing_prompts", 512))
     )
     inputs = {str(sel_path): sha256_file(sel_path)}
@@ -119,4 +121,5 @@ def export_from_artifacts(cfg: Any) -> Path:
         routing_texts=texts,
         routing_scores=scores,
         inputs=inputs,
+        routing_categories=cats,
     )

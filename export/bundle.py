@@ -129,6 +129,7 @@ def write_bundle(
     routing_texts: Sequence[str] | None = None,
     routing_scores: Any = None,
     inputs: dict[str, str] | None = None,
+    routing_categories: Sequence[str | None] | None = None,
 ) -> Path:
     """Export the gate and the selected experts into a verified bundle at ``path`` (atomically).
 
@@ -145,6 +146,8 @@ def write_bundle(
         routing_texts: prompts for the int8 gate's routing check.
         routing_scores: their outcome scores ``[P, E]`` in gate expert order (optional).
         inputs: checksums of the inputs, for ``meta.json``.
+        routing_categories: the category of each routing text (``None``: not known), fed to a
+            gate with a category input; default: unknown and every known category in turn.
 
     Returns:
         The bundle path.
@@ -201,6 +204,9 @@ def write_bundle(
                     routing_scores,
                     float(quant.get("max_drop_points", 0.5)),
                     threads,
+                    categories=list(routing_categories)
+                    if routing_texts is not None and routing_categories is not None
+                    else None,
                 )
             )
             gate_info = read_json(tmp / "gate" / "gate.json")
@@ -279,6 +285,8 @@ def write_bundle(
                 "int8": f"gate/{gate_info['int8']}" if gate_info.get("int8") else None,
                 "precision": gate_info.get("precision", "fp32"),
                 "correctness": bool(gate_info.get("correctness")),
+                # the graph's category input, index -> name ([]: the graph takes none)
+                "categories": list(gate_info.get("categories") or []),
             },
             "targets": plans,
             "engines": {},

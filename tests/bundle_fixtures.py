@@ -116,11 +116,16 @@ def tiny_gate(vocab_size: int, n_experts: int = len(EXPERTS), seed: int = 0) -> 
     return TinyGate().eval()
 
 
-def tiny_correctness_gate(
-    encoder_dir: Path, experts: tuple[str, ...] = tuple(EXPERTS), seed: int = 0
+def tiny_category_gate(
+    encoder_dir: Path,
+    experts: tuple[str, ...] = tuple(EXPERTS),
+    seed: int = 0,
+    correctness: bool = True,
 ) -> Any:
-    """The real ``GatingNet`` with correctness heads (and category input and bias) on a tiny random
-    1-layer BERT saved to ``encoder_dir`` with :func:`tiny_tokenizer`'s vocabulary."""
+    """The real ``GatingNet`` with a category input and bias (and, with ``correctness``, its
+    correctness heads) on a tiny random 1-layer BERT saved to ``encoder_dir`` with
+    :func:`tiny_tokenizer`'s vocabulary. Its category embedding is random, so the category
+    moves the logits (the exported graph takes it as its third input)."""
     import torch
     from transformers import BertConfig, BertModel
 
@@ -146,16 +151,28 @@ def tiny_correctness_gate(
         dropout=0.0,
         max_length=64,
         categories=CATEGORIES,
-        correctness=True,
-        correctness_weight=0.5,
+        correctness=correctness,
+        correctness_weight=0.5 if correctness else 0.0,
         category_bias=True,
     )
     with torch.no_grad():
-        # category_bias starts at zero; give the correctness heads a clear order per category
-        # row (the graph uses the "unknown" row): the first expert (the dearest) most often right
-        prior = torch.linspace(2.0, -1.0, len(experts))
-        net.correct_bias.weight.copy_(prior.expand_as(net.correct_bias.weight))
+        # category_bias starts at zero; as a trained gate's per-category lookup term, favour
+        # expert c (mod E) in category c's row of the routing head (the "unknown" row stays 0)
+        for c in range(len(CATEGORIES)):
+            net.category_bias.weight[c, c % len(experts)] = 3.0
+        if correctness:
+            # give the correctness heads a clear order, the same in every category row: the
+            # first expert (the dearest) most often right
+            prior = torch.linspace(2.0, -1.0, len(experts))
+            net.correct_bias.weight.copy_(prior.expand_as(net.correct_bias.weight))
     return net.eval()
+
+
+def tiny_correctness_gate(
+    encoder_dir: Path, experts: tuple[str, ...] = tuple(EXPERTS), seed: int = 0
+) -> Any:
+    """:func:`tiny_category_gate` with correctness heads (the default gate's parts)."""
+    return tiny_category_gate(encoder_dir, experts, seed, correctness=True)
 
 
 def cost_routing_doc(

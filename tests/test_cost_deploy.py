@@ -43,17 +43,24 @@ def cost_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def torch_quality(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
-    """``sigmoid(correctness logits)`` of the same gate in PyTorch (category unknown, as the
-    graph has no category input): the reference the exported rule is checked against."""
+def torch_quality(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[tuple[str, str | None], np.ndarray]:
+    """``sigmoid(correctness logits)`` of the same gate in PyTorch per (prompt, category), the
+    category unknown (``None``) or ``geo`` (the graph takes the category as its third input):
+    the reference the exported rule is checked against."""
     import torch
 
     net = tiny_correctness_gate(tmp_path_factory.mktemp("ref") / "encoder")
+    out: dict[tuple[str, str | None], np.ndarray] = {}
     with torch.no_grad():
         feed = net.tokenize(PROMPTS)
         emb = net.embed(feed["input_ids"], feed["attention_mask"])
-        q = torch.sigmoid(net.correctness_logits(emb)).numpy()  # [P, E]
-    return {p: q[i] for i, p in enumerate(PROMPTS)}
+        for category in (None, "geo"):
+            cat = torch.from_numpy(net.category_index([category] * len(PROMPTS)))
+            q = torch.sigmoid(net.correctness_logits(emb, cat)).numpy()  # [P, E]
+            out.update({(p, category): q[i] for i, p in enumerate(PROMPTS)})
+    return out
 
 
 def expected_order(q: np.ndarray, lam: float, category: str | None) -> list[str]:
@@ -95,16 +102,17 @@ def test_gate_ships_correct_logits_with_parity_at_every_hop(cost_bundle: Path) -
 
 @pytest.mark.parametrize("int8_gate", [False, True])
 def test_rule_matches_pytorch_reference(
-    cost_bundle: Path, torch_quality: dict[str, np.ndarray], int8_gate: bool
+    cost_bundle: Path, torch_quality: dict[tuple[str, str | None], np.ndarray], int8_gate: bool
 ) -> None:
     from moe2.runtime import load_bundle
 
     b = load_bundle(cost_bundle, backend="onnxruntime", int8_gate=int8_gate)
     assert b.gate_file == ("model.int8.onnx" if int8_gate else "model.onnx")
     moved = False
-    for prompt, q in torch_quality.items():
+    for prompt in PROMPTS:
         for lam in (0.0, 50.0, 200.0):
             for category in (None, "geo"):
+                q = torch_quality[prompt, category]
                 s = b.scores(prompt, category, lam)
                 tol = 0.01 if int8_gate else 1e-5
                 assert [s.quality[e] for e in SUBSET] == pytest.approx(q.tolist(), abs=tol)
@@ -112,6 +120,7 @@ def test_rule_matches_pytorch_reference(
                 got = [e for e, _ in b.route(prompt, k=2, category=category, lam=lam)]
                 assert got == expected_order(q, lam, category)[:2]
         # lambda = 0 is the ranking by q alone; a large lambda moves off the dearest expert
+        q = torch_quality[prompt, None]
         assert b.scores(prompt, None, 0.0).ranking()[0] == SUBSET[int(np.argmax(q))]
         moved |= (
             b.scores(prompt, None, 200.0).ranking()[0] != b.scores(prompt, None, 0.0).ranking()[0]
@@ -120,13 +129,13 @@ def test_rule_matches_pytorch_reference(
 
 
 def test_ask_reports_the_cost_and_moves_with_the_knob(
-    cost_bundle: Path, torch_quality: dict[str, np.ndarray]
+    cost_bundle: Path, torch_quality: dict[tuple[str, str | None], np.ndarray]
 ) -> None:
     from moe2.runtime import load_bundle
 
     b = load_bundle(cost_bundle, backend="onnxruntime", int8_gate=False)
     prompt = "add two and three"
-    q = torch_quality[prompt]
+    q = torch_quality[prompt, None]
     default = b.ask(prompt, max_new_tokens=2)  # the calibrated lambda, 50
     first = expected_order(q, 50.0, None)[0]
     assert [u.name for u in default.experts] == [first]
@@ -144,7 +153,7 @@ def test_ask_reports_the_cost_and_moves_with_the_knob(
     )
     # the knob at run time: lambda 0 is quality only; a budget maps through the calibration
     free = b.ask(prompt, max_new_tokens=2, lam=0.0, category="geo")
-    best = SUBSET[int(np.argmax(q))]
+    best = SUBSET[int(np.argmax(torch_quality[prompt, "geo"]))]  # the gate reads the category
     assert [u.name for u in free.experts] == [best]
     assert free.cost["value"] == pytest.approx(PRICE[best] * 1.2)  # geo column of the table
     assert free.cost["category"] == "geo" and free.cost["lambda"] == 0.0
@@ -290,7 +299,7 @@ def test_softmax_quality_ranks_by_the_gate_distribution(cost_bundle: Path) -> No
     b.cost_routing = CostRouting.from_dict(cost_routing_doc(SUBSET, quality="softmax"), "test")
     for prompt in PROMPTS:
         s = b.scores(prompt, "code", 0.0)
-        assert s.quality == s.weights == b.gate_weights(prompt)
+        assert s.quality == s.weights == b.gate_weights(prompt, "code")
         assert s.ranking() == sorted(s.weights, key=lambda e: -s.weights[e])
         big = b.scores(prompt, "code", 200.0)  # lambda x cost outweighs the gate: cheapest wins
         assert big.ranking()[0] == "gamma"
@@ -300,8 +309,9 @@ def test_softmax_quality_ranks_by_the_gate_distribution(cost_bundle: Path) -> No
 
 
 def test_rtx4090_engines_build_from_the_two_output_gate(tmp_path: Path) -> None:
-    """TensorRT for RTX parses and builds the gate graph with ``correct_logits`` (ahead of time
-    for sm_89, no GPU needed); running it needs an sm_89 GPU (``test_tensorrt.py``)."""
+    """TensorRT for RTX parses and builds the gate graph with ``correct_logits`` (and the
+    ``category`` input: the tiny gate has categories; ahead of time for sm_89, no GPU needed);
+    running it needs an sm_89 GPU (``test_tensorrt.py``)."""
     pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX: pip install tensorrt-rtx-cu13")
     from moe2.export.tensorrt.engines import build_engines
 

@@ -89,13 +89,18 @@ def check_profile_context(engine: Any) -> None:
 
 
 def _gate_feeds(bundle_dir: Path, prompts: list[str]) -> list[dict[str, np.ndarray]]:
-    """The gate's inputs for the parity prompts, one feed each."""
+    """The gate's inputs for the parity prompts, one feed each; a gate with a category input
+    gets the export's parity categories (unknown and every known one in turn)."""
+    from moe2.export.gate import parity_categories
+
     from moe2.format.sessions import OrtGate, load_tokenizer
 
     info = read_json(bundle_dir / "gate" / "gate.json")
     tok = load_tokenizer(bundle_dir / "gate" / "tokenizer")
-    gate = OrtGate(None, tok, info["experts"], info["max_length"])
-    return [gate.encode([p]) for p in prompts]
+    cats = info.get("categories") or []
+    gate = OrtGate(None, tok, info["experts"], info["max_length"], categories=cats)
+    names = parity_categories(len(prompts), cats)
+    return [gate.encode([p], [c]) for p, c in zip(prompts, names, strict=True)]
 
 
 def engine_parity(

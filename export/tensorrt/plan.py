@@ -163,7 +163,8 @@ def _profile(
 
 
 def gate_profiles(spec: ExportSpec, limits: ShapeLimits) -> list[Profile]:
-    """One profile for the gate: batch ``1..max_batch``, sequence ``1..gate_max_seq``."""
+    """One profile for the gate: batch ``1..max_batch``, sequence ``1..gate_max_seq``; the
+    ``category [batch]`` input of a gate with categories shares the batch range."""
     return [
         _profile(
             "gate",

@@ -99,6 +99,12 @@ class TrtEngine:
         if profile != self.profile:
             self.context.set_optimization_profile_async(profile, self.stream.cuda_stream)
             self.profile = profile
+        missing = [n for n in self.inputs if n not in feed]
+        if missing:
+            raise BundleError(
+                f"the engine needs input(s) {missing} that the feed lacks (it has {sorted(feed)}); "
+                "the engine and the bundle's gate.json disagree, rebuild with `moe2 build-engines`"
+            )
         for name in self.inputs:
             arr = np.ascontiguousarray(feed[name])
             self.context.set_input_shape(name, tuple(arr.shape))

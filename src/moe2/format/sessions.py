@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from moe2.format.specs import CORRECT_LOGITS, ExportSpec, past_names
+from moe2.errors import BundleError, DataError
+from moe2.format.specs import CORRECT_LOGITS, GATE_CATEGORY, ExportSpec, past_names
 from moe2.format.tokenize import encode_gate, load_tokenizer
 from moe2.utils.deps import require
 
@@ -43,16 +44,32 @@ def ort_session(
     return ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
 
 
+def _input_names(session: Any) -> list[str] | None:
+    """The graph inputs of an ONNX Runtime session or an engine session (``None``: unknown)."""
+    if hasattr(session, "get_inputs"):
+        return [i.name for i in session.get_inputs()]
+    engine = getattr(session, "engine", None)
+    names = getattr(engine, "inputs", None)
+    return list(names) if names is not None else None
+
+
 class OrtGate:
-    """The exported gating network: texts -> expert logits ``[B, E]``.
+    """The exported gating network: texts (and their categories) -> expert logits ``[B, E]``.
 
     Args:
-        session: an ONNX Runtime session of ``gate/model.onnx`` (or the int8 one).
+        session: an ONNX Runtime session of ``gate/model.onnx`` (or the int8 one), or an engine
+            session with the same ``run(names, feed)``.
         tokenizer: the gate's tokenizer.
         experts: expert names in the order of the logits.
         max_length: tokenizer truncation length.
         correctness: the graph has the second output ``correct_logits [B, E]`` (``gate.json``
             ``"correctness": true``: a gate with correctness heads).
+        categories: the gate's category names, in the order of the graph's ``category`` input
+            (``gate.json`` ``"categories"``); empty or ``None``: the graph takes no category
+            (older bundles, gates without a category input), and a category given is ignored.
+
+    Raises:
+        BundleError: ``categories`` and the graph disagree on whether it has a category input.
     """
 
     def __init__(
@@ -62,27 +79,81 @@ class OrtGate:
         experts: Sequence[str],
         max_length: int = 256,
         correctness: bool = False,
+        categories: Sequence[str] | None = None,
     ):
         self.session = session
         self.tokenizer = tokenizer
         self.experts = list(experts)
         self.max_length = int(max_length)
         self.correctness = bool(correctness)
+        self.categories = [str(c) for c in categories or []]
+        self._category_pos = {c: i for i, c in enumerate(self.categories)}
+        names = _input_names(session) if session is not None else None
+        if names is not None and (GATE_CATEGORY in names) != bool(self.categories):
+            raise BundleError(
+                f"the gate graph's inputs are {names} but gate.json lists "
+                f"{len(self.categories)} categories; the bundle is inconsistent, re-export it"
+            )
 
-    def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        """Tokenize ``texts`` into int64 ``input_ids`` / ``attention_mask`` ``[B, S]``."""
-        return encode_gate(self.tokenizer, texts, self.max_length, "np")
+    @property
+    def takes_category(self) -> bool:
+        """Whether the graph has the ``category`` input."""
+        return bool(self.categories)
 
-    def logits(self, texts: Sequence[str]) -> np.ndarray:
-        """Gate logits ``[B, E]`` (float32) for ``texts``, tokenization included."""
-        return self.session.run(["logits"], self.encode(texts))[0]
+    def category_note(self, category: str | None) -> str | None:
+        """Why ``category`` routes as "category not known", or ``None`` when the gate knows it
+        (or takes no category, or none was given)."""
+        if not self.categories or category is None or category in self._category_pos:
+            return None
+        # a request's name is echoed back: cut, so that a huge one does not bloat the answer
+        shown = category if len(category) <= 64 else category[:64] + "..."
+        return (
+            f"category {shown!r} is not one the gate was trained on "
+            f"({', '.join(self.categories)}); routed as category unknown"
+        )
 
-    def outputs(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    def category_ids(self, categories: Sequence[str | None] | None, batch: int) -> np.ndarray:
+        """``[batch]`` int64 indices into :attr:`categories`: ``-1`` for ``None`` or a name the
+        gate does not know (the graph maps ``-1`` to its "unknown" row).
+
+        Raises:
+            DataError: ``categories`` does not give one entry per prompt.
+        """
+        if categories is None:
+            return np.full(batch, -1, np.int64)
+        names = list(categories)
+        if len(names) != batch:
+            raise DataError(f"{len(names)} categories for {batch} prompts; give one per prompt")
+        return np.asarray(
+            [self._category_pos.get(n, -1) if n is not None else -1 for n in names], np.int64
+        )
+
+    def encode(
+        self, texts: Sequence[str], categories: Sequence[str | None] | None = None
+    ) -> dict[str, np.ndarray]:
+        """The graph's feed: int64 ``input_ids`` / ``attention_mask`` ``[B, S]`` (and ``category
+        [B]`` when the graph takes it; ``categories`` is ignored otherwise)."""
+        feed = encode_gate(self.tokenizer, texts, self.max_length, "np")
+        if self.takes_category:
+            feed[GATE_CATEGORY] = self.category_ids(categories, len(texts))
+        return feed
+
+    def logits(
+        self, texts: Sequence[str], categories: Sequence[str | None] | None = None
+    ) -> np.ndarray:
+        """Gate logits ``[B, E]`` (float32) for ``texts`` (with their category names, ``None``
+        where not known), tokenization included."""
+        return self.session.run(["logits"], self.encode(texts, categories))[0]
+
+    def outputs(
+        self, texts: Sequence[str], categories: Sequence[str | None] | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Routing logits ``[B, E]`` and correctness logits ``[B, E]`` (``None`` without
         correctness heads), from one run of the graph."""
         if not self.correctness:
-            return self.logits(texts), None
-        logits, correct = self.session.run(["logits", CORRECT_LOGITS], self.encode(texts))
+            return self.logits(texts, categories), None
+        feed = self.encode(texts, categories)
+        logits, correct = self.session.run(["logits", CORRECT_LOGITS], feed)
         return logits, correct
 
 

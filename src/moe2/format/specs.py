@@ -10,6 +10,7 @@ imports torch, so plans can be made (and tested) anywhere.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -160,6 +161,11 @@ def present_names(n_layers: int) -> list[str]:
 #: the predicted probability of a correct answer (cost-aware routing, issue 11)
 CORRECT_LOGITS = "correct_logits"
 
+#: the gate's third input when it takes the prompt's category: int64 ``[batch]``, an index into
+#: the gate's category list (``meta.categories``); ``-1`` (or any index outside the list) is
+#: "category not known", mapped inside the graph to the gate's unknown row
+GATE_CATEGORY = "category"
+
 
 def gate_spec(
     n_experts: int,
@@ -167,29 +173,43 @@ def gate_spec(
     atol: float = 1e-4,
     rtol: float = 1e-3,
     correctness: bool = False,
+    categories: Sequence[str] | None = None,
 ) -> ExportSpec:
     """The gating network: ``input_ids, attention_mask [batch, seq]`` -> ``logits [batch, E]``.
 
     With ``correctness`` (a gate with correctness heads) a second output
-    ``correct_logits [batch, E]``.
+    ``correct_logits [batch, E]``; with ``categories`` (a gate with a category input) a third
+    input ``category [batch]`` (:data:`GATE_CATEGORY`), the names listed in order in
+    ``meta.categories``. Without them the graph is the two-input one of older bundles.
     """
     if n_experts < 1:
         raise ConfigError(f"a gate needs at least one expert, got {n_experts}")
+    cats = [str(c) for c in categories or []]
+    if len(set(cats)) != len(cats):
+        raise ConfigError(f"the gate's categories repeat a name: {cats}")
+    inputs = [
+        TensorSpec("input_ids", "int64", ("batch", "seq")),
+        TensorSpec("attention_mask", "int64", ("batch", "seq")),
+    ]
+    if cats:
+        inputs.append(TensorSpec(GATE_CATEGORY, "int64", ("batch",)))
     outputs = [TensorSpec("logits", "float32", ("batch", n_experts))]
     if correctness:
         outputs.append(TensorSpec(CORRECT_LOGITS, "float32", ("batch", n_experts)))
+    meta: dict[str, Any] = {"n_experts": n_experts}
+    if correctness:
+        meta["correctness"] = True
+    if cats:
+        meta["categories"] = cats
     return ExportSpec(
         family="gate",
         kind="gate",
-        inputs=(
-            TensorSpec("input_ids", "int64", ("batch", "seq")),
-            TensorSpec("attention_mask", "int64", ("batch", "seq")),
-        ),
+        inputs=tuple(inputs),
         outputs=tuple(outputs),
         opset=opset,
         atol=atol,
         rtol=rtol,
-        meta={"n_experts": n_experts, **({"correctness": True} if correctness else {})},
+        meta=meta,
     )
 
 

@@ -146,6 +146,8 @@ class Bundle:
             gate_info["experts"],
             gate_info["max_length"],
             correctness=bool(gate_info.get("correctness")),
+            # older bundles: no key, a graph without the category input
+            categories=gate_info.get("categories"),
         )
         self.gate_file = gate_file.name
         self.subset: list[str] = list(self.routing["subset"])
@@ -307,9 +309,24 @@ class Bundle:
         return self._lms[rel], tok, gen
 
     # ------------------------------------------------------------------ routing
-    def gate_weights(self, prompt: str) -> dict[str, float]:
-        """The gate's softmax over the bundle's subset (the other experts masked out)."""
-        return self._weights(self.gate.logits([prompt])[0])
+    @property
+    def gate_categories(self) -> list[str]:
+        """The categories the gate takes as an input (``[]``: the graph takes none)."""
+        return list(self.gate.categories)
+
+    def category_note(self, category: str | None) -> str | None:
+        """Why ``category`` routes as "category not known" (a name the gate was not trained
+        on), or ``None``; an unknown name is never an error."""
+        return self.gate.category_note(category)
+
+    def gate_weights(self, prompt: str, category: str | None = None) -> dict[str, float]:
+        """The gate's softmax over the bundle's subset (the other experts masked out).
+
+        ``category``: the prompt's category, fed to a gate with a category input (a name it
+        does not know, or ``None``, routes as "category unknown"; a gate without the input, as
+        in older bundles, ignores it).
+        """
+        return self._weights(self.gate.logits([prompt], [category])[0])
 
     def _weights(self, logits: np.ndarray) -> dict[str, float]:
         """Softmax of the logits ``[E_all]`` restricted to the subset."""
@@ -319,15 +336,16 @@ class Bundle:
     def scores(self, prompt: str, category: str | None = None, lam: float | None = None) -> Scores:
         """The gate's weights over the subset and, with cost routing, the rule's scores
         ``q_e - lam * c_e(category)`` (``lam``: a value :meth:`knob` returned; ``None``: the
-        calibrated one), from one run of the gate."""
+        calibrated one), from one run of the gate; ``category`` also goes to a gate with a
+        category input (see :meth:`gate_weights`)."""
         cr = self.cost_routing
         if cr is None or cr.quality != "correctness":
-            weights = self.gate_weights(prompt)
+            weights = self.gate_weights(prompt, category)
             if cr is None:
                 return Scores(weights)
             correct = None
         else:
-            logits, correct = self.gate.outputs([prompt])  # [1, E_all] each
+            logits, correct = self.gate.outputs([prompt], [category])  # [1, E_all] each
             weights = self._weights(logits[0])
         lam = cr.lam if lam is None else float(lam)
         if correct is not None:
@@ -349,7 +367,8 @@ class Bundle:
     ) -> list[tuple[str, float]]:
         """Top-k experts of the subset with gate weights renormalised over those k.
 
-        With cost routing the top-k are by the rule's score at ``lam`` (default: the calibrated
+        ``category`` goes to the gate (when it takes one) and to the cost-aware rule. With cost
+        routing the top-k are by the rule's score at ``lam`` (default: the calibrated
         lambda); ``scores`` reuses a :meth:`scores` result instead of running the gate again.
         """
         k = self.k if k is None else int(k)
@@ -396,9 +415,10 @@ class Bundle:
             max_new_tokens: generation length (default: the bundle's).
             k: experts to route to (default: the bundle's k).
             aggregation: ``top1``, ``mixture`` or ``vote`` (default: the bundle's).
-            category: the prompt's category, for the cost estimates (default: mean over categories)
-                and the cost-aware rule's predicted costs (default: the bundle's per-expert
-                default cost).
+            category: the prompt's category: an input of a gate with categories (a name it was
+                not trained on routes as unknown, with a note), and the key of the cost
+                estimates (default: mean over categories) and of the cost-aware rule's predicted
+                costs (default: the bundle's per-expert default cost).
             lam: the cost-aware rule's lambda, within the calibrated range (bundles with cost
                 routing; default: the calibrated lambda).
             mean_budget: instead of ``lam``, an average cost per request, mapped to lambda
@@ -416,6 +436,9 @@ class Bundle:
         if agg not in AGGREGATIONS:
             raise ConfigError(f"aggregation {agg!r} is not one of {AGGREGATIONS}")
         notes: list[str] = list(self.notes)
+        note = self.category_note(category)
+        if note:
+            notes.append(note)
         lam = self.knob(lam, mean_budget)  # a bad knob fails before the gate runs
         scores = self.scores(prompt, category, lam)
         weights = scores.weights

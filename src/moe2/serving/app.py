@@ -379,6 +379,7 @@ def router_app(router: Any, server: ServerCfg) -> Any:
                 "gate_weights": plan.gate_weights,
                 "routing_ms": plan.routing_ms,
                 "budget": {"latency_ms": req.budget.latency_ms, "energy_j": req.budget.energy_j},
+                **({"notes": plan.notes} if plan.notes else {}),
             }
             # with cost routing: each expert's quality, predicted cost and score, the chosen's cost
             cost = router.cost_fields(plan, router.cost(plan.chosen, req))

@@ -78,6 +78,7 @@ class Plan:
     prompt_tokens: dict[str, int]
     routing_ms: float
     scores: Any = None  # moe2.runtime.bundle.Scores with cost routing, else None
+    notes: list[str] = field(default_factory=list)  # e.g. a category the gate does not know
 
 
 class Router:
@@ -232,13 +233,14 @@ class Router:
             self.metrics.cost.labels(cost["metric"], cost["unit"]).inc(cost["value"])
 
     # ------------------------------------------------------------------ routing
-    def gate(self, text: str) -> dict[str, float]:
-        """The gate's weights over the subset.
+    def gate(self, text: str, category: str | None = None) -> dict[str, float]:
+        """The gate's weights over the subset (``category``: the request's ``moe2.category``,
+        an input of a gate with categories).
 
         Run on the event loop: one gate pass takes about a millisecond on a CPU core, less than
         the two thread hand-offs that running it elsewhere would add to every request.
         """
-        return self.bundle.gate_weights(text)
+        return self.bundle.gate_weights(text, category)
 
     async def plan(self, req: Request) -> Plan:
         """Rank the subset by the gate, drop experts that are down, cannot fit the prompt or
@@ -257,7 +259,7 @@ class Router:
                 scores = self.bundle.scores(req.route_text(), req.category, req.lam)
                 weights, ranking = scores.weights, scores.ranking()
             else:
-                weights = self.gate(req.route_text())
+                weights = self.gate(req.route_text(), req.category)
                 ranking = sorted(weights, key=lambda e: -weights[e])
             k = int(req.k or self.k)
             if not 1 <= k <= len(self.subset):
@@ -350,6 +352,9 @@ class Router:
             ms,
             scores,
         )
+        note = None if direct else self.bundle.category_note(req.category)
+        if note:  # a category the gate was not trained on routes as unknown: said, not refused
+            plan.notes.append(note)
         if not chosen:
             self._refuse(plan, too_long, over_budget, req)
         return plan
@@ -468,7 +473,7 @@ class Router:
                 raise r
         if not replies:
             raise self._failure_error(failures)
-        notes: list[str] = []
+        notes: list[str] = list(plan.notes)
         if len(replies) < len(plan.chosen):
             notes.append(
                 f"{len(plan.chosen) - len(replies)} of {len(plan.chosen)} routed experts failed; aggregated the rest"
