@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -418,3 +420,48 @@ def _print_exclusion_and_costs(exclusion: dict[str, Any], costs: dict[str, dict[
     for col, row in costs.items():
         t.add_row(col, *("—" if row.get(nm) is None else f"{row[nm]:.6g}" for nm in names))
     con.print(t)
+
+
+@dataclass
+class HeldoutTable:
+    """Another outcome table as a gate scores it (:func:`heldout_table`)."""
+
+    data: Any  # OutcomeData restricted to the asked experts, less the gate's training prompts
+    exclusion: dict[str, Any]  # counts of the excluded prompts
+    logits: np.ndarray  # [P, n] routing logits, in the asked experts' order
+    knn: np.ndarray | None  # [P, n] kNN scores, same order
+    gate_order: list[int]  # the asked experts' columns among the gate's outputs
+    gating_dir: Path
+
+
+def heldout_table(
+    gating: str | os.PathLike[str],
+    experts: Sequence[str],
+    outcomes_dir: str,
+    cache_dir: Any = None,
+) -> HeldoutTable:
+    """Another outcome table scored by a gate, less the gate's training prompts.
+
+    Args:
+        gating: the gate's directory (or a file in it, e.g. ``logits.parquet``).
+        experts: the experts to keep, in this order (each must be in the table and the gate).
+        outcomes_dir: the other table.
+        cache_dir: the embedding cache (a frozen gate's encoder runs once per new prompt).
+    """
+    gdir = Path(gating)
+    gdir = gdir if gdir.is_dir() else gdir.parent
+    experts = list(experts)
+    other = load_outcomes(outcomes_dir)
+    check_experts(experts, other, gdir, outcomes_dir)
+    other, exclusion = exclude_overlap(other, read_record(gdir), outcomes_dir)
+    other = other.select_experts(experts)
+    logits, knn, gate_experts = gate_scores(gdir, other, cache_dir=cache_dir)
+    order = [list(gate_experts).index(e) for e in experts]
+    return HeldoutTable(
+        data=other,
+        exclusion=exclusion,
+        logits=np.asarray(logits, np.float64)[:, order],
+        knn=None if knn is None else np.asarray(knn, np.float64)[:, order],
+        gate_order=order,
+        gating_dir=gdir,
+    )

@@ -418,24 +418,13 @@ def heldout_setup(inp: Any, cfg: DictConfig, cs: CostSetup, outcomes_dir: str) -
     """The rules' inputs on another outcome table (``eval.outcomes``), less the gate's training
     prompts: gate logits, correctness heads (when the gate has them), kNN scores, realised costs,
     and the predicted costs of the selection (``cost_table`` by category name)."""
-    from pathlib import Path
+    from moe2.gating.evaluate import heldout_table
 
-    from moe2.data.tables import load_outcomes
-    from moe2.gating.evaluate import check_experts, gate_scores
-    from moe2.gating.heldout import exclude_overlap, read_record
-
-    gdir = Path(cfg.paths.gating)
-    gdir = gdir if gdir.is_dir() else gdir.parent
-    experts = list(inp.data.experts)
-    other = load_outcomes(outcomes_dir)
-    check_experts(experts, other, gdir, outcomes_dir)
-    other, exclusion = exclude_overlap(other, read_record(gdir), outcomes_dir)
-    other = other.select_experts(experts)
-    logits, knn, gexp = gate_scores(gdir, other, cache_dir=cfg.paths.cache)
-    order = [gexp.index(e) for e in experts]
-    q = np.asarray(logits, np.float64)[:, order]
+    held = heldout_table(cfg.paths.gating, inp.data.experts, outcomes_dir, cfg.paths.cache)
+    other, exclusion = held.data, held.exclusion
+    q = held.logits
     if cs.quality == "correctness":
-        q = sigmoid(_correctness_on(gdir, other, cfg.paths.cache)[:, order])
+        q = sigmoid(_correctness_on(held.gating_dir, other, cfg.paths.cache)[:, held.gate_order])
     cost, _ = cost_matrix(other, None, cs.metric)
     cats = list(inp.data.categories)
     col = np.array([cats.index(c) if c in cats else -1 for c in other.categories], dtype=np.int64)[
@@ -451,8 +440,8 @@ def heldout_setup(inp: Any, cfg: DictConfig, cs: CostSetup, outcomes_dir: str) -
         "cost": cost,
         "chat": chat,
         "q": q,
-        "logits": np.asarray(logits, np.float64)[:, order],
-        "knn": None if knn is None else np.asarray(knn, np.float64)[:, order],
+        "logits": held.logits,
+        "knn": held.knn,
     }
 
 

@@ -247,20 +247,11 @@ def heldout_objective(inp: Any, cfg: DictConfig, outcomes_dir: str) -> dict[str,
     The gate is run on that table's prompts (its logits are not cached); the objective uses the
     same k, aggregation and metric as the selection.
     """
-    from moe2.data.tables import load_outcomes
-    from moe2.gating.evaluate import check_experts, gate_scores
-    from moe2.gating.heldout import exclude_overlap, read_record
+    from moe2.gating.evaluate import heldout_table
     from moe2.selection.objective import objective_on_table
 
-    gating_dir = Path(cfg.paths.gating)
-    gating_dir = gating_dir if gating_dir.is_dir() else gating_dir.parent
-    experts = list(inp.val.experts)
-    other = load_outcomes(outcomes_dir)
-    check_experts(experts, other, gating_dir, outcomes_dir)
-    other, exclusion = exclude_overlap(other, read_record(gating_dir), outcomes_dir)
-    other = other.select_experts(experts)
-    logits, _, gate_experts = gate_scores(gating_dir, other, cache_dir=cfg.paths.cache)
-    logits = logits[:, [gate_experts.index(e) for e in experts]]
+    held = heldout_table(cfg.paths.gating, inp.val.experts, outcomes_dir, cfg.paths.cache)
+    other, exclusion, logits = held.data, held.exclusion, held.logits
     obj = objective_on_table(
         other, logits, aggregation=inp.val.aggregation, k=inp.val.k, metric=inp.val.metric
     )
