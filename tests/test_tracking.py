@@ -48,9 +48,25 @@ def _records(path: Path) -> list[Any]:
     return out
 
 
-def _runs(logs: Path) -> dict[str, dict[str, Any]]:
-    """Per job type: group, project, history keys and the artifacts (name, type, digest, metadata)."""
+def _runs(logs: Path, wait_s: float = 30.0) -> dict[str, dict[str, Any]]:
+    """Per job type: group, project, history keys and the artifacts (name, type, digest, metadata).
+
+    W&B's service writes the run files asynchronously: a file whose run record is not there yet is
+    read again (bounded); one that never gets it is left out, and the callers' checks on the set of
+    job types then fail if a stage's run is among them."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        runs, partial = _read_runs(logs)
+        if not partial or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.5)
+
+
+def _read_runs(logs: Path) -> tuple[dict[str, dict[str, Any]], list[Path]]:
     runs: dict[str, dict[str, Any]] = {}
+    partial: list[Path] = []
     for f in sorted(logs.glob("wandb/offline-run-*/run-*.wandb")):
         info: dict[str, Any] = {"history": set(), "artifacts": {}}
         for r in _records(f):
@@ -62,8 +78,11 @@ def _runs(logs: Path) -> dict[str, dict[str, Any]]:
             elif kind == "artifact" and r.artifact.type != "run_table":
                 meta = json.loads(r.artifact.metadata or "{}")
                 info["artifacts"][r.artifact.type] = (r.artifact.name, r.artifact.digest, meta)
+        if "job" not in info:
+            partial.append(f)
+            continue
         runs[info["job"]] = info
-    return runs
+    return runs, partial
 
 
 def test_every_stage_logs_to_one_project_and_group(
