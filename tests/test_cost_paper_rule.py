@@ -10,13 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-from conftest import make_tables
+from test_selection import write_sel_artifacts
 
-from moe2.data.tables import load_outcomes, write_tables
-from moe2.gating.logits import GateLogits, write_logits
-
-TINY = ("tiny-llama@orin_agx", "tiny-llama@rtx4090", "tiny-qwen2@orin_agx", "tiny-qwen2@rtx4090")
 GOLDEN = Path(__file__).with_name("cost_golden_paper_rule.json")
 
 
@@ -24,17 +19,7 @@ def _figures(root: Path) -> dict:
     from moe2.selection.api import run_select, run_sweep
     from moe2.utils.stage import compose
 
-    write_tables(make_tables(n_prompts=150, experts=TINY, seed=1), root / "outcomes")
-    data = load_outcomes(root / "outcomes")
-    rng = np.random.default_rng(0)
-    logits = (2.0 * np.nan_to_num(data.scores) + rng.normal(size=data.scores.shape)).astype(
-        np.float32
-    )
-    cats = np.array([data.categories[i] for i in data.category_idx], dtype=object)
-    write_logits(
-        root / "gating" / "logits.parquet",
-        GateLogits(data.prompt_ids, data.splits, cats, data.experts, logits),
-    )
+    write_sel_artifacts(root)  # the selection tests' table and logits
     out: dict = {}
     for b in ("budget=default", "budget=edge_tight"):
         s = run_select(

@@ -295,21 +295,25 @@ def test_torch_backend_matches_numpy():
 TINY = ("tiny-llama@orin_agx", "tiny-llama@rtx4090", "tiny-qwen2@orin_agx", "tiny-qwen2@rtx4090")
 
 
-@pytest.fixture
-def sel_artifacts(tmp_path: Path) -> Path:
+def write_sel_artifacts(root: Path) -> Path:
     """outcomes/ from a generated table over the tiny pool + hand-written gate logits."""
-    write_tables(make_tables(n_prompts=150, experts=TINY, seed=1), tmp_path / "outcomes")
-    data = load_outcomes(tmp_path / "outcomes")
+    write_tables(make_tables(n_prompts=150, experts=TINY, seed=1), root / "outcomes")
+    data = load_outcomes(root / "outcomes")
     rng = np.random.default_rng(0)
     logits = (2.0 * np.nan_to_num(data.scores) + rng.normal(size=data.scores.shape)).astype(
         np.float32
     )
     cats = np.array([data.categories[i] for i in data.category_idx], dtype=object)
     write_logits(
-        tmp_path / "gating" / "logits.parquet",
+        root / "gating" / "logits.parquet",
         GateLogits(data.prompt_ids, data.splits, cats, data.experts, logits),
     )
-    return tmp_path
+    return root
+
+
+@pytest.fixture
+def sel_artifacts(tmp_path: Path) -> Path:
+    return write_sel_artifacts(tmp_path)
 
 
 def test_select_end_to_end(sel_artifacts: Path):
