@@ -6,7 +6,10 @@ head (the shape of ``moe2.gating.net.GatingNet``), and 2-layer random Llama expe
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +252,39 @@ def selection_doc(subset: list[str], k: int = 2, aggregation: str = "top1") -> d
     }
 
 
+#: bundles already built in this test process, by their build arguments: a module that asks for
+#: the same bundle as an earlier one gets a copy (bundles are relocatable directories, and the
+#: exports are deterministic), not a second export of the same random models
+_BUILT: dict[str, Path] = {}
+_BUILT_ROOT: list[Path] = []
+
+
+def _built_copy(key: str, path: Path) -> bool:
+    """Copy the bundle built earlier with the same arguments to ``path``; False if there is none."""
+    src = _BUILT.get(key)
+    if src is None or not src.is_dir():
+        return False
+    if path.exists():  # like write_bundle: an existing bundle is replaced as a whole
+        shutil.rmtree(path)
+    shutil.copytree(src, path)
+    encoder = src.with_name(f"{src.name}.encoder")
+    if encoder.is_dir():  # a correctness gate's encoder lives beside its bundle
+        shutil.copytree(encoder, path.with_name(f"{path.name}.encoder"), dirs_exist_ok=True)
+    return True
+
+
+def _keep_built(key: str, path: Path) -> None:
+    if not _BUILT_ROOT:
+        _BUILT_ROOT.append(Path(tempfile.mkdtemp(prefix="moe2-test-bundles-")))
+        atexit.register(shutil.rmtree, _BUILT_ROOT[0], True)
+    dest = _BUILT_ROOT[0] / str(len(_BUILT)) / "bundle"
+    shutil.copytree(path, dest)
+    encoder = path.with_name(f"{path.name}.encoder")
+    if encoder.is_dir():
+        shutil.copytree(encoder, dest.with_name("bundle.encoder"))
+    _BUILT[key] = dest
+
+
 def build_tiny_bundle(
     path: Path,
     subset: tuple[str, ...] = ("alpha", "beta"),
@@ -270,8 +306,20 @@ def build_tiny_bundle(
     positions). ``correctness``: the gate is a ``GatingNet`` with correctness heads
     (:func:`tiny_correctness_gate`, its encoder saved beside ``path``); ``cost_routing``: the
     selection's cost-routing block (:func:`cost_routing_doc`).
+
+    The same arguments give the same bundle: the second call copies the first one's files.
     """
     from moe2.export.bundle import ExpertSource, GateSource, write_bundle
+
+    path = Path(path)
+    key = json.dumps(
+        [subset, k, aggregation, targets, quantize, distinct_models, gate_experts, precision]
+        + [shapes, correctness, cost_routing],
+        sort_keys=True,
+        default=str,
+    )
+    if _built_copy(key, path):
+        return path
 
     tok = tiny_tokenizer()
     if correctness:
@@ -314,7 +362,7 @@ def build_tiny_bundle(
     selection = selection_doc(list(subset), k=k, aggregation=aggregation)
     if cost_routing is not None:
         selection["cost_routing"] = cost_routing
-    return write_bundle(
+    out = write_bundle(
         path,
         gate=gate,
         experts=experts,
@@ -323,6 +371,8 @@ def build_tiny_bundle(
         config={"export": options, "note": json.dumps("tiny test bundle")},
         routing_texts=PARITY_PROMPTS * 4,
     )
+    _keep_built(key, Path(out))
+    return Path(out)
 
 
 def build_cost_bundle(path: Path, quantize: bool = False) -> Path:
