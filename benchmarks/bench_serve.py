@@ -8,8 +8,13 @@ paths do the same expert work. Routing overhead = router-path latency - direct l
 
     python benchmarks/bench_serve.py                       # builds a tiny bundle in a temp dir
     python benchmarks/bench_serve.py --bundle DIR --requests 400 --local
+    git archive BASE src | tar -x -C /tmp/base      # the code to compare against
+    python benchmarks/bench_serve.py --local --baseline-src /tmp/base/src
 
-``--local`` also measures a router whose experts run in its own process (``deployment=local``).
+``--local`` also measures a router whose experts run in its own process (``deployment=local``);
+``--baseline-src`` also runs the routers of another checkout in the same run (``*-before``), so
+that before / after figures see the same machine. Besides latencies and requests/s, each router's
+CPU time per routed request is read from ``/proc`` (what bounds throughput on a shared box).
 """
 
 from __future__ import annotations
@@ -47,32 +52,60 @@ def tiny_bundle(path: Path) -> Path:
     return mod.build_tiny_bundle(path, k=2, aggregation="top1", distinct_models=True)
 
 
-async def load(jobs: list[tuple[str, dict[str, Any]]], conc: int) -> tuple[np.ndarray, float, int]:
+async def load(
+    jobs: list[tuple[str, dict[str, Any]]], conc: int, client: str = "aiohttp"
+) -> tuple[np.ndarray, float, int]:
     """Send ``jobs`` (``(url, body)``, in order) with ``conc`` clients.
 
-    Returns latencies (ms, per job), wall seconds, non-200 answers.
+    ``client``: the load generator's HTTP client, ``aiohttp`` (the lighter one: it shares the
+    cores with the servers) or ``httpx``. Returns latencies (ms, per job), wall seconds, non-200
+    answers.
     """
-    import httpx
-
     lat = np.zeros(len(jobs))
     bad = 0
     nxt = 0
+    # bodies serialised before the clock starts: the load generator's own CPU per request is
+    # then the HTTP client alone
+    data = [(url + "/v1/chat/completions", json.dumps(body).encode()) for url, body in jobs]
+    headers = {"content-type": "application/json"}
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(post: Any) -> None:
         nonlocal nxt, bad
         while nxt < len(jobs):
             i = nxt
             nxt += 1
-            url, body = jobs[i]
             t0 = time.perf_counter()
-            r = await client.post(url + "/v1/chat/completions", json=body)
+            status = await post(*data[i])
             lat[i] = (time.perf_counter() - t0) * 1000.0
-            bad += r.status_code != 200
+            bad += status != 200
 
-    limits = httpx.Limits(max_connections=2 * conc, max_keepalive_connections=2 * conc)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+    if client == "httpx":
+        import httpx
+
+        limits = httpx.Limits(max_connections=2 * conc, max_keepalive_connections=2 * conc)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as hc:
+
+            async def post(url: str, raw: bytes) -> int:
+                return (await hc.post(url, content=raw, headers=headers)).status_code
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker(post) for _ in range(conc)))
+            wall = time.perf_counter() - t0
+        return lat, wall, bad
+    import aiohttp
+
+    conn = aiohttp.TCPConnector(limit=2 * conc)
+    async with aiohttp.ClientSession(
+        connector=conn, timeout=aiohttp.ClientTimeout(total=60)
+    ) as session:
+
+        async def post(url: str, raw: bytes) -> int:  # type: ignore[no-redef]
+            async with session.post(url, data=raw, headers=headers) as r:
+                await r.read()
+                return r.status
+
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(conc)))
+        await asyncio.gather(*(worker(post) for _ in range(conc)))
         wall = time.perf_counter() - t0
     return lat, wall, bad
 
@@ -89,12 +122,23 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--local", action="store_true", help="also a router with in-process experts")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    ap.add_argument(
+        "--client", choices=["aiohttp", "httpx"], default="aiohttp", help="the load generator's"
+    )
+    ap.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="another checkout's src/ (e.g. `git archive BASE src`): its routers run in the same "
+        "run as `remote-before` / `local-before`, measured between this code's",
+    )
     args = ap.parse_args()
 
     import httpx
 
     from moe2.serving.process import ServerProcess
 
+    load_start, t_start = os.getloadavg(), time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     bundle = args.bundle or tiny_bundle(tmp / "bundle")
     experts = {n: ServerProcess("serve-expert", bundle, [f"expert={n}"]) for n in ("alpha", "beta")}
@@ -117,9 +161,18 @@ def main() -> None:
                 }
             )
         )
-        routers = {"remote": ServerProcess("serve", bundle, [f"deployment.file={dep}"])}
-        if args.local:
-            routers["local"] = ServerProcess("serve", bundle, ["deployment.default.concurrency=2"])
+        variants = {"": None}
+        if args.baseline_src:
+            variants["-before"] = {"PYTHONPATH": str(args.baseline_src.resolve())}
+        routers = {}
+        for suffix, env in variants.items():
+            routers["remote" + suffix] = ServerProcess(
+                "serve", bundle, [f"deployment.file={dep}"], env=env
+            )
+        for suffix, env in variants.items() if args.local else ():
+            routers["local" + suffix] = ServerProcess(
+                "serve", bundle, ["deployment.default.concurrency=2"], env=env
+            )
         ServerProcess.start_all(list(routers.values()))
         procs += list(routers.values())
         router = routers["remote"]
@@ -147,14 +200,21 @@ def main() -> None:
                 for b in bodies:
                     e = target[b["messages"][0]["content"]]
                     jobs += [(rp.url, b), (experts[e].url, {**b, "model": e})]
-                asyncio.run(load(jobs[:48], min(conc, 8)))  # warm-up
-                lat, _, bad = asyncio.run(load(jobs, conc))
+                asyncio.run(load(jobs[:48], min(conc, 8), args.client))  # warm-up
+                lat, _, bad = asyncio.run(load(jobs, conc, args.client))
                 routed, direct = lat[0::2], lat[1::2]
-                # routed requests only: the router's throughput with every client on it; and
-                # the same requests straight to the experts: what the experts alone sustain here
-                r_lat, wall, r_bad = asyncio.run(load([(rp.url, b) for b in bodies], conc))
+                # routed requests only: the router's throughput with every client on it, and
+                # its CPU time per request (robust to the load of the machine, unlike latency);
+                # and the same requests straight to the experts: what they alone sustain here
+                cpu0 = rp.cpu_seconds()
+                r_lat, wall, r_bad = asyncio.run(
+                    load([(rp.url, b) for b in bodies], conc, args.client)
+                )
+                cpu1 = rp.cpu_seconds()
                 direct_only = [j for j in jobs[1::2]]
-                _, d_wall, _ = asyncio.run(load(direct_only, conc))
+                e_cpu0 = {n: p.cpu_seconds() for n, p in experts.items()}
+                _, d_wall, _ = asyncio.run(load(direct_only, conc, args.client))
+                e_cpu = sum(p.cpu_seconds() - e_cpu0[n] for n, p in experts.items())  # type: ignore[operator]
                 row[name] = {
                     "routed_p50_ms": pct(routed, 50),
                     "routed_p99_ms": pct(routed, 99),
@@ -166,6 +226,10 @@ def main() -> None:
                     "routed_rps": len(bodies) / wall,
                     "direct_rps": len(bodies) / d_wall,
                     "routed_only_p50_ms": pct(r_lat, 50),
+                    "router_cpu_ms_per_request": 1000.0 * (cpu1 - cpu0) / len(bodies)
+                    if cpu0 is not None and cpu1 is not None
+                    else None,
+                    "expert_cpu_ms_per_direct_request": 1000.0 * e_cpu / len(bodies),
                     "errors": bad + r_bad,
                 }
             results["runs"][str(conc)] = row
@@ -173,18 +237,22 @@ def main() -> None:
         for name, rp in routers.items():
             results[f"{name}_router_rss_mb"] = (rp.rss_bytes() or 0) / 2**20
         results["expert_rss_mb"] = {n: (p.rss_bytes() or 0) / 2**20 for n, p in experts.items()}
-        page = httpx.get(router.url + "/metrics").text
-        s = c = 0.0
-        for line in page.splitlines():
-            if line.startswith("moe2_routing_seconds_sum"):
-                s = float(line.split()[-1])
-            if line.startswith("moe2_routing_seconds_count"):
-                c = float(line.split()[-1])
-        results["router_gate_and_plan_ms_mean"] = 1000.0 * s / c if c else None
+        for name, rp in routers.items():
+            page = httpx.get(rp.url + "/metrics").text
+            s = c = 0.0
+            for line in page.splitlines():
+                if line.startswith("moe2_routing_seconds_sum"):
+                    s = float(line.split()[-1])
+                if line.startswith("moe2_routing_seconds_count"):
+                    c = float(line.split()[-1])
+            results[f"{name}_gate_and_plan_ms_mean"] = 1000.0 * s / c if c else None
         results["machine"] = {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "load_avg": os.getloadavg(),
+            "load_avg_at_start": load_start,
+            "wall_s": time.perf_counter() - t_start,
+            "client": args.client,
         }
         print(
             json.dumps({k: v for k, v in results.items() if k != "runs"}, indent=1, default=float)

@@ -89,7 +89,7 @@ def server_cfg(cfg: Any) -> ServerCfg:
     """The ``server`` group as a checked :class:`ServerCfg` (and the ``serve`` extra, installed)."""
     from moe2.utils.deps import require
 
-    for module in ("fastapi", "uvicorn", "httpx", "httpx_sse", "prometheus_client"):
+    for module in ("fastapi", "uvicorn", "httpx", "httpx_sse", "aiohttp", "prometheus_client"):
         require(module, "moe2 serve")
     return build(ServerCfg, to_plain(cfg.server), "server")
 
