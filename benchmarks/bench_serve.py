@@ -110,6 +110,14 @@ async def load(
     return lat, wall, bad
 
 
+def own_cpu_seconds() -> float:
+    """CPU time of this process (the load generator) so far, seconds."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def pct(x: np.ndarray, q: float) -> float:
     return float(np.percentile(x, q))
 
@@ -206,11 +214,13 @@ def main() -> None:
                 # routed requests only: the router's throughput with every client on it, and
                 # its CPU time per request (robust to the load of the machine, unlike latency);
                 # and the same requests straight to the experts: what they alone sustain here
-                cpu0 = rp.cpu_seconds()
+                cpu0, own0 = rp.cpu_seconds(), own_cpu_seconds()
+                e_cpu0 = {n: p.cpu_seconds() for n, p in experts.items()}
                 r_lat, wall, r_bad = asyncio.run(
                     load([(rp.url, b) for b in bodies], conc, args.client)
                 )
-                cpu1 = rp.cpu_seconds()
+                cpu1, own1 = rp.cpu_seconds(), own_cpu_seconds()
+                re_cpu = sum(p.cpu_seconds() - e_cpu0[n] for n, p in experts.items())  # type: ignore[operator]
                 direct_only = [j for j in jobs[1::2]]
                 e_cpu0 = {n: p.cpu_seconds() for n, p in experts.items()}
                 _, d_wall, _ = asyncio.run(load(direct_only, conc, args.client))
@@ -229,6 +239,8 @@ def main() -> None:
                     "router_cpu_ms_per_request": 1000.0 * (cpu1 - cpu0) / len(bodies)
                     if cpu0 is not None and cpu1 is not None
                     else None,
+                    "expert_cpu_ms_per_routed_request": 1000.0 * re_cpu / len(bodies),
+                    "loadgen_cpu_ms_per_routed_request": 1000.0 * (own1 - own0) / len(bodies),
                     "expert_cpu_ms_per_direct_request": 1000.0 * e_cpu / len(bodies),
                     "errors": bad + r_bad,
                 }
