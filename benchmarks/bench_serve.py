@@ -8,12 +8,14 @@ paths do the same expert work. Routing overhead = router-path latency - direct l
 
     python benchmarks/bench_serve.py                       # builds a tiny bundle in a temp dir
     python benchmarks/bench_serve.py --bundle DIR --requests 400 --local
-    git archive BASE src | tar -x -C /tmp/base      # the code to compare against
+    mkdir -p /tmp/base && git archive BASE src | tar -x -C /tmp/base    # the code to compare
+    git archive BASE conf pipelines | tar -x -C /tmp/base/src/moe2        # its configs too
     python benchmarks/bench_serve.py --local --baseline-src /tmp/base/src
 
 ``--local`` also measures a router whose experts run in its own process (``deployment=local``);
 ``--baseline-src`` also runs the routers of another checkout in the same run (``*-before``), so
-that before / after figures see the same machine. Besides latencies and requests/s, each router's
+that before / after figures see the same machine; ``--replicas N`` also a remote router of N
+processes with the routed requests spread over them (what ``N`` workers would give). Besides latencies and requests/s, each router's
 CPU time per routed request is read from ``/proc`` (what bounds throughput on a shared box).
 """
 
@@ -110,6 +112,12 @@ async def load(
     return lat, wall, bad
 
 
+def cpu_seconds(group: list[Any]) -> float | None:
+    """CPU seconds used so far by a router's processes together."""
+    got = [p.cpu_seconds() for p in group]
+    return None if None in got else sum(got)
+
+
 def own_cpu_seconds() -> float:
     """CPU time of this process (the load generator) so far, seconds."""
     import resource
@@ -134,11 +142,17 @@ def main() -> None:
         "--client", choices=["aiohttp", "httpx"], default="aiohttp", help="the load generator's"
     )
     ap.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="also a remote router of this many processes, the requests spread over them",
+    )
+    ap.add_argument(
         "--baseline-src",
         type=Path,
         default=None,
-        help="another checkout's src/ (e.g. `git archive BASE src`): its routers run in the same "
-        "run as `remote-before` / `local-before`, measured between this code's",
+        help="another checkout's src/ with its conf/ and pipelines/ in src/moe2/ (see above): its "
+        "routers run in the same run as `remote-before` / `local-before`, after this code's",
     )
     args = ap.parse_args()
 
@@ -172,18 +186,26 @@ def main() -> None:
         variants = {"": None}
         if args.baseline_src:
             variants["-before"] = {"PYTHONPATH": str(args.baseline_src.resolve())}
-        routers = {}
+        # each router: its processes (replicas: the routed requests go to each in turn, as a
+        # load balancer or several workers on one port would spread them)
+        routers: dict[str, list[ServerProcess]] = {}
         for suffix, env in variants.items():
-            routers["remote" + suffix] = ServerProcess(
-                "serve", bundle, [f"deployment.file={dep}"], env=env
-            )
+            routers["remote" + suffix] = [
+                ServerProcess("serve", bundle, [f"deployment.file={dep}"], env=env)
+            ]
+        if args.replicas > 1:
+            routers[f"remote-x{args.replicas}"] = [
+                ServerProcess("serve", bundle, [f"deployment.file={dep}"])
+                for _ in range(args.replicas)
+            ]
         for suffix, env in variants.items() if args.local else ():
-            routers["local" + suffix] = ServerProcess(
-                "serve", bundle, ["deployment.default.concurrency=2"], env=env
-            )
-        ServerProcess.start_all(list(routers.values()))
-        procs += list(routers.values())
-        router = routers["remote"]
+            routers["local" + suffix] = [
+                ServerProcess("serve", bundle, ["deployment.default.concurrency=2"], env=env)
+            ]
+        group = [p for ps in routers.values() for p in ps]
+        ServerProcess.start_all(group)
+        procs += group
+        router = routers["remote"][0]
         # the expert the router picks for each prompt: the direct path sends it there
         target = {}
         for p in PROMPTS:
@@ -205,21 +227,19 @@ def main() -> None:
                 # routed and direct requests interleaved (routed, then the same body straight to
                 # the expert the router picks for it), so that both paths see the same load
                 jobs: list[tuple[str, dict[str, Any]]] = []
-                for b in bodies:
+                for i, b in enumerate(bodies):
                     e = target[b["messages"][0]["content"]]
-                    jobs += [(rp.url, b), (experts[e].url, {**b, "model": e})]
+                    jobs += [(rp[i % len(rp)].url, b), (experts[e].url, {**b, "model": e})]
                 asyncio.run(load(jobs[:48], min(conc, 8), args.client))  # warm-up
                 lat, _, bad = asyncio.run(load(jobs, conc, args.client))
                 routed, direct = lat[0::2], lat[1::2]
                 # routed requests only: the router's throughput with every client on it, and
                 # its CPU time per request (robust to the load of the machine, unlike latency);
                 # and the same requests straight to the experts: what they alone sustain here
-                cpu0, own0 = rp.cpu_seconds(), own_cpu_seconds()
+                cpu0, own0 = cpu_seconds(rp), own_cpu_seconds()
                 e_cpu0 = {n: p.cpu_seconds() for n, p in experts.items()}
-                r_lat, wall, r_bad = asyncio.run(
-                    load([(rp.url, b) for b in bodies], conc, args.client)
-                )
-                cpu1, own1 = rp.cpu_seconds(), own_cpu_seconds()
+                r_lat, wall, r_bad = asyncio.run(load(jobs[0::2], conc, args.client))
+                cpu1, own1 = cpu_seconds(rp), own_cpu_seconds()
                 re_cpu = sum(p.cpu_seconds() - e_cpu0[n] for n, p in experts.items())  # type: ignore[operator]
                 direct_only = [j for j in jobs[1::2]]
                 e_cpu0 = {n: p.cpu_seconds() for n, p in experts.items()}
@@ -247,16 +267,15 @@ def main() -> None:
             results["runs"][str(conc)] = row
             print(f"concurrency {conc}: " + json.dumps(row, default=float))
         for name, rp in routers.items():
-            results[f"{name}_router_rss_mb"] = (rp.rss_bytes() or 0) / 2**20
+            results[f"{name}_router_rss_mb"] = sum(p.rss_bytes() or 0 for p in rp) / 2**20
         results["expert_rss_mb"] = {n: (p.rss_bytes() or 0) / 2**20 for n, p in experts.items()}
         for name, rp in routers.items():
-            page = httpx.get(rp.url + "/metrics").text
             s = c = 0.0
-            for line in page.splitlines():
+            for line in (ln for p in rp for ln in httpx.get(p.url + "/metrics").text.splitlines()):
                 if line.startswith("moe2_routing_seconds_sum"):
-                    s = float(line.split()[-1])
+                    s += float(line.split()[-1])
                 if line.startswith("moe2_routing_seconds_count"):
-                    c = float(line.split()[-1])
+                    c += float(line.split()[-1])
             results[f"{name}_gate_and_plan_ms_mean"] = 1000.0 * s / c if c else None
         results["machine"] = {
             "cpus": os.cpu_count(),
