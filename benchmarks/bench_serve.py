@@ -15,7 +15,9 @@ paths do the same expert work. Routing overhead = router-path latency - direct l
 ``--local`` also measures a router whose experts run in its own process (``deployment=local``);
 ``--baseline-src`` also runs the routers of another checkout in the same run (``*-before``), so
 that before / after figures see the same machine; ``--replicas N`` also a remote router of N
-processes with the routed requests spread over them (what ``N`` workers would give). Besides latencies and requests/s, each router's
+processes with the routed requests spread over them (what ``N`` workers would give);
+``--mixed`` also one load per concurrency that interleaves all routers' requests, the fairest
+before / after comparison on a shared machine. Besides latencies and requests/s, each router's
 CPU time per routed request is read from ``/proc`` (what bounds throughput on a shared box).
 """
 
@@ -130,6 +132,44 @@ def pct(x: np.ndarray, q: float) -> float:
     return float(np.percentile(x, q))
 
 
+def mixed(
+    routers: dict[str, list[Any]],
+    experts: dict[str, Any],
+    target: dict[str, str],
+    bodies: list[dict[str, Any]],
+    conc: int,
+    client: str,
+) -> dict[str, Any]:
+    """Every router in one load: each body goes to each router in turn, each routed request
+    followed by the same body straight to its expert, so that all routers (this code's and the
+    baseline's) see the very same machine at the same moments."""
+    k = len(routers)
+    jobs: list[tuple[str, dict[str, Any]]] = []
+    for i, b in enumerate(bodies):
+        e = target[b["messages"][0]["content"]]
+        for rp in routers.values():
+            jobs += [(rp[i % len(rp)].url, b), (experts[e].url, {**b, "model": e})]
+    cpu0 = {name: cpu_seconds(rp) for name, rp in routers.items()}
+    lat, _, bad = asyncio.run(load(jobs, conc, client))
+    out: dict[str, Any] = {"errors": bad}
+    for i, (name, rp) in enumerate(routers.items()):
+        routed, direct = lat[2 * i :: 2 * k], lat[2 * i + 1 :: 2 * k]
+        c0, c1 = cpu0[name], cpu_seconds(rp)
+        out[name] = {
+            "routed_p50_ms": pct(routed, 50),
+            "routed_p99_ms": pct(routed, 99),
+            "direct_p50_ms": pct(direct, 50),
+            "direct_p99_ms": pct(direct, 99),
+            "overhead_p50_ms": pct(routed, 50) - pct(direct, 50),
+            "overhead_p99_ms": pct(routed, 99) - pct(direct, 99),
+            "paired_overhead_p50_ms": pct(routed - direct, 50),
+            "router_cpu_ms_per_request": None
+            if c0 is None or c1 is None
+            else 1000.0 * (c1 - c0) / len(bodies),
+        }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, default=None)
@@ -140,6 +180,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     ap.add_argument(
         "--client", choices=["aiohttp", "httpx"], default="aiohttp", help="the load generator's"
+    )
+    ap.add_argument(
+        "--mixed",
+        action="store_true",
+        help="also one load that interleaves every router's requests (and their direct twins)",
     )
     ap.add_argument(
         "--replicas",
@@ -264,6 +309,8 @@ def main() -> None:
                     "expert_cpu_ms_per_direct_request": 1000.0 * e_cpu / len(bodies),
                     "errors": bad + r_bad,
                 }
+            if args.mixed and len(routers) > 1:
+                row["mixed"] = mixed(routers, experts, target, bodies, conc, args.client)
             results["runs"][str(conc)] = row
             print(f"concurrency {conc}: " + json.dumps(row, default=float))
         for name, rp in routers.items():
