@@ -132,6 +132,19 @@ def pct(x: np.ndarray, q: float) -> float:
     return float(np.percentile(x, q))
 
 
+def overhead(routed: np.ndarray, direct: np.ndarray) -> dict[str, float]:
+    """Percentiles of routed and direct latencies (ms, consecutive pairs) and the overhead."""
+    return {
+        "routed_p50_ms": pct(routed, 50),
+        "routed_p99_ms": pct(routed, 99),
+        "direct_p50_ms": pct(direct, 50),
+        "direct_p99_ms": pct(direct, 99),
+        "overhead_p50_ms": pct(routed, 50) - pct(direct, 50),
+        "overhead_p99_ms": pct(routed, 99) - pct(direct, 99),
+        "paired_overhead_p50_ms": pct(routed - direct, 50),
+    }
+
+
 def mixed(
     routers: dict[str, list[Any]],
     experts: dict[str, Any],
@@ -156,13 +169,7 @@ def mixed(
         routed, direct = lat[2 * i :: 2 * k], lat[2 * i + 1 :: 2 * k]
         c0, c1 = cpu0[name], cpu_seconds(rp)
         out[name] = {
-            "routed_p50_ms": pct(routed, 50),
-            "routed_p99_ms": pct(routed, 99),
-            "direct_p50_ms": pct(direct, 50),
-            "direct_p99_ms": pct(direct, 99),
-            "overhead_p50_ms": pct(routed, 50) - pct(direct, 50),
-            "overhead_p99_ms": pct(routed, 99) - pct(direct, 99),
-            "paired_overhead_p50_ms": pct(routed - direct, 50),
+            **overhead(routed, direct),
             "router_cpu_ms_per_request": None
             if c0 is None or c1 is None
             else 1000.0 * (c1 - c0) / len(bodies),
@@ -291,13 +298,7 @@ def main() -> None:
                 _, d_wall, _ = asyncio.run(load(direct_only, conc, args.client))
                 e_cpu = sum(p.cpu_seconds() - e_cpu0[n] for n, p in experts.items())  # type: ignore[operator]
                 row[name] = {
-                    "routed_p50_ms": pct(routed, 50),
-                    "routed_p99_ms": pct(routed, 99),
-                    "direct_p50_ms": pct(direct, 50),
-                    "direct_p99_ms": pct(direct, 99),
-                    "overhead_p50_ms": pct(routed, 50) - pct(direct, 50),
-                    "overhead_p99_ms": pct(routed, 99) - pct(direct, 99),
-                    "paired_overhead_p50_ms": pct(routed - direct, 50),
+                    **overhead(routed, direct),
                     "routed_rps": len(bodies) / wall,
                     "direct_rps": len(bodies) / d_wall,
                     "routed_only_p50_ms": pct(r_lat, 50),
