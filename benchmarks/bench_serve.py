@@ -8,8 +8,17 @@ paths do the same expert work. Routing overhead = router-path latency - direct l
 
     python benchmarks/bench_serve.py                       # builds a tiny bundle in a temp dir
     python benchmarks/bench_serve.py --bundle DIR --requests 400 --local
+    mkdir -p /tmp/base && git archive BASE src | tar -x -C /tmp/base    # the code to compare
+    git archive BASE conf pipelines | tar -x -C /tmp/base/src/moe2        # its configs too
+    python benchmarks/bench_serve.py --local --baseline-src /tmp/base/src
 
-``--local`` also measures a router whose experts run in its own process (``deployment=local``).
+``--local`` also measures a router whose experts run in its own process (``deployment=local``);
+``--baseline-src`` also runs the routers of another checkout in the same run (``*-before``), so
+that before / after figures see the same machine; ``--replicas N`` also a remote router of N
+processes with the routed requests spread over them (what ``N`` workers would give);
+``--mixed`` also one load per concurrency that interleaves all routers' requests, the fairest
+before / after comparison on a shared machine. Besides latencies and requests/s, each router's
+CPU time per routed request is read from ``/proc`` (what bounds throughput on a shared box).
 """
 
 from __future__ import annotations
@@ -47,38 +56,125 @@ def tiny_bundle(path: Path) -> Path:
     return mod.build_tiny_bundle(path, k=2, aggregation="top1", distinct_models=True)
 
 
-async def load(jobs: list[tuple[str, dict[str, Any]]], conc: int) -> tuple[np.ndarray, float, int]:
+async def load(
+    jobs: list[tuple[str, dict[str, Any]]], conc: int, client: str = "aiohttp"
+) -> tuple[np.ndarray, float, int]:
     """Send ``jobs`` (``(url, body)``, in order) with ``conc`` clients.
 
-    Returns latencies (ms, per job), wall seconds, non-200 answers.
+    ``client``: the load generator's HTTP client, ``aiohttp`` (the lighter one: it shares the
+    cores with the servers) or ``httpx``. Returns latencies (ms, per job), wall seconds, non-200
+    answers.
     """
-    import httpx
-
     lat = np.zeros(len(jobs))
     bad = 0
     nxt = 0
+    # bodies serialised before the clock starts: the load generator's own CPU per request is
+    # then the HTTP client alone
+    data = [(url + "/v1/chat/completions", json.dumps(body).encode()) for url, body in jobs]
+    headers = {"content-type": "application/json"}
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(post: Any) -> None:
         nonlocal nxt, bad
         while nxt < len(jobs):
             i = nxt
             nxt += 1
-            url, body = jobs[i]
             t0 = time.perf_counter()
-            r = await client.post(url + "/v1/chat/completions", json=body)
+            status = await post(*data[i])
             lat[i] = (time.perf_counter() - t0) * 1000.0
-            bad += r.status_code != 200
+            bad += status != 200
 
-    limits = httpx.Limits(max_connections=2 * conc, max_keepalive_connections=2 * conc)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+    if client == "httpx":
+        import httpx
+
+        limits = httpx.Limits(max_connections=2 * conc, max_keepalive_connections=2 * conc)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as hc:
+
+            async def post(url: str, raw: bytes) -> int:
+                return (await hc.post(url, content=raw, headers=headers)).status_code
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker(post) for _ in range(conc)))
+            wall = time.perf_counter() - t0
+        return lat, wall, bad
+    import aiohttp
+
+    conn = aiohttp.TCPConnector(limit=2 * conc)
+    async with aiohttp.ClientSession(
+        connector=conn, timeout=aiohttp.ClientTimeout(total=60)
+    ) as session:
+
+        async def post(url: str, raw: bytes) -> int:  # type: ignore[no-redef]
+            async with session.post(url, data=raw, headers=headers) as r:
+                await r.read()
+                return r.status
+
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(conc)))
+        await asyncio.gather(*(worker(post) for _ in range(conc)))
         wall = time.perf_counter() - t0
     return lat, wall, bad
 
 
+def cpu_seconds(group: list[Any]) -> float | None:
+    """CPU seconds used so far by a router's processes together."""
+    got = [p.cpu_seconds() for p in group]
+    return None if None in got else sum(got)
+
+
+def own_cpu_seconds() -> float:
+    """CPU time of this process (the load generator) so far, seconds."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def pct(x: np.ndarray, q: float) -> float:
     return float(np.percentile(x, q))
+
+
+def overhead(routed: np.ndarray, direct: np.ndarray) -> dict[str, float]:
+    """Percentiles of routed and direct latencies (ms, consecutive pairs) and the overhead."""
+    return {
+        "routed_p50_ms": pct(routed, 50),
+        "routed_p99_ms": pct(routed, 99),
+        "direct_p50_ms": pct(direct, 50),
+        "direct_p99_ms": pct(direct, 99),
+        "overhead_p50_ms": pct(routed, 50) - pct(direct, 50),
+        "overhead_p99_ms": pct(routed, 99) - pct(direct, 99),
+        "paired_overhead_p50_ms": pct(routed - direct, 50),
+    }
+
+
+def mixed(
+    routers: dict[str, list[Any]],
+    experts: dict[str, Any],
+    target: dict[str, str],
+    bodies: list[dict[str, Any]],
+    conc: int,
+    client: str,
+) -> dict[str, Any]:
+    """Every router in one load: each body goes to each router in turn, each routed request
+    followed by the same body straight to its expert, so that all routers (this code's and the
+    baseline's) see the very same machine at the same moments."""
+    k = len(routers)
+    jobs: list[tuple[str, dict[str, Any]]] = []
+    for i, b in enumerate(bodies):
+        e = target[b["messages"][0]["content"]]
+        for rp in routers.values():
+            jobs += [(rp[i % len(rp)].url, b), (experts[e].url, {**b, "model": e})]
+    cpu0 = {name: cpu_seconds(rp) for name, rp in routers.items()}
+    lat, _, bad = asyncio.run(load(jobs, conc, client))
+    out: dict[str, Any] = {"errors": bad}
+    for i, (name, rp) in enumerate(routers.items()):
+        routed, direct = lat[2 * i :: 2 * k], lat[2 * i + 1 :: 2 * k]
+        c0, c1 = cpu0[name], cpu_seconds(rp)
+        out[name] = {
+            **overhead(routed, direct),
+            "router_cpu_ms_per_request": None
+            if c0 is None or c1 is None
+            else 1000.0 * (c1 - c0) / len(bodies),
+        }
+    return out
 
 
 def main() -> None:
@@ -89,12 +185,34 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--local", action="store_true", help="also a router with in-process experts")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    ap.add_argument(
+        "--client", choices=["aiohttp", "httpx"], default="aiohttp", help="the load generator's"
+    )
+    ap.add_argument(
+        "--mixed",
+        action="store_true",
+        help="also one load that interleaves every router's requests (and their direct twins)",
+    )
+    ap.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="also a remote router of this many processes, the requests spread over them",
+    )
+    ap.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="another checkout's src/ with its conf/ and pipelines/ in src/moe2/ (see above): its "
+        "routers run in the same run as `remote-before` / `local-before`, after this code's",
+    )
     args = ap.parse_args()
 
     import httpx
 
     from moe2.serving.process import ServerProcess
 
+    load_start, t_start = os.getloadavg(), time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     bundle = args.bundle or tiny_bundle(tmp / "bundle")
     experts = {n: ServerProcess("serve-expert", bundle, [f"expert={n}"]) for n in ("alpha", "beta")}
@@ -117,12 +235,29 @@ def main() -> None:
                 }
             )
         )
-        routers = {"remote": ServerProcess("serve", bundle, [f"deployment.file={dep}"])}
-        if args.local:
-            routers["local"] = ServerProcess("serve", bundle, ["deployment.default.concurrency=2"])
-        ServerProcess.start_all(list(routers.values()))
-        procs += list(routers.values())
-        router = routers["remote"]
+        variants = {"": None}
+        if args.baseline_src:
+            variants["-before"] = {"PYTHONPATH": str(args.baseline_src.resolve())}
+        # each router: its processes (replicas: the routed requests go to each in turn, as a
+        # load balancer or several workers on one port would spread them)
+        routers: dict[str, list[ServerProcess]] = {}
+        for suffix, env in variants.items():
+            routers["remote" + suffix] = [
+                ServerProcess("serve", bundle, [f"deployment.file={dep}"], env=env)
+            ]
+        if args.replicas > 1:
+            routers[f"remote-x{args.replicas}"] = [
+                ServerProcess("serve", bundle, [f"deployment.file={dep}"])
+                for _ in range(args.replicas)
+            ]
+        for suffix, env in variants.items() if args.local else ():
+            routers["local" + suffix] = [
+                ServerProcess("serve", bundle, ["deployment.default.concurrency=2"], env=env)
+            ]
+        group = [p for ps in routers.values() for p in ps]
+        ServerProcess.start_all(group)
+        procs += group
+        router = routers["remote"][0]
         # the expert the router picks for each prompt: the direct path sends it there
         target = {}
         for p in PROMPTS:
@@ -144,47 +279,59 @@ def main() -> None:
                 # routed and direct requests interleaved (routed, then the same body straight to
                 # the expert the router picks for it), so that both paths see the same load
                 jobs: list[tuple[str, dict[str, Any]]] = []
-                for b in bodies:
+                for i, b in enumerate(bodies):
                     e = target[b["messages"][0]["content"]]
-                    jobs += [(rp.url, b), (experts[e].url, {**b, "model": e})]
-                asyncio.run(load(jobs[:48], min(conc, 8)))  # warm-up
-                lat, _, bad = asyncio.run(load(jobs, conc))
+                    jobs += [(rp[i % len(rp)].url, b), (experts[e].url, {**b, "model": e})]
+                asyncio.run(load(jobs[:48], min(conc, 8), args.client))  # warm-up
+                lat, _, bad = asyncio.run(load(jobs, conc, args.client))
                 routed, direct = lat[0::2], lat[1::2]
-                # routed requests only: the router's throughput with every client on it; and
-                # the same requests straight to the experts: what the experts alone sustain here
-                r_lat, wall, r_bad = asyncio.run(load([(rp.url, b) for b in bodies], conc))
+                # routed requests only: the router's throughput with every client on it, and
+                # its CPU time per request (robust to the load of the machine, unlike latency);
+                # and the same requests straight to the experts: what they alone sustain here
+                cpu0, own0 = cpu_seconds(rp), own_cpu_seconds()
+                e_cpu0 = {n: p.cpu_seconds() for n, p in experts.items()}
+                r_lat, wall, r_bad = asyncio.run(load(jobs[0::2], conc, args.client))
+                cpu1, own1 = cpu_seconds(rp), own_cpu_seconds()
+                re_cpu = sum(p.cpu_seconds() - e_cpu0[n] for n, p in experts.items())  # type: ignore[operator]
                 direct_only = [j for j in jobs[1::2]]
-                _, d_wall, _ = asyncio.run(load(direct_only, conc))
+                e_cpu0 = {n: p.cpu_seconds() for n, p in experts.items()}
+                _, d_wall, _ = asyncio.run(load(direct_only, conc, args.client))
+                e_cpu = sum(p.cpu_seconds() - e_cpu0[n] for n, p in experts.items())  # type: ignore[operator]
                 row[name] = {
-                    "routed_p50_ms": pct(routed, 50),
-                    "routed_p99_ms": pct(routed, 99),
-                    "direct_p50_ms": pct(direct, 50),
-                    "direct_p99_ms": pct(direct, 99),
-                    "overhead_p50_ms": pct(routed, 50) - pct(direct, 50),
-                    "overhead_p99_ms": pct(routed, 99) - pct(direct, 99),
-                    "paired_overhead_p50_ms": pct(routed - direct, 50),
+                    **overhead(routed, direct),
                     "routed_rps": len(bodies) / wall,
                     "direct_rps": len(bodies) / d_wall,
                     "routed_only_p50_ms": pct(r_lat, 50),
+                    "router_cpu_ms_per_request": 1000.0 * (cpu1 - cpu0) / len(bodies)
+                    if cpu0 is not None and cpu1 is not None
+                    else None,
+                    "expert_cpu_ms_per_routed_request": 1000.0 * re_cpu / len(bodies),
+                    "loadgen_cpu_ms_per_routed_request": 1000.0 * (own1 - own0) / len(bodies),
+                    "expert_cpu_ms_per_direct_request": 1000.0 * e_cpu / len(bodies),
                     "errors": bad + r_bad,
                 }
+            if args.mixed and len(routers) > 1:
+                row["mixed"] = mixed(routers, experts, target, bodies, conc, args.client)
             results["runs"][str(conc)] = row
             print(f"concurrency {conc}: " + json.dumps(row, default=float))
         for name, rp in routers.items():
-            results[f"{name}_router_rss_mb"] = (rp.rss_bytes() or 0) / 2**20
+            results[f"{name}_router_rss_mb"] = sum(p.rss_bytes() or 0 for p in rp) / 2**20
         results["expert_rss_mb"] = {n: (p.rss_bytes() or 0) / 2**20 for n, p in experts.items()}
-        page = httpx.get(router.url + "/metrics").text
-        s = c = 0.0
-        for line in page.splitlines():
-            if line.startswith("moe2_routing_seconds_sum"):
-                s = float(line.split()[-1])
-            if line.startswith("moe2_routing_seconds_count"):
-                c = float(line.split()[-1])
-        results["router_gate_and_plan_ms_mean"] = 1000.0 * s / c if c else None
+        for name, rp in routers.items():
+            s = c = 0.0
+            for line in (ln for p in rp for ln in httpx.get(p.url + "/metrics").text.splitlines()):
+                if line.startswith("moe2_routing_seconds_sum"):
+                    s += float(line.split()[-1])
+                if line.startswith("moe2_routing_seconds_count"):
+                    c += float(line.split()[-1])
+            results[f"{name}_gate_and_plan_ms_mean"] = 1000.0 * s / c if c else None
         results["machine"] = {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "load_avg": os.getloadavg(),
+            "load_avg_at_start": load_start,
+            "wall_s": time.perf_counter() - t_start,
+            "client": args.client,
         }
         print(
             json.dumps({k: v for k, v in results.items() if k != "runs"}, indent=1, default=float)

@@ -328,6 +328,13 @@ class Bundle:
         """
         return self._weights(self.gate.logits([prompt], [category])[0])
 
+    def gate_weights_many(
+        self, prompts: Sequence[str], categories: Sequence[str | None]
+    ) -> list[dict[str, float]]:
+        """:meth:`gate_weights` of several prompts from one run of the gate (padded to the
+        longest, as in training): what a server batching concurrent requests calls."""
+        return [self._weights(row) for row in self.gate.logits(list(prompts), list(categories))]
+
     def _weights(self, logits: np.ndarray) -> dict[str, float]:
         """Softmax of the logits ``[E_all]`` restricted to the subset."""
         w = _softmax(logits[self.subset_index].astype(np.float64))

@@ -71,28 +71,41 @@ async def read_body(request: Any, max_bytes: int) -> bytes:
     return bytes(data)
 
 
+async def _disconnected(request: Any) -> None:
+    """Return once the client has gone: with the body read, the ASGI receive channel yields
+    nothing but ``http.disconnect`` (Starlette's streaming responses listen the same way)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def watch(request: Any, coro: Awaitable[Any], server: ServerCfg) -> Any:
     """Await ``coro`` unless the client disconnects (cancel it, raise :class:`ClientGone`) or
-    ``server.request_timeout_s`` passes (cancel it, HTTP 504)."""
+    ``server.request_timeout_s`` passes (cancel it, HTTP 504).
+
+    The disconnect is heard as it happens, not polled: polling cost each waiting request an
+    ``is_disconnected`` call (an anyio cancel scope) every ``disconnect_poll_s``, a sizeable
+    share of the router's CPU with 32 clients.
+    """
     task = asyncio.ensure_future(coro)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + server.request_timeout_s
+    gone = asyncio.ensure_future(_disconnected(request))
     try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=server.disconnect_poll_s)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                raise ClientGone()
-            if loop.time() > deadline:
-                raise APIError(
-                    504, f"no answer within server.request_timeout_s={server.request_timeout_s:g} s",
-                    type="server_error", code="timeout",
-                )  # fmt: skip
+        done, _ = await asyncio.wait(
+            {task, gone}, timeout=server.request_timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        if task in done:
+            return task.result()
+        if gone in done:
+            raise ClientGone()
+        raise APIError(
+            504, f"no answer within server.request_timeout_s={server.request_timeout_s:g} s",
+            type="server_error", code="timeout",
+        )  # fmt: skip
     finally:
-        if not task.done():
-            task.cancel()
-            await asyncio.wait({task})
+        pending = {t for t in (task, gone) if not t.done()}
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.wait(pending)
 
 
 def _header(v: Any) -> str:

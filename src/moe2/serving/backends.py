@@ -209,6 +209,11 @@ def _usage_reply(
     )
 
 
+def _snippet(raw: bytes, n: int) -> str:
+    """The first ``n`` characters of an answer's body, for an error message."""
+    return raw[: 4 * n].decode("utf-8", errors="replace")[:n]
+
+
 class RemoteBackend:
     """An expert behind an OpenAI-compatible endpoint (``moe2 serve-expert``, vLLM, llama.cpp...).
 
@@ -219,6 +224,7 @@ class RemoteBackend:
     kind = "openai"
 
     def __init__(self, name: str, placement: Placement) -> None:
+        import aiohttp
         import httpx
 
         from moe2.experts.openai import RETRY_STATUS
@@ -229,7 +235,16 @@ class RemoteBackend:
         self.model_name = placement.model or name
         self.retry_status = RETRY_STATUS
         self._httpx = httpx
+        self._aiohttp = aiohttp
         key = os.environ.get(placement.api_key_env) if placement.api_key_env else None
+        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+        # whole answers and probes go through aiohttp (C-parsed HTTP, no anyio layer: about a
+        # third of httpx's CPU per call, which bounds the router's throughput on a small box);
+        # SSE streams through httpx + httpx-sse, a maintained SSE parser
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=placement.connect_timeout_s, sock_read=placement.timeout_s
+        )
+        self._session: Any = None  # made in the event loop, on first use
         self.client = httpx.AsyncClient(
             base_url=self.url,
             timeout=httpx.Timeout(
@@ -239,9 +254,22 @@ class RemoteBackend:
                 max_connections=placement.concurrency,
                 max_keepalive_connections=placement.concurrency,
             ),
-            headers={"Authorization": f"Bearer {key}"} if key else {},
+            headers=self._headers,
         )
         self.sem = asyncio.Semaphore(placement.concurrency)
+
+    def session(self) -> Any:
+        """The aiohttp session to the endpoint (created in the running event loop)."""
+        if self._session is None or self._session.closed:
+            aiohttp = self._aiohttp
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self.placement.concurrency, ttl_dns_cache=None
+                ),
+                timeout=self._timeout,
+                headers=self._headers,
+            )
+        return self._session
 
     # ------------------------------------------------------------------ requests
     def _body(self, call: Call, stream: bool) -> tuple[str, dict[str, Any]]:
@@ -263,12 +291,20 @@ class RemoteBackend:
         return "/completions", {**body, "prompt": prompt}
 
     def _failure(self, exc: Exception, attempts: int) -> ExpertFailure:
-        httpx = self._httpx
-        if isinstance(exc, httpx.TimeoutException):
+        httpx, aiohttp = self._httpx, self._aiohttp
+        if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError)):
             kind: FailureKind = "timeout"
             msg = f"no answer within {self.placement.timeout_s:g} s ({type(exc).__name__})"
         elif isinstance(
-            exc, (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+            exc,
+            (
+                httpx.ConnectError,
+                httpx.RemoteProtocolError,
+                httpx.ReadError,
+                httpx.WriteError,
+                aiohttp.ClientConnectionError,
+                aiohttp.ClientPayloadError,
+            ),
         ):
             kind = "unreachable"
             msg = (
@@ -283,32 +319,36 @@ class RemoteBackend:
         """POST with retries; the JSON answer, the seconds of the successful attempt, attempts."""
         last: ExpertFailure | None = None
         attempts = 0
+        url = self.url + path
         for attempt in range(self.placement.max_retries + 1):
             if attempt:
                 await asyncio.sleep(self.placement.backoff_s * 2 ** (attempt - 1))
             attempts += 1
             t0 = time.perf_counter()
             try:
-                async with self.sem:
-                    r = await self.client.post(path, json=body)
-            except self._httpx.HTTPError as exc:
+                async with self.sem, self.session().post(url, json=body) as r:
+                    status, raw = r.status, await r.read()
+            except (self._aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 last = self._failure(exc, attempts)
                 continue
             dt = time.perf_counter() - t0
-            if r.status_code in self.retry_status:
+            if status in self.retry_status:
                 last = ExpertFailure(
-                    self.name, "server_error", f"HTTP {r.status_code}: {r.text[:200]}", attempts
+                    self.name, "server_error", f"HTTP {status}: {_snippet(raw, 200)}", attempts
                 )
                 continue
-            if r.status_code != 200:
+            if status != 200:
                 raise ExpertFailure(
-                    self.name, "rejected", f"HTTP {r.status_code}: {r.text[:300]}", attempts
+                    self.name, "rejected", f"HTTP {status}: {_snippet(raw, 300)}", attempts
                 )
             try:
-                data = r.json()
+                data = json.loads(raw)
             except ValueError:
                 raise ExpertFailure(
-                    self.name, "bad_response", f"answered invalid JSON: {r.text[:120]!r}", attempts
+                    self.name,
+                    "bad_response",
+                    f"answered invalid JSON: {_snippet(raw, 120)!r}",
+                    attempts,
                 ) from None
             if not isinstance(data, dict):
                 raise ExpertFailure(
@@ -457,12 +497,17 @@ class RemoteBackend:
 
     async def probe(self) -> bool:
         """Whether the endpoint answers ``GET /models`` now."""
+        aiohttp = self._aiohttp
+        wait = aiohttp.ClientTimeout(total=self.placement.connect_timeout_s + 1.0)
         try:
-            r = await self.client.get("/models", timeout=self.placement.connect_timeout_s + 1.0)
-        except self._httpx.HTTPError:
+            async with self.session().get(self.url + "/models", timeout=wait) as r:
+                await r.read()
+                return r.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
             return False
-        return r.status_code == 200
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pools."""
+        if self._session is not None:
+            await self._session.close()
         await self.client.aclose()

@@ -49,6 +49,39 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
+#: texts a fast encoder must encode exactly as its Hugging Face tokenizer before it is used
+_SELF_CHECK = (
+    "what is the capital of france?",
+    "  Two spaces,\ttab; ünïcödé 北京 123 <s> </s> [SEP]",
+)
+
+
+def fast_encoder(tok: Any) -> Any:
+    """The Rust ``tokenizers.Tokenizer`` behind a Hugging Face fast tokenizer, as a private copy
+    with no truncation or padding, or ``None`` (a slow tokenizer, or one whose ids differ).
+
+    Encoding a plain prompt through it skips ``transformers``' per-call Python layer (padding and
+    truncation strategies, ``BatchEncoding``): about 50 us instead of 250 us on this VM, and the
+    router encodes every prompt once per expert of the subset for its context check. The copy
+    keeps the call free of the state that ``transformers`` sets on the shared backend.
+    """
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    from tokenizers import Tokenizer
+
+    own = Tokenizer.from_str(backend.to_str())
+    own.no_truncation()
+    own.no_padding()
+    for text in _SELF_CHECK:
+        if own.encode(text, add_special_tokens=True).ids != list(
+            tok(text, add_special_tokens=True)["input_ids"]
+        ):
+            log.info("tokenizer %s: its fast encoder differs; using transformers", type(tok))
+            return None
+    return own
+
+
 class ExpertTokens:
     """An expert's tokenizer and prompt format, and its context check (no graph loaded).
 
@@ -65,6 +98,8 @@ class ExpertTokens:
         self.tok = tok
         self.gen = gen
         self.context_length = context_length
+        self.fast = fast_encoder(tok)  # plain prompts (no chat template) go through it
+        self.template = bool(gen.get("chat_template")) and bool(getattr(tok, "chat_template", None))
 
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """Prompt ids of a conversation. One user turn follows the bundle's tokenisation policy
@@ -72,10 +107,11 @@ class ExpertTokens:
         through the chat template when the expert has one, else as its texts one per line."""
         from moe2.format.tokenize import prompt_ids
 
-        template = bool(self.gen.get("chat_template"))
         if len(messages) == 1 and messages[0]["role"] == "user":
-            return prompt_ids(self.tok, messages[0]["content"], template)
-        if template and getattr(self.tok, "chat_template", None):
+            if not self.template:
+                return self.encode_text(messages[0]["content"])
+            return prompt_ids(self.tok, messages[0]["content"], True)
+        if self.template:
             ids = self.tok.apply_chat_template(
                 list(messages), add_generation_prompt=True, tokenize=True
             )
@@ -83,7 +119,10 @@ class ExpertTokens:
         return self.encode_text("\n".join(m["content"] for m in messages))
 
     def encode_text(self, text: str) -> list[int]:
-        """Prompt ids of a raw prompt (``/v1/completions``: no chat template)."""
+        """Prompt ids of a raw prompt (``/v1/completions``: no chat template); the same ids as
+        :func:`moe2.format.tokenize.prompt_ids` without a template."""
+        if self.fast is not None:
+            return self.fast.encode(text, add_special_tokens=True).ids
         from moe2.format.tokenize import prompt_ids
 
         return prompt_ids(self.tok, text, False)

@@ -45,6 +45,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.gate_batch = Histogram(
+            "moe2_gate_batch_size",
+            "Prompts per run of the gate (requests that reached it together share one run)",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
         self.expert_calls = Counter(
             "moe2_expert_calls", "Calls to each expert by outcome (ok, timeout, unreachable, bad_response, server_error, rejected, cancelled)",
             ["expert", "outcome"], registry=r,

@@ -34,6 +34,8 @@ class ServerProcess:
         host: address to listen on (default loopback; an edge box's address when ``prefix`` puts
             the server in another network namespace).
         prefix: command words before the server's own (e.g. ``["ip", "netns", "exec", "box1"]``).
+        env: more environment variables of the process (e.g. ``PYTHONPATH`` of another
+            checkout, to run its code side by side in a benchmark).
     """
 
     def __init__(
@@ -46,7 +48,9 @@ class ServerProcess:
         log: str | os.PathLike[str] | None = None,
         host: str = "127.0.0.1",
         prefix: list[str] | tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
+        self.env = dict(env or {})
         self.host = host
         self.prefix = list(prefix)
         self.stage = stage
@@ -96,6 +100,7 @@ class ServerProcess:
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
+            **self.env,
         }
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -154,6 +159,16 @@ class ServerProcess:
             with open(f"/proc/{self.pid}/statm") as f:
                 return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, AssertionError):
+            return None
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system) the process has used so far (Linux ``/proc``), seconds."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                # the fields after the command name, which may hold spaces: utime is the 12th
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, AssertionError, IndexError, ValueError):
             return None
 
     @staticmethod

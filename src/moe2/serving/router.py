@@ -81,6 +81,48 @@ class Plan:
     notes: list[str] = field(default_factory=list)  # e.g. a category the gate does not know
 
 
+class GateBatcher:
+    """Runs the gate once for the prompts that reach it in the same turn of the event loop.
+
+    Under concurrent load several requests are ready at once; one gate run over ``n`` prompts
+    (one tokenizer call, one graph run) costs far less than ``n`` runs (on this VM's tiny gate:
+    550 us for one prompt, 230 us per prompt in fours). A request alone waits for nothing: the
+    batch is flushed by ``loop.call_soon``, after the callbacks already due in this turn.
+    """
+
+    def __init__(self, bundle: Any, max_batch: int, metrics: Metrics) -> None:
+        self.bundle = bundle
+        self.max_batch = max_batch
+        self.metrics = metrics
+        self.pending: list[tuple[str, str | None, asyncio.Future[dict[str, float]]]] = []
+
+    def weights(self, text: str, category: str | None) -> asyncio.Future[dict[str, float]]:
+        """A future of the gate's weights over the subset for ``text``."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[dict[str, float]] = loop.create_future()
+        self.pending.append((text, category, fut))
+        if len(self.pending) == 1:
+            loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        while self.pending:
+            batch = self.pending[: self.max_batch]
+            del self.pending[: self.max_batch]
+            live = [p for p in batch if not p[2].done()]  # a cancelled request needs nothing
+            if not live:
+                continue
+            self.metrics.gate_batch.observe(len(live))
+            try:
+                rows = self.bundle.gate_weights_many([p[0] for p in live], [p[1] for p in live])
+            except Exception as exc:  # each waiting request answers it (a 500 with its message)
+                for p in live:
+                    p[2].set_exception(exc)
+                continue
+            for p, w in zip(live, rows, strict=True):
+                p[2].set_result(w)
+
+
 class Router:
     """Routes requests over a bundle's experts.
 
@@ -122,6 +164,7 @@ class Router:
         # the server's knob (ConfigError at startup when outside the calibrated range)
         self.lam: float | None = bundle.knob(routing.lambda_, routing.mean_budget)
         self.cost_routing = bundle.cost_routing
+        self.batcher = GateBatcher(bundle, routing.gate_batch, metrics)
         for e in self.subset:
             metrics.breaker_open.labels(e).set(0)
 
@@ -259,7 +302,11 @@ class Router:
                 scores = self.bundle.scores(req.route_text(), req.category, req.lam)
                 weights, ranking = scores.weights, scores.ranking()
             else:
-                weights = self.gate(req.route_text(), req.category)
+                weights = (
+                    await self.batcher.weights(req.route_text(), req.category)
+                    if self.cfg.gate_batch > 1
+                    else self.gate(req.route_text(), req.category)
+                )
                 ranking = sorted(weights, key=lambda e: -weights[e])
             k = int(req.k or self.k)
             if not 1 <= k <= len(self.subset):
