@@ -138,6 +138,9 @@ def _worker_main(
     """A worker process: ``target(cfg, sock=..., on_ready=...)``, telling the parent once it
     answers; a moe2 error at startup goes to the parent, which raises it."""
     _die_with_parent()
+    # out of the terminal's process group: Ctrl-C reaches the parent alone, which stops the
+    # workers with one SIGTERM each (a second signal would make uvicorn skip its graceful wait)
+    os.setpgid(0, 0)
     logging.basicConfig(
         level=logging.WARNING, format="[%(asctime)s][%(name)s][%(levelname)s] %(message)s"
     )
@@ -204,7 +207,7 @@ def run_workers(target: Callable[..., None], cfg: Any, server: ServerCfg) -> Non
             # the workers' messages before their deaths: a startup error is sent, then it exits
             got = wait([*starting, *dead], timeout=0.5)
             for conn in [c for c in got if c in starting]:
-                p = starting.pop(conn)
+                starting.pop(conn)
                 try:
                     msg = conn.recv()
                 except EOFError:
@@ -230,7 +233,8 @@ def run_workers(target: Callable[..., None], cfg: Any, server: ServerCfg) -> Non
                 )
     finally:
         for s, handler in previous.items():
-            signal.signal(s, handler)
+            if handler is not None:  # None: set outside Python, cannot be put back
+                signal.signal(s, handler)
         _stop(workers)
         sock.close()
 
