@@ -16,6 +16,7 @@ paths do the same expert work. Routing overhead = router-path latency - direct l
 ``--baseline-src`` also runs the routers of another checkout in the same run (``*-before``), so
 that before / after figures see the same machine; ``--replicas N`` also a remote router of N
 processes with the routed requests spread over them (what ``N`` workers would give);
+``--workers N`` also a remote router started with ``server.workers=N`` (N processes on one port);
 ``--mixed`` also one load per concurrency that interleaves all routers' requests, the fairest
 before / after comparison on a shared machine. Besides latencies and requests/s, each router's
 CPU time per routed request is read from ``/proc`` (what bounds throughput on a shared box).
@@ -200,6 +201,12 @@ def main() -> None:
         help="also a remote router of this many processes, the requests spread over them",
     )
     ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="also a remote router of this many workers on one port (server.workers=N)",
+    )
+    ap.add_argument(
         "--baseline-src",
         type=Path,
         default=None,
@@ -249,6 +256,12 @@ def main() -> None:
             routers[f"remote-x{args.replicas}"] = [
                 ServerProcess("serve", bundle, [f"deployment.file={dep}"])
                 for _ in range(args.replicas)
+            ]
+        if args.workers > 1:
+            routers[f"remote-w{args.workers}"] = [
+                ServerProcess(
+                    "serve", bundle, [f"deployment.file={dep}", f"server.workers={args.workers}"]
+                )
             ]
         for suffix, env in variants.items() if args.local else ():
             routers["local" + suffix] = [

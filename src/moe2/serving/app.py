@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -116,6 +117,8 @@ def routing_headers(rid: str, info: dict[str, Any]) -> dict[str, str]:
     """``x-moe2-*`` headers from a response's ``moe2`` field."""
     h = {
         "x-moe2-request-id": rid,
+        # which process answered (server.workers > 1: one of several on the port)
+        "x-moe2-worker": os.getpid(),
         "x-moe2-route": info.get("route", ""),
         "x-moe2-experts": ",".join(e["name"] for e in info.get("experts", [])),
         "x-moe2-gate-weights": ",".join(
@@ -433,7 +436,7 @@ def router_app(router: Any, server: ServerCfg) -> Any:
 
     @app.get("/health")
     async def health() -> Any:
-        h = router.health()
+        h = {**router.health(), "worker": os.getpid()}
         return JSONResponse(h, status_code=200 if h["status"] != "down" else 503)
 
     return app

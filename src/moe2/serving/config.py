@@ -146,6 +146,8 @@ class ServerCfg:
         request_timeout_s: a request still unanswered after this gets HTTP 504.
         disconnect_poll_s: no longer used (a waiting request now hears its client's disconnect
             at once, without polling); kept so that configs that set it still load.
+        workers: processes answering on the one port (``moe2 serve``; see
+            :func:`moe2.serving.server.run_workers`).
     """
 
     host: str = "127.0.0.1"
@@ -156,10 +158,15 @@ class ServerCfg:
     max_body_bytes: int = 4 << 20
     request_timeout_s: float = 120.0
     disconnect_poll_s: float = 0.1
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
             raise ConfigError(f"server.port must be in [0, 65535], got {self.port}")
+        if self.workers < 1:
+            raise ConfigError(
+                f"server.workers must be >= 1 (processes answering on the port), got {self.workers}"
+            )
         if self.max_body_bytes < 1 or self.request_timeout_s <= 0 or self.disconnect_poll_s <= 0:
             raise ConfigError(
                 "server: max_body_bytes >= 1, request_timeout_s > 0, disconnect_poll_s > 0"

@@ -153,23 +153,47 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait(timeout=30)
 
+    def pids(self) -> list[int]:
+        """The server's process and its descendants (``server.workers`` > 1: the workers),
+        from Linux ``/proc``; empty once it has exited."""
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        out, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            try:
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{task}/children") as f:
+                        todo += [int(c) for c in f.read().split()]
+            except OSError:
+                continue  # exited meanwhile
+        return out
+
     def rss_bytes(self) -> int | None:
-        """Resident memory of the process (Linux ``/proc``), bytes."""
-        try:
-            with open(f"/proc/{self.pid}/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, AssertionError):
-            return None
+        """Resident memory of the server's processes, summed (Linux ``/proc``), bytes."""
+        got = []
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/statm") as f:
+                    got.append(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+            except OSError:
+                continue
+        return sum(got) if got else None
 
     def cpu_seconds(self) -> float | None:
-        """CPU time (user + system) the process has used so far (Linux ``/proc``), seconds."""
-        try:
-            with open(f"/proc/{self.pid}/stat") as f:
-                # the fields after the command name, which may hold spaces: utime is the 12th
-                fields = f.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, AssertionError, IndexError, ValueError):
-            return None
+        """CPU time (user + system) the server's live processes have used so far, summed
+        (Linux ``/proc``), seconds."""
+        got = []
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    # the fields after the command name, which may hold spaces: utime is the 12th
+                    fields = f.read().rsplit(")", 1)[1].split()
+                got.append((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+            except (OSError, IndexError, ValueError):
+                continue
+        return sum(got) if got else None
 
     @staticmethod
     def start_all(procs: list[ServerProcess]) -> list[ServerProcess]:

@@ -10,24 +10,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
+import sys
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
-from moe2.errors import ConfigError
+from moe2.errors import ConfigError, Moe2Error
 from moe2.serving.config import Placement, RoutingCfg, ServerCfg, build, load_deployment, to_plain
 
 log = logging.getLogger("moe2.serving")
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """A bound socket for ``host:port`` (IPv4 or IPv6)."""
+def _listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A bound socket for ``host:port`` (IPv4 or IPv6); ``reuse_port``: one of several sockets
+    on the port (``SO_REUSEPORT``), among which the kernel spreads the connections."""
     try:
         family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as exc:
         raise ConfigError(f"server.host {host!r} does not resolve: {exc}") from exc
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind(addr)
     except OSError as exc:
@@ -38,21 +45,36 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _address(sock: socket.socket) -> dict[str, Any]:
+    """What the ready file says about a bound socket: ``url``, ``host``, ``port``, ``pid``."""
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return {"url": f"http://{shown}:{port}", "host": host, "port": port, "pid": os.getpid()}
+
+
 def run_app(
     app: Any,
     server: ServerCfg,
     on_start: Callable[[], Awaitable[None]] | None = None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    sock: socket.socket | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
-    """Serve ``app`` until SIGINT/SIGTERM; ``on_start`` / ``on_stop`` run inside the event loop."""
+    """Serve ``app`` until SIGINT/SIGTERM; ``on_start`` / ``on_stop`` run inside the event loop.
+
+    ``sock``: the socket to accept on (default: bind ``server.host:port``); ``on_ready``: called
+    once the app answers (default: write ``server.ready_file``).
+    """
     import uvicorn
 
     from moe2.utils.io import write_json
 
-    sock = _listen(server.host, server.port)
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{port}"
+    sock = sock or _listen(server.host, server.port)
+    where = _address(sock)
+
+    def ready() -> None:
+        if server.ready_file:
+            write_json(server.ready_file, where)
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -61,11 +83,8 @@ def run_app(
                 return
             if on_start is not None:
                 await on_start()
-            if server.ready_file:
-                write_json(
-                    server.ready_file, {"url": url, "host": host, "port": port, "pid": os.getpid()}
-                )
-            log.warning("moe2 listening on %s (pid %d)", url, os.getpid())
+            (on_ready or ready)()
+            log.warning("moe2 listening on %s (pid %d)", where["url"], os.getpid())
 
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             await super().shutdown(sockets)
@@ -79,10 +98,161 @@ def run_app(
         log_config=None,
         log_level=server.log_level,
         access_log=server.access_log,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=_GRACE_S,
         lifespan="off",
     )
     _Server(config).run(sockets=[sock])
+
+
+#: seconds a stopping server waits for its requests in flight (uvicorn's graceful shutdown)
+_GRACE_S = 5
+#: SO_REUSEPORT balances the connections among the workers' own sockets (Linux); elsewhere the
+#: workers share the parent's socket, as uvicorn's and gunicorn's workers do
+_REUSE_PORT = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def _die_with_parent() -> None:
+    """Have the kernel SIGTERM this process when its parent dies (Linux), so that a supervisor
+    killed hard leaves no worker behind."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before prctl
+        os._exit(1)
+
+
+class WorkerDied(Moe2Error):
+    """A worker process of ``moe2 serve server.workers=N`` died: a crash (or the OS killed it)."""
+
+    exit_code = 1
+
+
+def _worker_main(
+    target: Callable[..., None], cfg: Any, server: ServerCfg, sock: socket.socket, conn: Any
+) -> None:
+    """A worker process: ``target(cfg, sock=..., on_ready=...)``, telling the parent once it
+    answers; a moe2 error at startup goes to the parent, which raises it."""
+    _die_with_parent()
+    # out of the terminal's process group: Ctrl-C reaches the parent alone, which stops the
+    # workers with one SIGTERM each (a second signal would make uvicorn skip its graceful wait)
+    os.setpgid(0, 0)
+    logging.basicConfig(
+        level=logging.WARNING, format="[%(asctime)s][%(name)s][%(levelname)s] %(message)s"
+    )
+    if _REUSE_PORT:  # the worker's own socket on the port (the parent's only holds the port)
+        sock.close()
+        sock = _listen(server.host, server.port, reuse_port=True)
+    try:
+        target(cfg, sock=sock, on_ready=lambda: conn.send(("ready", os.getpid())))
+    except Moe2Error as exc:
+        conn.send(("error", type(exc).__name__, str(exc)))
+        raise SystemExit(exc.exit_code) from None
+
+
+def run_workers(target: Callable[..., None], cfg: Any, server: ServerCfg) -> None:
+    """Run ``server.workers`` processes of ``target(cfg, sock=SOCKET, on_ready=CALLBACK)`` that
+    answer on one port, until SIGINT/SIGTERM.
+
+    This process binds the port (``server.port=0``: a free one) and starts the workers (spawned:
+    each loads its own router, nothing heavy is shared or forked). On Linux each worker listens
+    on its own ``SO_REUSEPORT`` socket of that port, so the kernel spreads the connections evenly;
+    elsewhere they all accept on this process's socket. ``server.ready_file`` is written once
+    every worker answers (``pid``: this process; ``workers``: theirs). A signal stops every
+    worker (their requests in flight get uvicorn's graceful shutdown, then SIGKILL). A worker
+    that dies is not restarted: the others are stopped and this raises (a worker's startup
+    error as itself, a later death as :class:`WorkerDied`, exit code 1), so that the service
+    manager sees it and restarts the whole server.
+
+    Args:
+        target: a module-level function (pickled by name into the workers).
+        cfg: its config, picklable (plain containers).
+        server: the ``server`` group.
+    """
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    from moe2 import errors
+    from moe2.utils.io import write_json
+
+    sock = _listen(server.host, server.port, reuse_port=_REUSE_PORT)
+    where = _address(sock)
+    ctx = mp.get_context("spawn")
+    stopping: list[int] = []
+    previous = {
+        s: signal.signal(s, lambda signum, _frame: stopping.append(signum))
+        for s in (signal.SIGINT, signal.SIGTERM)
+    }
+    workers: list[Any] = []
+    try:
+        starting: dict[Any, Any] = {}
+        for _ in range(server.workers):
+            recv, send = ctx.Pipe(duplex=False)
+            p = ctx.Process(
+                target=_worker_main,
+                args=(target, cfg, replace(server, port=where["port"]), sock, send),
+                name="moe2-serve-worker",
+                daemon=True,
+            )
+            p.start()
+            send.close()
+            workers.append(p)
+            starting[recv] = p
+        dead = {p.sentinel: p for p in workers}
+        while not stopping:
+            # the workers' messages before their deaths: a startup error is sent, then it exits
+            got = wait([*starting, *dead], timeout=0.5)
+            for conn in [c for c in got if c in starting]:
+                starting.pop(conn)
+                try:
+                    msg = conn.recv()
+                except EOFError:
+                    continue  # died before it answered: its sentinel says so
+                if msg[0] == "error":
+                    cls = getattr(errors, msg[1], Moe2Error)
+                    raise (cls if isinstance(cls, type) else Moe2Error)(msg[2])
+                if not starting:
+                    if server.ready_file:
+                        write_json(
+                            server.ready_file, {**where, "workers": [w.pid for w in workers]}
+                        )
+                    log.warning(
+                        "moe2 listening on %s (pid %d, %d workers)",
+                        where["url"], os.getpid(), len(workers),
+                    )  # fmt: skip
+            for sentinel in [s for s in got if s in dead]:
+                p = dead[sentinel]
+                p.join(0)
+                raise WorkerDied(
+                    f"moe2 serve worker pid {p.pid} died (exit code {p.exitcode}); the other "
+                    "workers were stopped: restart moe2 serve"
+                )
+    finally:
+        for s, handler in previous.items():
+            if handler is not None:  # None: set outside Python, cannot be put back
+                signal.signal(s, handler)
+        _stop(workers)
+        sock.close()
+
+
+def _stop(workers: list[Any]) -> None:
+    """SIGTERM every live worker, wait (bounded by the graceful shutdown and a margin), then
+    SIGKILL what is left."""
+    for p in workers:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + _GRACE_S + 3
+    for p in workers:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in workers:
+        if p.is_alive():
+            log.warning("worker pid %d did not stop within %d s: killed", p.pid, _GRACE_S + 3)
+            p.kill()
+            p.join(10)
 
 
 def server_cfg(cfg: Any) -> ServerCfg:
@@ -127,9 +297,28 @@ def build_router(cfg: Any) -> Any:
 
 
 def serve(cfg: Any) -> dict[str, Any]:
-    """``moe2 serve BUNDLE``: run the router until stopped."""
+    """``moe2 serve BUNDLE``: run the router until stopped (``server.workers`` processes)."""
+    server = server_cfg(cfg)
+    if server.workers == 1:
+        return serve_router(cfg)
+    from omegaconf import OmegaConf
+
+    # resolved here, where Hydra's interpolations resolve; the workers get plain containers
+    run_workers(serve_router, OmegaConf.to_container(cfg, resolve=True), server)
+    return {"workers": server.workers, "host": server.host}
+
+
+def serve_router(
+    cfg: Any, sock: socket.socket | None = None, on_ready: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """One router process: load the bundle and serve it (on ``sock`` when given; ``on_ready``:
+    see :func:`run_app`). ``cfg``: the ``serve`` config, or it as plain containers."""
+    from omegaconf import DictConfig, OmegaConf
+
     from moe2.serving.app import router_app
 
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(cfg)
     server = server_cfg(cfg)
     router = build_router(cfg)
     app = router_app(router, server)
@@ -156,7 +345,7 @@ def serve(cfg: Any) -> dict[str, Any]:
         for b in router.backends.values():
             await b.aclose()
 
-    run_app(app, server, start, stop)
+    run_app(app, server, start, stop, sock=sock, on_ready=on_ready)
     return {"experts": list(router.subset), "host": server.host}
 
 
@@ -169,6 +358,14 @@ def serve_expert(cfg: Any) -> dict[str, Any]:
     from moe2.serving.metrics import Metrics
 
     server = server_cfg(cfg)
+    if server.workers != 1:
+        # energy is measured one request at a time per process: processes sharing a device
+        # would count each other's joules
+        raise ConfigError(
+            f"server.workers={server.workers}: moe2 serve-expert runs one process per expert "
+            "(its energy readings count one request at a time); scale an expert with more "
+            "serve-expert processes on their own devices, or its serving engine (vLLM, ...)"
+        )
     m = cfg.measure
     bundle = load_bundle(str(cfg.bundle.path), backend=str(cfg.backend), threads=cfg.threads)
     name = str(cfg.expert)
