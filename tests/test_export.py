@@ -116,8 +116,8 @@ def test_expert_export_kv_cache_parity_and_external_data(tmp_path) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(
     os.environ.get("MOE2_CI_PIPELINE_EXPORTED") == "1",
-    reason="CI's `moe2 pipeline` run has just exported the real SmolLM2 with the same parity checks "
-    "(and `moe2 verify` checked its records): the same 2.5-minute export again adds nothing",
+    reason="CI's `moe2 pipeline` run exports the real SmolLM2 with the same parity checks (and "
+    "`moe2 verify` checks its records) in the same CI run: the same 2.5-minute export adds nothing",
 )
 def test_smollm2_export_matches_pytorch(tmp_path) -> None:
     """Real SmolLM2-135M (offline GGUF, dequantized and cached): ONNX parity on 2 prompts."""
