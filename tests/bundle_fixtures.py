@@ -259,6 +259,14 @@ _BUILT: dict[str, Path] = {}
 _BUILT_ROOT: list[Path] = []
 
 
+def _copy_bundle(src: Path, dst: Path) -> None:
+    """Copy a bundle, and a correctness gate's encoder saved beside it, to ``dst``."""
+    shutil.copytree(src, dst)
+    encoder = src.with_name(f"{src.name}.encoder")
+    if encoder.is_dir():
+        shutil.copytree(encoder, dst.with_name(f"{dst.name}.encoder"), dirs_exist_ok=True)
+
+
 def _built_copy(key: str, path: Path) -> bool:
     """Copy the bundle built earlier with the same arguments to ``path``; False if there is none."""
     src = _BUILT.get(key)
@@ -266,10 +274,7 @@ def _built_copy(key: str, path: Path) -> bool:
         return False
     if path.exists():  # like write_bundle: an existing bundle is replaced as a whole
         shutil.rmtree(path)
-    shutil.copytree(src, path)
-    encoder = src.with_name(f"{src.name}.encoder")
-    if encoder.is_dir():  # a correctness gate's encoder lives beside its bundle
-        shutil.copytree(encoder, path.with_name(f"{path.name}.encoder"), dirs_exist_ok=True)
+    _copy_bundle(src, path)
     return True
 
 
@@ -278,10 +283,7 @@ def _keep_built(key: str, path: Path) -> None:
         _BUILT_ROOT.append(Path(tempfile.mkdtemp(prefix="moe2-test-bundles-")))
         atexit.register(shutil.rmtree, _BUILT_ROOT[0], True)
     dest = _BUILT_ROOT[0] / str(len(_BUILT)) / "bundle"
-    shutil.copytree(path, dest)
-    encoder = path.with_name(f"{path.name}.encoder")
-    if encoder.is_dir():
-        shutil.copytree(encoder, dest.with_name("bundle.encoder"))
+    _copy_bundle(path, dest)
     _BUILT[key] = dest
 
 

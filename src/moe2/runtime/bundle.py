@@ -326,7 +326,7 @@ class Bundle:
         does not know, or ``None``, routes as "category unknown"; a gate without the input, as
         in older bundles, ignores it).
         """
-        return self._weights(self.gate.logits([prompt], [category])[0])
+        return self.gate_weights_many([prompt], [category])[0]
 
     def gate_weights_many(
         self, prompts: Sequence[str], categories: Sequence[str | None]
