@@ -17,7 +17,11 @@ paths do the same expert work. Routing overhead = router-path latency - direct l
 that before / after figures see the same machine; ``--replicas N`` also a remote router of N
 processes with the routed requests spread over them (what ``N`` workers would give);
 ``--workers N`` also a remote router started with ``server.workers=N`` (N processes on one port);
-``--mixed`` also one load per concurrency that interleaves all routers' requests, the fairest
+``--expert-threads N`` (default 1) gives each expert server N ONNX Runtime threads: two experts,
+the router and the load generator share the 2 cores here, and ONNX Runtime's default (a thread
+per core, spinning between ops) costs each expert more CPU per request (RESULTS.md); ``0``
+keeps that default. ``--mixed`` (``--repeats N``: N times, and the median) also one load per
+concurrency that interleaves all routers' requests, the fairest
 before / after comparison on a shared machine. Besides latencies and requests/s, each router's
 CPU time per routed request is read from ``/proc`` (what bounds throughput on a shared box).
 """
@@ -185,6 +189,12 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=4)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--local", action="store_true", help="also a router with in-process experts")
+    ap.add_argument(
+        "--expert-threads",
+        type=int,
+        default=1,
+        help="ONNX Runtime threads of each expert server (0: its default, one per core)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     ap.add_argument(
         "--client", choices=["aiohttp", "httpx"], default="aiohttp", help="the load generator's"
@@ -193,6 +203,12 @@ def main() -> None:
         "--mixed",
         action="store_true",
         help="also one load that interleaves every router's requests (and their direct twins)",
+    )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="with --mixed: run the mixed load this many times (figures per repeat and median)",
     )
     ap.add_argument(
         "--replicas",
@@ -222,7 +238,11 @@ def main() -> None:
     load_start, t_start = os.getloadavg(), time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     bundle = args.bundle or tiny_bundle(tmp / "bundle")
-    experts = {n: ServerProcess("serve-expert", bundle, [f"expert={n}"]) for n in ("alpha", "beta")}
+    threads = [f"threads={args.expert_threads}"] if args.expert_threads > 0 else []
+    experts = {
+        n: ServerProcess("serve-expert", bundle, [f"expert={n}", *threads])
+        for n in ("alpha", "beta")
+    }
     ServerProcess.start_all(list(experts.values()))
     procs = list(experts.values())
     try:
@@ -278,7 +298,11 @@ def main() -> None:
                 router.url + "/v1/route", json={"messages": [{"role": "user", "content": p}]}
             )
             target[p] = r.json()["chosen"][0]
-        results: dict[str, Any] = {"targets": target, "runs": {}}
+        results: dict[str, Any] = {
+            "targets": target,
+            "expert_threads": args.expert_threads or "onnxruntime default",
+            "runs": {},
+        }
         for conc in args.concurrency:
             bodies = [
                 {
@@ -324,7 +348,27 @@ def main() -> None:
                     "errors": bad + r_bad,
                 }
             if args.mixed and len(routers) > 1:
-                row["mixed"] = mixed(routers, experts, target, bodies, conc, args.client)
+                # the mixed load again and again: one load's p50 moves with the machine's load
+                # (other jobs on a shared box), the spread over repeats says by how much
+                reps = [
+                    mixed(routers, experts, target, bodies, conc, args.client)
+                    for _ in range(args.repeats)
+                ]
+                row["mixed"] = reps[0]
+                if args.repeats > 1:
+                    row["mixed_repeats"] = reps
+                    row["mixed_median"] = {
+                        name: {
+                            key: float(np.median([r[name][key] for r in reps]))
+                            for key in (
+                                "overhead_p50_ms",
+                                "paired_overhead_p50_ms",
+                                "overhead_p99_ms",
+                                "router_cpu_ms_per_request",
+                            )
+                        }  # fmt: skip
+                        for name in routers
+                    }
             results["runs"][str(conc)] = row
             print(f"concurrency {conc}: " + json.dumps(row, default=float))
         for name, rp in routers.items():
