@@ -12,6 +12,8 @@
 #   repo/           this checkout's src conf pipelines export benchmarks pyproject.toml README.md
 #   whl/            hydra_core-1.3.8, omegaconf-2.3.1, antlr4_python3_runtime-4.9.3 wheels
 # and the last call runs `bash C/repo/benchmarks/mpnet_device.sh C [CANDIDATES...]` with OUT set.
+# A later round of candidates carries workm/<table>/embeddings.npy (the joined mpnet embeddings)
+# instead of w.gz.*, model16/ and texts/: then nothing is embedded.
 # Back under $OUT: the mpnet embeddings (<table>.partK.npy), embed_report.json, cv.tgz
 # (workm/ = mpnet, work/ = MiniLM: <table>/cv-<candidate>.{json,npz}) and logs.tgz.
 set -o pipefail
@@ -20,12 +22,13 @@ shift
 cd "$C" || exit 1
 export OUT PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 t0=$(date +%s)
-cat w.gz.* >w.gz && gunzip -c w.gz >model16/model.safetensors && sha256sum -c SHA256SUMS || exit 1
-echo "== weights joined and verified: $(($(date +%s) - t0)) s"
-python3 repo/benchmarks/mpnet_device_embed.py --model model16 --texts texts/llmrouter.json \
-  texts/routerbench.json --out "$OUT" --device cuda --st-check 256 2>&1 | grep -v "Loading weights" || exit 1
-echo "== embedded: $(($(date +%s) - t0)) s"
-nvidia-smi --query-gpu=name,memory.used --format=csv,noheader
+if [ -e w.gz.0 ]; then
+  cat w.gz.* >w.gz && gunzip -c w.gz >model16/model.safetensors && sha256sum -c SHA256SUMS || exit 1
+  echo "== weights joined and verified: $(($(date +%s) - t0)) s"
+  python3 repo/benchmarks/mpnet_device_embed.py --model model16 --texts texts/llmrouter.json \
+    texts/routerbench.json --out "$OUT" --device cuda --st-check 256 2>&1 | grep -v "Loading weights" || exit 1
+  echo "== embedded: $(($(date +%s) - t0)) s"
+fi  # else: a later round, workm/<table>/embeddings.npy carried (the first round's embeddings)
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site whl/*.whl || exit 1
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site ./repo || exit 1
@@ -34,8 +37,8 @@ B="python3 repo/benchmarks/bench_quality.py"
 MP="--stub-encoder --stub-width 768 gating.net.max_length=384"
 for t in llmrouter routerbench; do
   mkdir -p workm/$t && ln -sfn "$PWD/work/$t/outcomes" workm/$t/outcomes
-  python3 -c "import sys; sys.path.insert(0, 'repo/benchmarks'); import numpy as np, pathlib
-from mpnet_device_embed import join_parts
+  [ -e workm/$t/embeddings.npy ] || python3 -c "import sys; sys.path.insert(0, 'repo/benchmarks')
+import numpy as np, pathlib; from mpnet_device_embed import join_parts
 np.save('workm/$t/embeddings.npy', join_parts(pathlib.Path('$OUT'), '$t'))" || exit 1
   $B seed-cache --work work --table $t --cache /tmp/c --stub-encoder || exit 1
   $B seed-cache --work workm --table $t --cache /tmp/cm $MP || exit 1
