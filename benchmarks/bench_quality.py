@@ -18,7 +18,15 @@ Commands (from the repository root, venv active; the shared data beside the chec
 
 ``cv`` takes ``--candidates a,b`` (names of :data:`CANDIDATES`) and ``--folds K``; every command
 takes ``--cache DIR`` (embedding cache, default /tmp/moe2-cache) and extra Hydra overrides after
-``--``. Results go to ``WORK/<table>/{cv,final}.json``.
+``--``. Results go to ``WORK/<table>/{cv,final}.json``; ``cv`` also writes every candidate's
+per-prompt held-out values (``cv[-TAG].npz``), which ``compare`` pairs between two runs on the same
+folds (another encoder, for instance):
+
+    python benchmarks/bench_quality.py compare --a WORK_A/llmrouter/cv-*.npz \
+        --b WORK_B/llmrouter/cv-*.npz --labels mpnet,minilm [--json OUT.json]
+
+``--stub-encoder [--stub-width 768]``: a stand-in encoder of the real one's width, for a machine
+that has the real embeddings in its cache (``seed-cache``) but not the encoder's weights.
 """
 
 from __future__ import annotations
