@@ -18,7 +18,15 @@ Commands (from the repository root, venv active; the shared data beside the chec
 
 ``cv`` takes ``--candidates a,b`` (names of :data:`CANDIDATES`) and ``--folds K``; every command
 takes ``--cache DIR`` (embedding cache, default /tmp/moe2-cache) and extra Hydra overrides after
-``--``. Results go to ``WORK/<table>/{cv,final}.json``.
+``--``. Results go to ``WORK/<table>/{cv,final}.json``; ``cv`` also writes every candidate's
+per-prompt held-out values (``cv[-TAG].npz``), which ``compare`` pairs between two runs on the same
+folds (another encoder, for instance):
+
+    python benchmarks/bench_quality.py compare --a WORK_A/llmrouter/cv-*.npz \
+        --b WORK_B/llmrouter/cv-*.npz --labels mpnet,minilm [--json OUT.json]
+
+``--stub-encoder [--stub-width 768]``: a stand-in encoder of the real one's width, for a machine
+that has the real embeddings in its cache (``seed-cache``) but not the encoder's weights.
 """
 
 from __future__ import annotations
@@ -270,6 +278,7 @@ def run_cv(
     fold[dev] = cv_folds(data.prompt_ids[dev], folds)
     out: dict[str, Any] = {"table": table, "folds": folds, "n": int(dev.sum()), "candidates": {}}
     base_vals: dict[str, np.ndarray] = {}
+    per_prompt: dict[str, np.ndarray] = {}
     emb = table_embeddings(data, _cfg(work, table, cache, extra))
     base_done: set[int] = set()
     for name in names:
@@ -338,10 +347,108 @@ def run_cv(
             f"({np.nanmax(m):.4f} vs last {m[-1]:.4f})  {seconds:.0f} s",
             flush=True,
         )
+        per_prompt[f"gate/{name}"] = gate[dev]
+        per_prompt[f"gate_nocat/{name}"] = gate_nocat[dev]
     out["baselines"] = {k: float(np.nanmean(v[dev])) for k, v in base_vals.items()}
     print("baselines (CV):", json.dumps(out["baselines"]), flush=True)
-    _write(work / table / (f"cv-{tag}.json" if tag else "cv.json"), out)
+    stem = f"cv-{tag}" if tag else "cv"
+    _write(work / table / f"{stem}.json", out)
+    # per-prompt held-out values (train+val prompts, id order of the table): what a paired
+    # comparison of two runs (another encoder, same folds) needs; see `compare`
+    for k, v in base_vals.items():
+        per_prompt[f"baseline/{k}"] = v[dev]
+    ids = np.asarray([str(i) for i in np.asarray(data.prompt_ids)[dev]])
+    np.savez(work / table / f"{stem}.npz", prompt_ids=ids, **per_prompt)
     return out
+
+
+def _same(x: np.ndarray, y: np.ndarray) -> bool:
+    if x.dtype.kind in "fc":
+        return x.shape == y.shape and bool(np.allclose(x, y, equal_nan=True))
+    return bool(np.array_equal(x, y))
+
+
+def compare_cv(a: list[Path], b: list[Path], labels: tuple[str, str] = ("a", "b")) -> dict:
+    """Paired CV comparison of two runs on the same prompts and folds (e.g. two encoders).
+
+    ``a`` and ``b`` are ``cv-*.npz`` files of :func:`run_cv` (several per run when its candidates
+    ran as separate jobs). For every candidate in both: each run's CV accuracy and the paired
+    bootstrap interval of a − b; the same for their kNN baselines, and each run's gate against the
+    other run's kNN. Best single and lookup do not depend on the encoder and must agree.
+    """
+    from moe2.gating.baselines import paired_bootstrap
+
+    def load(files: list[Path]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for f in files:
+            with np.load(f, allow_pickle=False) as z:
+                for k in z.files:
+                    shared = k.startswith("baseline/") or k == "prompt_ids"
+                    if shared and k in out and not _same(out[k], z[k]):
+                        raise ValueError(f"{f}: {k} differs between files of one run")
+                    out[k] = z[k]
+        return out
+
+    ra, rb = load(a), load(b)
+    if not _same(ra["prompt_ids"], rb["prompt_ids"]):
+        raise ValueError("the two runs scored different prompts: not a paired comparison")
+    for k in ("baseline/best_single", "baseline/lookup", "baseline/oracle"):
+        if not _same(ra[k], rb[k]):
+            raise ValueError(f"{k} differs between the runs: not the same folds")
+    la, lb = labels
+
+    def ci(x: np.ndarray, y: np.ndarray) -> dict:
+        return paired_bootstrap(x, y).to_dict()
+
+    res: dict[str, Any] = {
+        "n": int(len(ra["prompt_ids"])),
+        "labels": [la, lb],
+        "baselines": {
+            la: {
+                k.split("/", 1)[1]: float(np.nanmean(v))
+                for k, v in ra.items()
+                if k.startswith("baseline/")
+            },
+            lb: {
+                k.split("/", 1)[1]: float(np.nanmean(v))
+                for k, v in rb.items()
+                if k.startswith("baseline/")
+            },
+        },
+        "knn_a_minus_b": ci(ra["baseline/knn"], rb["baseline/knn"]),
+        "candidates": {},
+    }
+    names = [k.split("/", 1)[1] for k in ra if k.startswith("gate/") and k in rb]
+    for n in names:
+        ga, gb = ra[f"gate/{n}"], rb[f"gate/{n}"]
+        row: dict[str, Any] = {
+            f"acc_{la}": float(np.nanmean(ga)),
+            f"acc_{lb}": float(np.nanmean(gb)),
+            "a_minus_b": ci(ga, gb),
+        }
+        for run, g, r in ((la, ga, ra), (lb, gb, rb)):
+            for base in ("best_single", "lookup", "knn"):
+                row[f"{run}_vs_{base}"] = ci(g, r[f"baseline/{base}"])
+            row[f"{run}_vs_knn_{lb if run == la else la}"] = ci(
+                g, (rb if run == la else ra)["baseline/knn"]
+            )
+        ca, cb = ra[f"gate_nocat/{n}"], rb[f"gate_nocat/{n}"]
+        if np.isfinite(ca).all() and np.isfinite(cb).all():
+            row[f"acc_nocat_{la}"] = float(np.mean(ca))
+            row[f"acc_nocat_{lb}"] = float(np.mean(cb))
+            row["nocat_a_minus_b"] = ci(ca, cb)
+        res["candidates"][n] = row
+        d = row["a_minus_b"]
+        print(
+            f"{n:<24} {la} {row[f'acc_{la}']:.4f}  {lb} {row[f'acc_{lb}']:.4f}  "
+            f"{la} − {lb} {d['mean'] * 100:+.2f} pt [{d['lo'] * 100:+.2f}, {d['hi'] * 100:+.2f}]",
+            flush=True,
+        )
+    d = res["knn_a_minus_b"]
+    print(
+        f"kNN: {la} − {lb} {d['mean'] * 100:+.2f} pt [{d['lo'] * 100:+.2f}, {d['hi'] * 100:+.2f}]"
+    )
+    return res
 
 
 class EpochProbe:
@@ -443,15 +550,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("command", choices=["import", "cv", "final", "export-embeddings", "seed-cache"])
+    ap.add_argument(
+        "command", choices=["import", "cv", "final", "export-embeddings", "seed-cache", "compare"]
+    )
     ap.add_argument(
         "--tag", default="", help="cv: write cv-<tag>.json (parallel runs of candidate groups)"
     )
     ap.add_argument(
         "--stub-encoder",
         action="store_true",
-        help="configure a stand-in encoder of MiniLM's width (use with seed-cache on a machine without its weights)",
+        help="configure a stand-in encoder of the real one's width (use with seed-cache on a machine without its weights)",
     )
+    ap.add_argument(
+        "--stub-width",
+        type=int,
+        default=384,
+        help="width of the stand-in encoder (384: all-MiniLM-L6-v2, 768: all-mpnet-base-v2)",
+    )
+    ap.add_argument("--a", nargs="*", type=Path, default=[], help="compare: cv-*.npz of run a")
+    ap.add_argument("--b", nargs="*", type=Path, default=[], help="compare: cv-*.npz of run b")
+    ap.add_argument("--labels", default="a,b", help="compare: names of runs a and b")
+    ap.add_argument("--json", type=Path, default=None, help="compare: write the result here")
     ap.add_argument("--work", type=Path, default=Path("/tmp/moe2-quality"))
     ap.add_argument("--table", choices=["llmrouter", "routerbench"], default="llmrouter")
     ap.add_argument("--cache", default="/tmp/moe2-cache")
@@ -470,9 +589,9 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     extra = list(a.overrides)
     if a.stub_encoder:
-        stub = Path(a.cache) / "stub-encoder-384"
+        stub = Path(a.cache) / f"stub-encoder-{a.stub_width}"
         if not (stub / "config.json").is_file():
-            stub_encoder(stub)
+            stub_encoder(stub, a.stub_width)
         extra.append(f"gating.net.encoder={stub}")
     if a.command == "import":
         import_tables(a.work, a.data)
@@ -482,6 +601,10 @@ def main() -> None:
         export_embeddings(a.work, a.table, a.cache, extra)
     elif a.command == "seed-cache":
         seed_cache(a.work, a.table, a.cache, extra)
+    elif a.command == "compare":
+        res = compare_cv(a.a, a.b, tuple(a.labels.split(",")))
+        if a.json is not None:
+            _write(a.json, res)
     else:
         run_final(a.work, a.table, a.cache, extra)
 
