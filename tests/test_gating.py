@@ -119,6 +119,21 @@ def test_knn_mean_of_neighbours_excludes_self() -> None:
 # --------------------------------------------------------------------------- net / training
 
 
+def test_encoder_saved_in_fp16_runs_in_fp32(tiny_encoder_dir: Path, tmp_path: Path) -> None:
+    """A gate encoder checkpoint stored in fp16 loads as float32 (the same weights, widened)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    half = tmp_path / "fp16"
+    AutoModel.from_pretrained(tiny_encoder_dir).half().save_pretrained(half)
+    AutoTokenizer.from_pretrained(tiny_encoder_dir).save_pretrained(half)
+    net = GatingNet(["a", "b"], encoder=str(half), mode="frozen", hidden=0)
+    assert {p.dtype for p in net.encoder.parameters()} == {torch.float32}
+    ref = GatingNet(["a", "b"], encoder=str(tiny_encoder_dir), mode="frozen", hidden=0)
+    texts = ["arith question number 1", "geo question 2 plus 3"]
+    got, want = net.encode_texts(texts), ref.encode_texts(texts)
+    assert got.dtype == np.float32 and np.allclose(got, want, atol=2e-3)
+
+
 def test_gating_net_modes_and_embedding_cache(tiny_encoder_dir: Path, tmp_path: Path) -> None:
     texts = ["arith question number 1", "geo question 2 plus 3", "code?"]
     net = GatingNet(["a", "b", "c"], encoder=str(tiny_encoder_dir), mode="frozen", hidden=16)

@@ -80,7 +80,9 @@ def _load_encoder(encoder: str) -> tuple[nn.Module, Any]:
     where = resolve_encoder(encoder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
-        model = AutoModel.from_pretrained(where)
+        # float32 whatever dtype the checkpoint was saved in: transformers 5 keeps the stored
+        # one, and an fp16 encoder would train, cache and export embeddings in fp16 on CPU
+        model = AutoModel.from_pretrained(where, dtype=torch.float32)
     except OSError as exc:
         raise ConfigError(
             f"cannot load gate encoder {encoder!r} ({exc}). Use gating.net.encoder=minilm (offline), a local "
