@@ -176,10 +176,29 @@ def test_two_workers_answer_on_one_port_and_stop_together(bundle: Path) -> None:
     assert gone(everything), [p for p in everything if os.path.exists(f"/proc/{p}")]
 
 
+def replacement(srv: ServerProcess, first: list[int]) -> int:
+    """The pid that replaced one of ``first`` once the ready file lists it answering, with one
+    restart and the survivor."""
+    info = wait_for(
+        lambda: (i := ready_info(srv))["restarts"] == 1 and len(i["workers"]) == 2 and i,
+        90, "a replacement worker in the ready file",
+    )  # fmt: skip
+    (new,) = set(info["workers"]) - set(first)
+    assert len(set(info["workers"]) & set(first)) == 1, (info, first)
+    return int(new)
+
+
+def answers(srv: ServerProcess, pid: int) -> None:
+    """Wait (bounded) until ``/health`` over a new connection is answered by worker ``pid``."""
+    wait_for(lambda: httpx.get(srv.url + "/health", timeout=30).json()["worker"] == pid, 30,
+             f"worker {pid} answering /health")  # fmt: skip
+
+
 def load(url: str, stop: threading.Event, out: list[tuple[str, Any]]) -> None:
     """Send chat requests, each on a new connection, until ``stop``; record ``("ok", worker)``,
-    ``("status", code)`` or ``("error", exception)`` for each."""
-    while not stop.is_set():
+    ``("status", code)`` or ``("error", exception)`` for each. A pause between requests keeps
+    the load steady without starving the replacement's startup of the two cores."""
+    while not stop.wait(0.05):
         try:
             r = httpx.post(url + "/v1/chat/completions", json=CHAT, timeout=30)
         except httpx.TransportError as exc:
@@ -203,12 +222,8 @@ def test_a_worker_killed_under_load_is_replaced_and_its_counts_kept(bundle: Path
                      "both workers answering the load")  # fmt: skip
             os.kill(victim, 9)
             # replaced: a new pid answers in the ready file, alongside the survivor
-            info = wait_for(
-                lambda: (i := ready_info(srv))["restarts"] == 1 and len(i["workers"]) == 2 and i,
-                90, "a replacement worker in the ready file",
-            )  # fmt: skip
-            (new,) = set(info["workers"]) - set(first)
-            assert victim not in info["workers"] and first[1] in info["workers"]
+            new = replacement(srv, first)
+            assert victim not in ready_info(srv)["workers"]
             n = len(out)
             wait_for(lambda: len(out) >= n + 30, 60, "answers after the replacement")
         finally:
@@ -224,11 +239,7 @@ def test_a_worker_killed_under_load_is_replaced_and_its_counts_kept(bundle: Path
         by_victim = ok.count(victim)
         assert by_victim > 0
         assert set(ok) <= {*first, new}
-        # /health on new connections reaches the replacement
-        assert wait_for(
-            lambda: httpx.get(srv.url + "/health", timeout=30).json()["worker"] == new, 30,
-            "the replacement answering /health",
-        )  # fmt: skip
+        answers(srv, new)  # /health on new connections reaches the replacement
         # the sum still holds the dead worker's answers: at least every answer the clients got,
         # at most those plus the requests cut off (one may be counted, then killed unsent)
         pages = [scrape(srv.url)[1] for _ in range(4)]
@@ -253,15 +264,8 @@ def test_a_worker_dying_past_max_restarts_stops_the_server(bundle: Path) -> None
     with ServerProcess("serve", bundle, overrides, startup_s=120) as srv:
         first = list(srv.info["workers"])
         os.kill(first[0], 9)
-        info = wait_for(
-            lambda: (i := ready_info(srv))["restarts"] == 1 and len(i["workers"]) == 2 and i,
-            90, "a replacement worker in the ready file",
-        )  # fmt: skip
-        (new,) = set(info["workers"]) - set(first)
-        wait_for(
-            lambda: httpx.get(srv.url + "/health", timeout=30).json()["worker"] == new, 30,
-            "the replacement answering on the shared socket",
-        )  # fmt: skip
+        new = replacement(srv, first)
+        answers(srv, new)  # on the parent's shared socket
         r = httpx.post(srv.url + "/v1/chat/completions", json=CHAT, timeout=60)
         assert r.status_code == 200
         everything = srv.pids()
