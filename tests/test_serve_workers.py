@@ -93,6 +93,25 @@ def test_one_process_keeps_its_own_registry() -> None:
     assert "moe2_worker_restarts" not in a.render()[0].decode()
 
 
+def test_the_metric_directory_is_private_and_goes_at_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # imported first, so that the variable set below cannot pick this test process's mode
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from moe2.serving.metrics import MULTIPROC_ENV, private_metrics_dir
+
+    assert not prometheus_client.values.ValueClass._multiprocess
+    monkeypatch.setenv(MULTIPROC_ENV, "/somewhere/shared")  # a user's own: overridden, put back
+    with private_metrics_dir() as d:
+        assert os.environ[MULTIPROC_ENV] == d != "/somewhere/shared"
+        assert os.path.isdir(d) and os.stat(d).st_mode & 0o777 == 0o700 and not os.listdir(d)
+        Path(d, "counter_1.db").write_bytes(b"x")
+    assert not os.path.exists(d)
+    assert os.environ[MULTIPROC_ENV] == "/somewhere/shared"
+    monkeypatch.delenv(MULTIPROC_ENV)
+    with private_metrics_dir():
+        pass
+    assert MULTIPROC_ENV not in os.environ
+
+
 def ready_info(srv: ServerProcess) -> dict[str, Any]:
     """The server's ready file now (rewritten atomically as workers come and go)."""
     return json.loads(srv.ready.read_text())

@@ -12,6 +12,8 @@ while any live worker's breaker of that expert is open). No series is per proces
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 #: the directory prometheus_client's multiprocess mode writes to, read when it is imported
@@ -155,6 +157,31 @@ class Metrics:
             self.expert_energy.labels(expert).inc(reply.energy_j)
         if reply.attempts > 1:
             self.retries.labels(expert).inc(reply.attempts - 1)
+
+
+@contextmanager
+def private_metrics_dir() -> Iterator[str]:
+    """A fresh metric directory for the workers of one server, set as ``PROMETHEUS_MULTIPROC_DIR``
+    in this process's environment (which the workers it starts inherit) while the block runs.
+
+    Private (``tempfile.mkdtemp``: a new name, mode 0700), never a shared path; at exit the
+    variable is put back as it was and the directory removed. The supervisor itself writes no
+    metrics: the variable is only read by the prometheus_client of the processes it starts.
+    """
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="moe2-metrics-")
+    before = os.environ.get(MULTIPROC_ENV)
+    os.environ[MULTIPROC_ENV] = path
+    try:
+        yield path
+    finally:
+        if before is None:
+            os.environ.pop(MULTIPROC_ENV, None)
+        else:
+            os.environ[MULTIPROC_ENV] = before
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def share_across_processes(path: str, restarted: bool) -> None:

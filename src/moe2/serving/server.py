@@ -208,27 +208,37 @@ def run_workers(target: Callable[..., None], cfg: Any, server: ServerCfg) -> Non
         cfg: its config, picklable (plain containers).
         server: the ``server`` group.
     """
+    from moe2.serving.metrics import private_metrics_dir
+
+    reuse_port = server.reuse_port and _REUSE_PORT
+    sock = _listen(server.host, server.port, reuse_port=reuse_port)
+    try:
+        with private_metrics_dir() as metrics_dir:
+            _supervise(target, cfg, server, sock, reuse_port, metrics_dir)
+    finally:
+        sock.close()
+
+
+def _supervise(
+    target: Callable[..., None],
+    cfg: Any,
+    server: ServerCfg,
+    sock: socket.socket,
+    reuse_port: bool,
+    metrics_dir: str,
+) -> None:
+    """The body of :func:`run_workers` on its bound ``sock`` and metric directory."""
     import multiprocessing as mp
-    import shutil
-    import tempfile
     from collections import deque
     from multiprocessing.connection import wait
 
     from moe2 import errors
-    from moe2.serving.metrics import MULTIPROC_ENV, mark_dead
+    from moe2.serving.metrics import mark_dead
     from moe2.utils.io import write_json
 
-    reuse_port = server.reuse_port and _REUSE_PORT
-    sock = _listen(server.host, server.port, reuse_port=reuse_port)
     where = _address(sock)
     worker_server = replace(server, port=where["port"])
     ctx = mp.get_context("spawn")
-    # private to this server (mode 0700, a fresh name), never a shared path; set in the
-    # environment the workers inherit, so that prometheus_client is in multiprocess mode from
-    # its first import in each (the variable is put back, and the directory removed, at exit)
-    metrics_dir = tempfile.mkdtemp(prefix="moe2-metrics-")
-    env_before = os.environ.get(MULTIPROC_ENV)
-    os.environ[MULTIPROC_ENV] = metrics_dir
     stopping: list[int] = []
     previous = {
         s: signal.signal(s, lambda signum, _frame: stopping.append(signum))
@@ -323,12 +333,6 @@ def run_workers(target: Callable[..., None], cfg: Any, server: ServerCfg) -> Non
         _stop(workers)
         for conn in starting:
             conn.close()
-        sock.close()
-        if env_before is None:
-            os.environ.pop(MULTIPROC_ENV, None)
-        else:
-            os.environ[MULTIPROC_ENV] = env_before
-        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _stop(workers: list[Any]) -> None:
