@@ -148,6 +148,12 @@ class ServerCfg:
             at once, without polling); kept so that configs that set it still load.
         workers: processes answering on the one port (``moe2 serve``; see
             :func:`moe2.serving.server.run_workers`).
+        max_restarts: ``workers > 1``: dead workers replaced within any ``restart_window_s``;
+            one more death in that window stops the server (exit code 1). ``0``: never replace.
+        restart_window_s: the window of ``max_restarts``, seconds.
+        reuse_port: ``workers > 1`` on Linux: each worker accepts on its own ``SO_REUSEPORT``
+            socket of the port (the kernel spreads the connections); ``false``: all accept on
+            the parent's one socket (as elsewhere, and as gunicorn's workers do).
     """
 
     host: str = "127.0.0.1"
@@ -159,6 +165,9 @@ class ServerCfg:
     request_timeout_s: float = 120.0
     disconnect_poll_s: float = 0.1
     workers: int = 1
+    max_restarts: int = 5
+    restart_window_s: float = 60.0
+    reuse_port: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -166,6 +175,19 @@ class ServerCfg:
         if self.workers < 1:
             raise ConfigError(
                 f"server.workers must be >= 1 (processes answering on the port), got {self.workers}"
+            )
+        if (
+            isinstance(self.max_restarts, bool)
+            or not isinstance(self.max_restarts, int)
+            or self.max_restarts < 0
+        ):
+            raise ConfigError(
+                f"server.max_restarts must be an integer >= 0 (dead workers replaced within "
+                f"server.restart_window_s; 0: none), got {self.max_restarts!r}"
+            )
+        if not self.restart_window_s > 0:
+            raise ConfigError(
+                f"server.restart_window_s must be > 0 seconds, got {self.restart_window_s!r}"
             )
         if self.max_body_bytes < 1 or self.request_timeout_s <= 0 or self.disconnect_poll_s <= 0:
             raise ConfigError(

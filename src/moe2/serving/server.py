@@ -127,16 +127,29 @@ def _die_with_parent() -> None:
 
 
 class WorkerDied(Moe2Error):
-    """A worker process of ``moe2 serve server.workers=N`` died: a crash (or the OS killed it)."""
+    """A worker process of ``moe2 serve server.workers=N`` died at startup, or more often than
+    ``server.max_restarts`` within ``server.restart_window_s``: a crash (or the OS killed it)."""
 
     exit_code = 1
 
 
 def _worker_main(
-    target: Callable[..., None], cfg: Any, server: ServerCfg, sock: socket.socket, conn: Any
+    target: Callable[..., None],
+    cfg: Any,
+    server: ServerCfg,
+    sock: socket.socket,
+    conn: Any,
+    reuse_port: bool,
+    metrics_dir: str,
+    restarted: bool,
 ) -> None:
     """A worker process: ``target(cfg, sock=..., on_ready=...)``, telling the parent once it
-    answers; a moe2 error at startup goes to the parent, which raises it."""
+    answers; a moe2 error at startup goes to the parent, which raises it.
+
+    ``reuse_port``: listen on an own ``SO_REUSEPORT`` socket of the port (else accept on the
+    parent's ``sock``); ``metrics_dir``: the server's multiprocess metric directory;
+    ``restarted``: this worker replaces one that died.
+    """
     _die_with_parent()
     # out of the terminal's process group: Ctrl-C reaches the parent alone, which stops the
     # workers with one SIGTERM each (a second signal would make uvicorn skip its graceful wait)
@@ -144,99 +157,182 @@ def _worker_main(
     logging.basicConfig(
         level=logging.WARNING, format="[%(asctime)s][%(name)s][%(levelname)s] %(message)s"
     )
-    if _REUSE_PORT:  # the worker's own socket on the port (the parent's only holds the port)
-        sock.close()
-        sock = _listen(server.host, server.port, reuse_port=True)
     try:
+        from moe2.serving.metrics import share_across_processes
+
+        share_across_processes(metrics_dir, restarted)
+        if reuse_port:  # the worker's own socket on the port (the parent's only holds the port)
+            sock.close()
+            sock = _listen(server.host, server.port, reuse_port=True)
         target(cfg, sock=sock, on_ready=lambda: conn.send(("ready", os.getpid())))
     except Moe2Error as exc:
         conn.send(("error", type(exc).__name__, str(exc)))
         raise SystemExit(exc.exit_code) from None
 
 
+def _how(exitcode: int | None) -> str:
+    """A dead process's exit code or signal, in words."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
 def run_workers(target: Callable[..., None], cfg: Any, server: ServerCfg) -> None:
     """Run ``server.workers`` processes of ``target(cfg, sock=SOCKET, on_ready=CALLBACK)`` that
-    answer on one port, until SIGINT/SIGTERM.
+    answer on one port, until SIGINT/SIGTERM, replacing a worker that dies.
 
     This process binds the port (``server.port=0``: a free one) and starts the workers (spawned:
     each loads its own router, nothing heavy is shared or forked). On Linux each worker listens
-    on its own ``SO_REUSEPORT`` socket of that port, so the kernel spreads the connections evenly;
-    elsewhere they all accept on this process's socket. ``server.ready_file`` is written once
-    every worker answers (``pid``: this process; ``workers``: theirs). A signal stops every
-    worker (their requests in flight get uvicorn's graceful shutdown, then SIGKILL). A worker
-    that dies is not restarted: the others are stopped and this raises (a worker's startup
-    error as itself, a later death as :class:`WorkerDied`, exit code 1), so that the service
-    manager sees it and restarts the whole server.
+    on its own ``SO_REUSEPORT`` socket of that port, so the kernel spreads the connections evenly
+    (``server.reuse_port=false``, and elsewhere: they all accept on this process's socket).
+    ``server.ready_file`` is written once every worker answers (``pid``: this process;
+    ``workers``: those answering; ``restarts``), and again whenever that changes.
+
+    The workers write their metrics to a directory private to this server (prometheus_client's
+    multiprocess mode; created here, removed at exit), so ``/metrics`` of any worker is the sum
+    over all of them, dead ones included (see :mod:`moe2.serving.metrics`).
+
+    A worker that dies after startup is logged (exit code or signal) and replaced on the same
+    port, as uvicorn's and gunicorn's supervisors do; ``moe2_worker_restarts_total`` counts
+    that. A death beyond ``server.max_restarts`` within ``server.restart_window_s``, a death of
+    an initial worker before every one answered, or a worker's moe2 error at startup stops the
+    others and raises (the startup error as itself, the deaths as :class:`WorkerDied`, exit code
+    1), so that the service manager sees it. A signal stops every worker (their requests in
+    flight get uvicorn's graceful shutdown, then SIGKILL).
 
     Args:
         target: a module-level function (pickled by name into the workers).
         cfg: its config, picklable (plain containers).
         server: the ``server`` group.
     """
+    from moe2.serving.metrics import private_metrics_dir
+
+    reuse_port = server.reuse_port and _REUSE_PORT
+    sock = _listen(server.host, server.port, reuse_port=reuse_port)
+    try:
+        with private_metrics_dir() as metrics_dir:
+            _supervise(target, cfg, server, sock, reuse_port, metrics_dir)
+    finally:
+        sock.close()
+
+
+def _supervise(
+    target: Callable[..., None],
+    cfg: Any,
+    server: ServerCfg,
+    sock: socket.socket,
+    reuse_port: bool,
+    metrics_dir: str,
+) -> None:
+    """The body of :func:`run_workers` on its bound ``sock`` and metric directory."""
     import multiprocessing as mp
+    from collections import deque
     from multiprocessing.connection import wait
 
     from moe2 import errors
+    from moe2.serving.metrics import mark_dead
     from moe2.utils.io import write_json
 
-    sock = _listen(server.host, server.port, reuse_port=_REUSE_PORT)
     where = _address(sock)
+    worker_server = replace(server, port=where["port"])
     ctx = mp.get_context("spawn")
     stopping: list[int] = []
     previous = {
         s: signal.signal(s, lambda signum, _frame: stopping.append(signum))
         for s in (signal.SIGINT, signal.SIGTERM)
     }
-    workers: list[Any] = []
+    workers: list[Any] = []  # one live process per slot (a replacement takes the dead one's)
+    starting: dict[Any, Any] = {}  # the pipe of each worker not answering yet -> its process
+    deaths: deque[float] = deque()  # when the workers replaced within the window died
+    restarts = 0
+    serving = False  # every initial worker has answered
+
+    def start(restarted: bool) -> Any:
+        recv, send = ctx.Pipe(duplex=False)
+        p = ctx.Process(
+            target=_worker_main,
+            args=(target, cfg, worker_server, sock, send, reuse_port, metrics_dir, restarted),
+            name="moe2-serve-worker",
+            daemon=True,
+        )
+        p.start()
+        send.close()
+        starting[recv] = p
+        return p
+
+    def publish() -> None:
+        if server.ready_file:
+            answering = [w.pid for w in workers if w not in starting.values()]
+            write_json(server.ready_file, {**where, "workers": answering, "restarts": restarts})
+
     try:
-        starting: dict[Any, Any] = {}
-        for _ in range(server.workers):
-            recv, send = ctx.Pipe(duplex=False)
-            p = ctx.Process(
-                target=_worker_main,
-                args=(target, cfg, replace(server, port=where["port"]), sock, send),
-                name="moe2-serve-worker",
-                daemon=True,
-            )
-            p.start()
-            send.close()
-            workers.append(p)
-            starting[recv] = p
-        dead = {p.sentinel: p for p in workers}
+        workers = [start(restarted=False) for _ in range(server.workers)]
         while not stopping:
             # the workers' messages before their deaths: a startup error is sent, then it exits
-            got = wait([*starting, *dead], timeout=0.5)
+            got = wait([*starting, *(w.sentinel for w in workers)], timeout=0.5)
             for conn in [c for c in got if c in starting]:
-                starting.pop(conn)
+                p = starting.pop(conn)
                 try:
                     msg = conn.recv()
                 except EOFError:
                     continue  # died before it answered: its sentinel says so
+                finally:
+                    conn.close()
                 if msg[0] == "error":
                     cls = getattr(errors, msg[1], Moe2Error)
                     raise (cls if isinstance(cls, type) else Moe2Error)(msg[2])
-                if not starting:
-                    if server.ready_file:
-                        write_json(
-                            server.ready_file, {**where, "workers": [w.pid for w in workers]}
-                        )
+                if serving:
+                    log.warning("moe2 serve worker pid %d (a replacement) answers", p.pid)
+                    publish()
+                elif not starting:
+                    serving = True
+                    publish()
                     log.warning(
                         "moe2 listening on %s (pid %d, %d workers)",
                         where["url"], os.getpid(), len(workers),
                     )  # fmt: skip
-            for sentinel in [s for s in got if s in dead]:
-                p = dead[sentinel]
-                p.join(0)
-                raise WorkerDied(
-                    f"moe2 serve worker pid {p.pid} died (exit code {p.exitcode}); the other "
-                    "workers were stopped: restart moe2 serve"
-                )
+            for p in [w for w in workers if w.sentinel in got]:
+                # its sentinel closes as it exits, a moment before the kernel has its exit status
+                p.join(5)
+                how = _how(p.exitcode)
+                if not serving:
+                    raise WorkerDied(
+                        f"moe2 serve worker pid {p.pid} died at startup ({how}); the other "
+                        "workers were stopped: see the log above and restart moe2 serve"
+                    )
+                # its live gauges (in flight, breakers) go; its counts stay in the sums
+                mark_dead(p.pid, metrics_dir)
+                now = time.monotonic()
+                while deaths and now - deaths[0] > server.restart_window_s:
+                    deaths.popleft()
+                if len(deaths) >= server.max_restarts:
+                    raise WorkerDied(
+                        f"moe2 serve worker pid {p.pid} died ({how}), {len(deaths) + 1} "
+                        f"worker deaths within server.restart_window_s="
+                        f"{server.restart_window_s:g} s (server.max_restarts="
+                        f"{server.max_restarts}); the other workers were stopped: see the log "
+                        "above and restart moe2 serve"
+                    )
+                deaths.append(now)
+                restarts += 1
+                new = workers[workers.index(p)] = start(restarted=True)
+                log.warning(
+                    "moe2 serve worker pid %d died (%s); started pid %d in its place "
+                    "(restart %d; %d of server.max_restarts=%d within %g s)",
+                    p.pid, how, new.pid, restarts,
+                    len(deaths), server.max_restarts, server.restart_window_s,
+                )  # fmt: skip
+                publish()
     finally:
         for s, handler in previous.items():
             if handler is not None:  # None: set outside Python, cannot be put back
                 signal.signal(s, handler)
         _stop(workers)
-        sock.close()
+        for conn in starting:
+            conn.close()
 
 
 def _stop(workers: list[Any]) -> None:
