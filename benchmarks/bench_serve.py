@@ -133,6 +133,25 @@ def own_cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def cpu_ticks() -> list[int]:
+    """The machine's CPU time so far, by kind (the ``cpu`` line of ``/proc/stat``; [] elsewhere)."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return []
+
+
+def cpu_shares(t0: list[int], t1: list[int]) -> dict[str, float]:
+    """Busy and stolen shares of the machine's CPU time between two :func:`cpu_ticks` (a VM's
+    steal: time its host gave to other guests, which no process here can account for)."""
+    if not t0 or not t1:
+        return {}
+    d = [b - a for a, b in zip(t0, t1, strict=True)]
+    total = sum(d[:8]) or 1  # user nice system idle iowait irq softirq steal
+    return {"cpu_busy_share": 1.0 - (d[3] + d[4]) / total, "cpu_steal_share": d[7] / total}
+
+
 def pct(x: np.ndarray, q: float) -> float:
     return float(np.percentile(x, q))
 
@@ -235,7 +254,7 @@ def main() -> None:
 
     from moe2.serving.process import ServerProcess
 
-    load_start, t_start = os.getloadavg(), time.perf_counter()
+    load_start, t_start, cpu_start = os.getloadavg(), time.perf_counter(), cpu_ticks()
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     bundle = args.bundle or tiny_bundle(tmp / "bundle")
     threads = [f"threads={args.expert_threads}"] if args.expert_threads > 0 else []
@@ -389,6 +408,7 @@ def main() -> None:
             "load_avg_at_start": load_start,
             "wall_s": time.perf_counter() - t_start,
             "client": args.client,
+            **cpu_shares(cpu_start, cpu_ticks()),
         }
         print(
             json.dumps({k: v for k, v in results.items() if k != "runs"}, indent=1, default=float)
