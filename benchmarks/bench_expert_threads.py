@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serve import PROMPTS, load, tiny_bundle  # noqa: E402
+from bench_serve import PROMPTS, cpu_shares, cpu_ticks, load, tiny_bundle  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
 
     from moe2.serving.process import ServerProcess
 
-    load0 = os.getloadavg()
+    load0, ticks0 = os.getloadavg(), cpu_ticks()
     bundle = args.bundle or tiny_bundle(Path(tempfile.mkdtemp(prefix="bench-threads-")) / "b")
     servers = {
         "threads=1": ServerProcess("serve-expert", bundle, ["expert=alpha", "threads=1"]),
@@ -79,7 +79,8 @@ def main() -> None:
         for p in servers.values():
             p.stop()
     out["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
-                      "load_avg_at_start": load0, "load_avg": os.getloadavg()}  # fmt: skip
+                      "load_avg_at_start": load0, "load_avg": os.getloadavg(),
+                      **cpu_shares(ticks0, cpu_ticks())}  # fmt: skip
     if args.out:
         args.out.write_text(json.dumps(out, indent=1))
 

@@ -400,20 +400,19 @@ def compare_cv(a: list[Path], b: list[Path], labels: tuple[str, str] = ("a", "b"
     def ci(x: np.ndarray, y: np.ndarray) -> dict:
         return paired_bootstrap(x, y).to_dict()
 
+    def pt(d: dict) -> str:
+        return f"{d['mean'] * 100:+.2f} pt [{d['lo'] * 100:+.2f}, {d['hi'] * 100:+.2f}]"
+
     res: dict[str, Any] = {
         "n": int(len(ra["prompt_ids"])),
         "labels": [la, lb],
         "baselines": {
-            la: {
+            label: {
                 k.split("/", 1)[1]: float(np.nanmean(v))
-                for k, v in ra.items()
+                for k, v in r.items()
                 if k.startswith("baseline/")
-            },
-            lb: {
-                k.split("/", 1)[1]: float(np.nanmean(v))
-                for k, v in rb.items()
-                if k.startswith("baseline/")
-            },
+            }
+            for label, r in ((la, ra), (lb, rb))
         },
         "knn_a_minus_b": ci(ra["baseline/knn"], rb["baseline/knn"]),
         "candidates": {},
@@ -438,16 +437,12 @@ def compare_cv(a: list[Path], b: list[Path], labels: tuple[str, str] = ("a", "b"
             row[f"acc_nocat_{lb}"] = float(np.mean(cb))
             row["nocat_a_minus_b"] = ci(ca, cb)
         res["candidates"][n] = row
-        d = row["a_minus_b"]
         print(
             f"{n:<24} {la} {row[f'acc_{la}']:.4f}  {lb} {row[f'acc_{lb}']:.4f}  "
-            f"{la} − {lb} {d['mean'] * 100:+.2f} pt [{d['lo'] * 100:+.2f}, {d['hi'] * 100:+.2f}]",
+            f"{la} − {lb} {pt(row['a_minus_b'])}",
             flush=True,
         )
-    d = res["knn_a_minus_b"]
-    print(
-        f"kNN: {la} − {lb} {d['mean'] * 100:+.2f} pt [{d['lo'] * 100:+.2f}, {d['hi'] * 100:+.2f}]"
-    )
+    print(f"kNN: {la} − {lb} {pt(res['knn_a_minus_b'])}")
     return res
 
 

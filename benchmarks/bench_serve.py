@@ -21,8 +21,8 @@ processes with the routed requests spread over them (what ``N`` workers would gi
 the router and the load generator share the 2 cores here, and ONNX Runtime's default (a thread
 per core, spinning between ops) costs each expert more CPU per request (RESULTS.md); ``0``
 keeps that default. ``--mixed`` (``--repeats N``: N times, and the median) also one load per
-concurrency that interleaves all routers' requests, the fairest
-before / after comparison on a shared machine. Besides latencies and requests/s, each router's
+concurrency that interleaves all routers' requests, the fairest before / after comparison on a
+shared machine. Besides latencies and requests/s, each router's
 CPU time per routed request is read from ``/proc`` (what bounds throughput on a shared box).
 """
 
@@ -385,7 +385,7 @@ def main() -> None:
                                 "overhead_p99_ms",
                                 "router_cpu_ms_per_request",
                             )
-                        }  # fmt: skip
+                        }
                         for name in routers
                     }
             results["runs"][str(conc)] = row
