@@ -136,13 +136,8 @@ def _ort_outputs(
 
 
 def _gate_runner(out_dir: Path, info: dict[str, Any], file: str, threads: int | None) -> OrtGate:
-    return OrtGate(
-        ort_session(out_dir / file, threads),
-        load_tokenizer(out_dir / "tokenizer"),
-        info["experts"],
-        info["max_length"],
-        correctness=bool(info.get("correctness")),
-        categories=info.get("categories"),
+    return OrtGate.from_gate_json(
+        ort_session(out_dir / file, threads), load_tokenizer(out_dir / "tokenizer"), info
     )
 
 
@@ -228,6 +223,8 @@ def export_gate(
     info: dict[str, Any] = {
         "experts": list(experts),
         "max_length": max_length,
+        # the side its tokenizer cuts a too-long prompt (saved with it; readers default to right)
+        "truncation_side": str(getattr(tokenizer, "truncation_side", "right")),
         "onnx": GATE_FILE,
         "int8": None,
         "precision": "fp32",

@@ -124,6 +124,8 @@ def tiny_category_gate(
     experts: tuple[str, ...] = tuple(EXPERTS),
     seed: int = 0,
     correctness: bool = True,
+    max_length: int = 64,
+    truncation_side: str = "right",
 ) -> Any:
     """The real ``GatingNet`` with a category input and bias (and, with ``correctness``, its
     correctness heads) on a tiny random 1-layer BERT saved to ``encoder_dir`` with
@@ -152,7 +154,8 @@ def tiny_category_gate(
         encoder=str(encoder_dir),
         hidden=16,
         dropout=0.0,
-        max_length=64,
+        max_length=max_length,
+        truncation_side=truncation_side,
         categories=CATEGORIES,
         correctness=correctness,
         correctness_weight=0.5 if correctness else 0.0,

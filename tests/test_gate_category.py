@@ -26,6 +26,7 @@ from bundle_fixtures import (  # noqa: E402
     build_tiny_bundle,
     tiny_category_gate,
     tiny_correctness_gate,
+    tiny_tokenizer,
 )
 
 from moe2.errors import BundleError  # noqa: E402
@@ -288,3 +289,66 @@ def test_export_checks_int8_routing_with_each_prompts_category(tmp_path: Path) -
     by_text = dict(zip(tables.prompts["text"], tables.prompts["category"], strict=True))
     assert cats == [by_text[t] for t in texts]  # the prompt texts carry their category too
     assert all(t.startswith(c) for t, c in zip(texts, cats, strict=True))
+
+
+# ------------------------------------------------------------------------------ truncation side
+
+
+def test_left_truncation_travels_from_training_to_the_served_gate(tmp_path: Path) -> None:
+    """``gating.net.truncation_side=left``: prompts that share a long preamble (few-shot,
+    templated) differ where their questions do; the side travels with the tokenizer into the
+    bundle, ``gate.json`` repeats it, and the served gate cuts the same tokens as training."""
+    from moe2.export.gate import export_gate
+
+    from moe2.format.sessions import OrtGate, load_tokenizer, ort_session
+    from moe2.gating.net import embeddings_key
+
+    torch = pytest.importorskip("torch")
+    preamble = " ".join(["add two and three"] * 6)  # 24 words, longer than max_length
+    prompts = [
+        f"{preamble} what is the capital of france",
+        f"{preamble} how many legs does a spider have",
+    ]
+    right = tiny_category_gate(tmp_path / "enc-r", max_length=8)
+    left = tiny_category_gate(tmp_path / "enc-l", max_length=8, truncation_side="left")
+    r_ids, l_ids = right.tokenize(prompts)["input_ids"], left.tokenize(prompts)["input_ids"]
+    # right: both keep the same preamble, so the gate cannot tell them apart; left: their ends
+    assert torch.equal(r_ids[0], r_ids[1]) and not torch.equal(l_ids[0], l_ids[1])
+    tokens = left.tokenizer.convert_ids_to_tokens(l_ids[1].tolist())
+    assert tokens[0] == "[CLS]" and tokens[-4:] == ["does", "a", "spider", "have"]
+    assert embeddings_key(left, prompts) != embeddings_key(right, prompts)
+
+    info, records = export_gate(
+        left, left.tokenizer, EXPERTS, tmp_path / "gate", [*prompts, "add two"], max_length=8
+    )
+    assert info["truncation_side"] == "left" and all(r["passed"] for r in records)
+    assert json.loads((tmp_path / "gate" / "gate.json").read_text())["truncation_side"] == "left"
+    tok = load_tokenizer(tmp_path / "gate" / "tokenizer")
+    assert tok.truncation_side == "left"  # save_pretrained wrote it
+    tok.truncation_side = "right"  # gate.json's word wins over a tokenizer that says otherwise
+    served = OrtGate.from_gate_json(ort_session(tmp_path / "gate" / "model.onnx"), tok, info)
+    np.testing.assert_array_equal(served.encode(prompts)["input_ids"], l_ids.numpy())
+    logits, _ = served.outputs(prompts)
+    assert not np.allclose(logits[0], logits[1])
+    # a bundle from before the key: right truncation, as those bundles did
+    old = {k: v for k, v in info.items() if k != "truncation_side"}
+    assert (
+        OrtGate.from_gate_json(
+            None, load_tokenizer(tmp_path / "gate" / "tokenizer"), old
+        ).tokenizer.truncation_side
+        == "right"
+    )
+
+
+def test_bad_truncation_side_is_refused_where_it_is_read(tmp_path: Path) -> None:
+    from moe2.config.schema import GatingNetCfg
+    from moe2.errors import ConfigError
+    from moe2.format.sessions import OrtGate
+
+    with pytest.raises(ConfigError, match="truncation_side='middle'"):
+        GatingNetCfg(truncation_side="middle")
+    with pytest.raises(ConfigError, match="truncation_side='middle'.*right"):
+        tiny_category_gate(tmp_path / "enc", truncation_side="middle")
+    info = {"experts": EXPERTS, "max_length": 8, "truncation_side": "middle"}
+    with pytest.raises(BundleError, match="truncation_side='middle'.*re-export"):
+        OrtGate.from_gate_json(None, tiny_tokenizer(), info)

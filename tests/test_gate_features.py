@@ -254,6 +254,42 @@ def test_train_stage_refit_reports_test_only_and_records_val_as_training(
     }
     rec = read_record(tiny_artifacts / "gating")
     assert np.array_equal(rec.splits == "train", both)
+    # what the gate's window does to the table's prompts is recorded beside the figures
+    inputs = json.loads((tiny_artifacts / "gating" / "metrics.json").read_text())["gate_inputs"]
+    assert inputs == m["gate_inputs"] and inputs["truncation_side"] == "left"  # the default
+    assert inputs["collisions"] == 0 and inputs["max_length"] == 256
+
+
+def test_gate_input_collisions_find_prompts_the_cut_makes_one(tiny_encoder_dir: Path) -> None:
+    """Prompts that share a preamble longer than the window reach a right-cutting gate as one
+    input: counted per category and warned about with what to set; a left cut keeps them apart."""
+    from moe2.gating.train import gate_input_collisions, warn_collisions
+
+    preamble = " ".join(["question arith plus"] * 4)  # 12 words: the window is 8 tokens
+    texts = [f"{preamble} number {d}" for d in range(6)] + ["geo 1", "geo 2"]
+    cats = ["few-shot"] * 6 + ["geo"] * 2
+    nets = {
+        side: GatingNet(
+            ["a", "b"], encoder=str(tiny_encoder_dir), max_length=8, truncation_side=side
+        )
+        for side in ("right", "left")
+    }
+    info = gate_input_collisions(nets["right"], texts, cats)
+    assert info == {
+        "max_length": 8,
+        "truncation_side": "right",
+        "truncated": 6,
+        "collisions": 6,
+        "by_category": {"few-shot": 6},
+    }
+    msg = warn_collisions(info, len(texts))
+    assert msg is not None and msg.startswith("6 of 8 prompts") and "(few-shot 6)" in msg
+    assert "first 8 tokens" in msg and "gating.net.truncation_side=left" in msg
+    info = gate_input_collisions(nets["left"], texts, cats)
+    assert (info["truncated"], info["collisions"], info["by_category"]) == (6, 0, {})
+    assert warn_collisions(info, len(texts)) is None
+    # a near-duplicate or two among many prompts is recorded, not warned about
+    assert warn_collisions({**info, "collisions": 2, "by_category": {"x": 2}}, 400) is None
 
 
 def test_cv_folds_stable_and_balanced() -> None:

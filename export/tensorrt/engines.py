@@ -98,7 +98,7 @@ def _gate_feeds(bundle_dir: Path, prompts: list[str]) -> list[dict[str, np.ndarr
     info = read_json(bundle_dir / "gate" / "gate.json")
     tok = load_tokenizer(bundle_dir / "gate" / "tokenizer")
     cats = info.get("categories") or []
-    gate = OrtGate(None, tok, info["experts"], info["max_length"], categories=cats)
+    gate = OrtGate.from_gate_json(None, tok, info)
     names = parity_categories(len(prompts), cats)
     return [gate.encode([p], [c]) for p, c in zip(prompts, names, strict=True)]
 

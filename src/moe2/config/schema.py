@@ -32,6 +32,7 @@ from omegaconf import MISSING
 
 from moe2.config.options import check_choice as _choice
 from moe2.errors import ConfigError
+from moe2.format.tokenize import TRUNCATION_SIDES as _TRUNCATION_SIDES
 from moe2.selection.optimizer import METHODS
 
 # OmegaConf's structured configs do not take ``Literal`` or ``X | None`` annotations (its type
@@ -254,6 +255,7 @@ class GatingNetCfg:
     hidden: int = 256
     dropout: float = 0.1
     max_length: int = 256
+    truncation_side: str = "right"
     normalize: bool = True
     lora: Optional[dict[str, Any]] = None  # noqa: UP045
     category: bool = False
@@ -265,6 +267,7 @@ class GatingNetCfg:
 
     def __post_init__(self) -> None:
         _choice("gating.net", "mode", self.mode, GATE_MODES)
+        _choice("gating.net", "truncation_side", self.truncation_side, TRUNCATION_SIDES)
         if self.mode == "lora" and not self.lora:
             raise ConfigError("gating.net.mode=lora needs gating.net.lora (r, alpha, dropout...)")
         for key, value in (("dropout", self.dropout), ("category_dropout", self.category_dropout)):
@@ -275,6 +278,8 @@ class GatingNetCfg:
 #: the gate's encoder modes (moe2.gating.net.MODES; a test keeps the two equal without importing
 #: torch here)
 GATE_MODES: tuple[str, ...] = ("frozen", "finetune", "lora")
+#: which end of a too-long prompt the gate's tokenizer cuts (one list: moe2.format.tokenize)
+TRUNCATION_SIDES = _TRUNCATION_SIDES
 
 
 @dataclass

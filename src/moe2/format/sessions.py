@@ -15,7 +15,7 @@ import numpy as np
 
 from moe2.errors import BundleError, DataError
 from moe2.format.specs import CORRECT_LOGITS, GATE_CATEGORY, ExportSpec, past_names
-from moe2.format.tokenize import encode_gate, load_tokenizer
+from moe2.format.tokenize import TRUNCATION_SIDES, encode_gate, load_tokenizer
 from moe2.utils.deps import require
 
 __all__ = ["OrtCausalLM", "OrtGate", "load_tokenizer", "ort_session"]
@@ -67,6 +67,8 @@ class OrtGate:
         categories: the gate's category names, in the order of the graph's ``category`` input
             (``gate.json`` ``"categories"``); empty or ``None``: the graph takes no category
             (older bundles, gates without a category input), and a category given is ignored.
+        truncation_side: which end of a prompt longer than ``max_length`` tokens is cut
+            (``gate.json`` ``"truncation_side"``; older bundles: ``right``); set on ``tokenizer``.
 
     Raises:
         BundleError: ``categories`` and the graph disagree on whether it has a category input.
@@ -80,8 +82,15 @@ class OrtGate:
         max_length: int = 256,
         correctness: bool = False,
         categories: Sequence[str] | None = None,
+        truncation_side: str = "right",
     ):
+        if truncation_side not in TRUNCATION_SIDES:
+            raise BundleError(
+                f"gate.json truncation_side={truncation_side!r} is not one of {TRUNCATION_SIDES}; "
+                "re-export the bundle"
+            )
         self.session = session
+        tokenizer.truncation_side = truncation_side  # gate.json's word wins over the tokenizer's
         self.tokenizer = tokenizer
         self.experts = list(experts)
         self.max_length = int(max_length)
@@ -94,6 +103,20 @@ class OrtGate:
                 f"the gate graph's inputs are {names} but gate.json lists "
                 f"{len(self.categories)} categories; the bundle is inconsistent, re-export it"
             )
+
+    @classmethod
+    def from_gate_json(cls, session: Any, tokenizer: Any, info: dict[str, Any]) -> OrtGate:
+        """The gate that ``gate.json`` (``info``) describes; keys older bundles lack default to
+        what those bundles did (no correctness output, no category input, right truncation)."""
+        return cls(
+            session,
+            tokenizer,
+            info["experts"],
+            info["max_length"],
+            correctness=bool(info.get("correctness")),
+            categories=info.get("categories"),
+            truncation_side=info.get("truncation_side", "right"),
+        )
 
     @property
     def takes_category(self) -> bool:

@@ -1,7 +1,9 @@
 """The tokenisation policy of the bundle's graphs, one copy for training, export and serving.
 
 The gate is trained on, exported with and served with the same encoding (:func:`encode_gate`):
-padded to the longest text of the batch, truncated to the gate's ``max_length``. The expert LMs
+padded to the longest text of the batch, truncated to the gate's ``max_length`` on the side its
+tokenizer carries (``truncation_side``: ``right`` keeps a long prompt's beginning, ``left`` its
+end; ``save_pretrained`` writes it, and ``gate.json`` repeats it). The expert LMs
 take a prompt either through the tokenizer's chat template or as plain text
 (:func:`prompt_ids`), and multiple-choice options as continuations (:func:`option_ids`).
 Tokenizers travel inside the bundle (``save_pretrained``) and load offline (:func:`load_tokenizer`).
@@ -17,6 +19,8 @@ import numpy as np
 
 #: graph inputs of the gate, in call order
 GATE_INPUTS = ("input_ids", "attention_mask")
+#: which end of a too-long prompt the gate's tokenizer cuts (``gating.net.truncation_side``)
+TRUNCATION_SIDES: tuple[str, ...] = ("right", "left")
 
 
 def load_tokenizer(directory: str | os.PathLike[str]) -> Any:

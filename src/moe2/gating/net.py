@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from moe2.errors import ConfigError, DataError, MissingDependencyError
+from moe2.format.tokenize import TRUNCATION_SIDES
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,9 @@ class GatingNet(nn.Module):
         hidden: width of the head's hidden layer (0: a single linear layer).
         dropout: dropout before each head layer.
         max_length: tokenizer truncation length.
+        truncation_side: which end of a prompt longer than ``max_length`` tokens is cut:
+            ``right`` keeps its beginning, ``left`` its end (where a few-shot or templated prompt
+            holds the question). Set on the tokenizer, so it travels with it into the bundle.
         normalize: L2-normalise pooled embeddings (what all-MiniLM-L6-v2 was trained with).
         lora: peft ``LoraConfig`` arguments for ``mode="lora"`` (r, alpha, dropout, target_modules).
         categories: category names the net takes as an input (``None``: text only).
@@ -126,6 +130,7 @@ class GatingNet(nn.Module):
         max_length: int = 256,
         normalize: bool = True,
         lora: Mapping[str, Any] | None = None,
+        truncation_side: str = "right",
         categories: Sequence[str] | None = None,
         category_dim: int = 16,
         category_dropout: float = 0.0,
@@ -145,7 +150,14 @@ class GatingNet(nn.Module):
         self.mode = mode
         self.max_length = int(max_length)
         self.normalize = bool(normalize)
+        if truncation_side not in TRUNCATION_SIDES:
+            raise ConfigError(
+                f"gating.net.truncation_side={truncation_side!r}; give one of {TRUNCATION_SIDES}"
+            )
+        self.truncation_side = str(truncation_side)
         encoder_model, self.tokenizer = _load_encoder(encoder)
+        # the tokenizer carries it (save_pretrained writes it): training, export and serving agree
+        self.tokenizer.truncation_side = self.truncation_side
         self.embed_dim = int(encoder_model.config.hidden_size)
         if mode == "lora":
             peft = _require_peft()
@@ -193,6 +205,7 @@ class GatingNet(nn.Module):
             "hidden": int(hidden),
             "dropout": float(dropout),
             "max_length": self.max_length,
+            "truncation_side": self.truncation_side,
             "normalize": self.normalize,
             "lora": dict(lora or {}),
             "categories": list(self.categories),
@@ -464,6 +477,7 @@ def build_gate(
         "hidden",
         "dropout",
         "max_length",
+        "truncation_side",
         "normalize",
         "lora",
         "category_dim",
@@ -557,6 +571,8 @@ def embeddings_key(net: GatingNet, texts: Sequence[str]) -> str:
     h = hashlib.sha256()
     h.update(_encoder_fingerprint(net.encoder_name).encode())
     h.update(f"|max_length={net.max_length}|normalize={net.normalize}|mean|".encode())
+    if net.truncation_side != "right":  # keys of right-truncated caches stay what they were
+        h.update(f"truncation={net.truncation_side}|".encode())
     for t in texts:
         h.update(hashlib.sha1(t.encode("utf-8")).digest())
     return h.hexdigest()[:32]

@@ -421,6 +421,53 @@ def correctness_metrics(
     return out
 
 
+def gate_input_collisions(net: Any, texts: list[str], categories: list[str]) -> dict[str, Any]:
+    """Prompts the gate cannot tell apart: different texts that reach it as the same tokens.
+
+    A prompt longer than ``gating.net.max_length`` tokens is cut on the side the gate's tokenizer
+    carries (:mod:`moe2.format.tokenize`); when many prompts share a long preamble (few-shot
+    examples, a template), the kept window can be that preamble alone, and every such prompt is
+    one input. Returns ``{"max_length", "truncation_side", "truncated", "collisions",
+    "by_category"}``: ``truncated`` prompts were cut, ``collisions`` prompts share their token ids
+    with a prompt of other text (counted per category in ``by_category``).
+    """
+    tok = net.tokenizer
+    ids = tok(list(texts), truncation=True, max_length=net.max_length)["input_ids"]
+    # one token more than the window: longer means the prompt was cut (no overlong warning)
+    over = tok(list(texts), truncation=True, max_length=net.max_length + 1)["input_ids"]
+    owners: dict[tuple[int, ...], set[str]] = {}
+    for t, i in zip(texts, ids, strict=True):
+        owners.setdefault(tuple(i), set()).add(t)
+    hit = [len(owners[tuple(i)]) > 1 for i in ids]
+    by_cat: dict[str, int] = {}
+    for h, c in zip(hit, categories, strict=True):
+        if h:
+            by_cat[c] = by_cat.get(c, 0) + 1
+    return {
+        "max_length": int(net.max_length),
+        "truncation_side": str(tok.truncation_side),
+        "truncated": int(sum(len(o) > net.max_length for o in over)),
+        "collisions": int(sum(hit)),
+        "by_category": dict(sorted(by_cat.items(), key=lambda kv: -kv[1])),
+    }
+
+
+def warn_collisions(info: dict[str, Any], n_prompts: int, share: float = 0.01) -> str | None:
+    """The warning for :func:`gate_input_collisions`'s result: ``None`` when at most ``share``
+    of the prompts collide (a few near-duplicate questions are no reason to act)."""
+    if info["collisions"] <= share * n_prompts:
+        return None
+    kept, other = ("first", "left") if info["truncation_side"] == "right" else ("last", "right")
+    cats = ", ".join(f"{c} {n}" for c, n in list(info["by_category"].items())[:5])
+    return (
+        f"{info['collisions']} of {n_prompts} prompts reach the gate as the same tokens as a "
+        f"prompt with other text ({cats}): only their {kept} {info['max_length']} tokens are "
+        "kept and those are identical, so the gate cannot tell them apart (a preamble or an "
+        "ending that all of them share, such as few-shot examples or a template, fills the "
+        f"window). Set gating.net.truncation_side={other} or raise gating.net.max_length"
+    )
+
+
 def train_gate(cfg: DictConfig) -> dict[str, Any]:
     """Train the gate on ``paths.outcomes`` and write ``paths.gating``; returns the metrics.
 
@@ -464,6 +511,12 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
         k,
     )
     metrics: dict[str, Any] = split_metrics(logits, knn, data)
+    names = [
+        data.categories[i] if 0 <= i < len(data.categories) else "-" for i in data.category_idx
+    ]
+    metrics["gate_inputs"] = gate_input_collisions(res.net, data.texts, names)
+    if msg := warn_collisions(metrics["gate_inputs"], data.n_prompts):
+        log.warning(msg)
     correct = None
     if res.net.correct_head is not None:
         correct = predict_logits(

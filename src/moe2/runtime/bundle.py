@@ -140,14 +140,8 @@ class Bundle:
             session = TrtSession(TrtEngine(self._engine_file("gate"), self._engine_module))
         else:
             session = ort_session(gate_file, threads)
-        self.gate = OrtGate(
-            session,
-            load_tokenizer(self._dir("gate/tokenizer", "the bundle")),
-            gate_info["experts"],
-            gate_info["max_length"],
-            correctness=bool(gate_info.get("correctness")),
-            # older bundles: no key, a graph without the category input
-            categories=gate_info.get("categories"),
+        self.gate = OrtGate.from_gate_json(
+            session, load_tokenizer(self._dir("gate/tokenizer", "the bundle")), gate_info
         )
         self.gate_file = gate_file.name
         self.subset: list[str] = list(self.routing["subset"])

@@ -1,0 +1,267 @@
+"""What a prompt's text tells about which expert answers it, beyond its category (issues 10, 11).
+
+Diagnostics on **train+val only** (the development protocol's test split is never read: every
+row is asserted to be a train or val prompt), 5 folds of a seeded hash of the prompt id (seed 1,
+``moe2.gating.train.cv_folds``, the folds of ``bench_quality.py cv``):
+
+- ``auc``: for every category and expert, the held-out ROC AUC with which a logistic regression on
+  the gate's frozen embeddings predicts "this expert is right on this prompt" (0.5: no signal),
+  and the same for the prompt's length alone. Run once per truncation side
+  (``-- gating.net.truncation_side=right|left``) to see what the cut end of long prompts carries.
+- ``sublookup``: a lookup keyed by (category, sub-group) instead of category alone, the
+  sub-groups being k-means clusters of the embeddings inside each category (k = 2..16) or
+  length quantiles, shrunk towards the category's own scores (``alpha`` pseudo-prompts); held-out
+  accuracy beside the plain lookup. If the text held within-category routing signal that a lookup
+  can use, some row would beat the lookup.
+- ``cascade`` (RouterBench only: it reads the CSVs' ``<model>|model_response``): call two or three
+  cheap experts, accept their answer when they agree on the option letter, else call GPT-4; code
+  prompts (mbpp) go to GPT-3.5. A post-hoc signal no pre-call router has, as a ceiling of what
+  answer agreement buys: accuracy and mean cost relative to GPT-4.
+
+Commands (repository root, venv active; tables from ``bench_quality.py import``, embeddings
+through the cache of ``bench_quality.py``):
+
+    python benchmarks/bench_text_signal.py auc --table routerbench -- gating.net.truncation_side=right
+    python benchmarks/bench_text_signal.py auc --table routerbench -- gating.net.truncation_side=left
+    python benchmarks/bench_text_signal.py auc --table llmrouter
+    python benchmarks/bench_text_signal.py sublookup --table llmrouter
+    python benchmarks/bench_text_signal.py cascade --data ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_quality  # noqa: E402  (the protocol's tables, config and embedding cache)
+
+GPT4 = "gpt-4-1106-preview"
+GPT35 = "gpt-3.5-turbo-1106"
+#: experts a cascade may call first (not GPT-4, not the two Claude models dearer than 10x the rest)
+DEAR = (GPT4, "claude-v1", "claude-v2")
+
+
+def _trainval(work: Path, table: str) -> Any:
+    from moe2.data.tables import load_outcomes
+
+    data = load_outcomes(work / table / "outcomes")
+    rows = np.flatnonzero(data.splits != "test")
+    sub = data.select(rows)
+    assert not (sub.splits == "test").any()
+    return data, rows, sub
+
+
+def _folds(sub: Any, k: int) -> np.ndarray:
+    from moe2.gating.train import cv_folds
+
+    return cv_folds(np.asarray(sub.prompt_ids), k, seed=1)
+
+
+def auc(args: argparse.Namespace) -> dict[str, Any]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    data, rows, sub = _trainval(args.work, args.table)
+    cfg = bench_quality._cfg(args.work, args.table, args.cache, args.overrides)
+    side = cfg.gating.net.get("truncation_side", "right")
+    X = bench_quality.table_embeddings(data, cfg)[rows]
+    length = np.array([len(t) for t in sub.texts], dtype=float)
+    folds = _folds(sub, args.folds)
+    cats = np.asarray(sub.categories)[sub.category_idx]
+    out: dict[str, Any] = {"table": args.table, "truncation_side": side, "rows": []}
+    print(f"{args.table}, truncation_side={side}: held-out AUC of 'expert right' (train+val CV)")
+    for c in sorted(set(cats)):
+        m = cats == c
+        for j, e in enumerate(sub.experts):
+            y = sub.scores[m, j] > 0.5
+            ok = ~np.isnan(sub.scores[m, j])
+            y, Xc, fc, lc = y[ok], X[m][ok], folds[m][ok], length[m][ok]
+            if not 0.05 < y.mean() < 0.95:
+                continue
+            p = np.zeros(len(y))
+            for k in range(args.folds):
+                te = fc == k
+                lr = LogisticRegression(C=args.C, max_iter=2000).fit(Xc[~te], y[~te])
+                p[te] = lr.predict_proba(Xc[te])[:, 1]
+            row = {
+                "category": c,
+                "expert": e,
+                "n": int(len(y)),
+                "accuracy": float(y.mean()),
+                "auc_embedding": float(roc_auc_score(y, p)),
+                "auc_shorter_first": float(roc_auc_score(y, -lc)),
+            }
+            out["rows"].append(row)
+            print(
+                f"  {c[:22]:22s} {e[:34]:34s} acc {row['accuracy']:.3f}  AUC embedding "
+                f"{row['auc_embedding']:.3f}  length {row['auc_shorter_first']:.3f}"
+            )
+    print("  mean over experts per category:")
+    for c in sorted(set(cats)):
+        r = [x for x in out["rows"] if x["category"] == c]
+        if r:
+            emb = float(np.mean([x["auc_embedding"] for x in r]))
+            ln = float(np.mean([x["auc_shorter_first"] for x in r]))
+            out.setdefault("mean", {})[c] = {"auc_embedding": emb, "auc_shorter_first": ln}
+            print(f"    {c[:22]:22s} AUC embedding {emb:.3f}  length {ln:.3f}  ({len(r)} experts)")
+    return out
+
+
+def _sub_lookup(
+    Y: np.ndarray, groups_fit: np.ndarray, groups_eval: np.ndarray, alpha: float, Yeval: np.ndarray
+) -> np.ndarray:
+    """Held-out scores of the best expert of each sub-group (shrunk to the category's mean)."""
+    base = Y.mean(0)
+    got = np.zeros(len(Yeval))
+    for g in np.unique(groups_eval):
+        sel = groups_fit == g
+        s = (Y[sel].sum(0) + alpha * base) / (sel.sum() + alpha)
+        got[groups_eval == g] = Yeval[groups_eval == g][:, int(np.argmax(s))]
+    return got
+
+
+def sublookup(args: argparse.Namespace) -> dict[str, Any]:
+    from sklearn.cluster import KMeans
+
+    from moe2.gating.baselines import paired_bootstrap
+
+    data, rows, sub = _trainval(args.work, args.table)
+    cfg = bench_quality._cfg(args.work, args.table, args.cache, args.overrides)
+    X = bench_quality.table_embeddings(data, cfg)[rows]
+    Y = np.nan_to_num(sub.scores, nan=0.0)
+    length = np.array([len(t) for t in sub.texts], dtype=float)
+    folds = _folds(sub, args.folds)
+    cats = sub.category_idx
+
+    def run(kind: str, n: int, alpha: float) -> np.ndarray:
+        got = np.zeros(len(Y))
+        for k in range(args.folds):
+            te = folds == k
+            for c in np.unique(cats):
+                fit, ev = ~te & (cats == c), te & (cats == c)
+                if n <= 1:
+                    g_fit, g_ev = np.zeros(fit.sum(), int), np.zeros(ev.sum(), int)
+                elif kind == "kmeans":
+                    km = KMeans(n, n_init=3, random_state=0).fit(X[fit])
+                    g_fit, g_ev = km.labels_, km.predict(X[ev])
+                else:
+                    qs = np.quantile(length[fit], np.linspace(0, 1, n + 1)[1:-1])
+                    g_fit, g_ev = np.searchsorted(qs, length[fit]), np.searchsorted(qs, length[ev])
+                got[ev] = _sub_lookup(Y[fit], g_fit, g_ev, alpha, Y[ev])
+        return got
+
+    lookup = run("kmeans", 1, 0.0)
+    out: dict[str, Any] = {"table": args.table, "lookup": float(lookup.mean()), "rows": []}
+    print(f"{args.table}: lookup by category (train+val CV) {lookup.mean():.4f}")
+    for kind, ns in (("kmeans", (2, 4, 8, 16)), ("length", (2, 4, 8))):
+        for n in ns:
+            for alpha in (0.0, 20.0):
+                got = run(kind, n, alpha)
+                iv = paired_bootstrap(got, lookup, n_boot=2000, seed=0)
+                diff = [100 * iv.mean, 100 * iv.lo, 100 * iv.hi]
+                out["rows"].append(
+                    {
+                        "groups": kind,
+                        "n": n,
+                        "alpha": alpha,
+                        "accuracy": float(got.mean()),
+                        "minus_lookup_pt": diff,
+                    }
+                )
+                print(
+                    f"  {kind:6s} x{n:<2d} alpha {alpha:4.0f}: {got.mean():.4f}  − lookup "
+                    f"{diff[0]:+.2f} pt [{diff[1]:+.2f}, {diff[2]:+.2f}]"
+                )
+    return out
+
+
+def _letter(response: str) -> str | None:
+    m = re.search(r"[A-E]", response.replace("['", "", 1)) if response else None
+    return m.group(0) if m else None
+
+
+def cascade(args: argparse.Namespace) -> dict[str, Any]:
+    data, rows, sub = _trainval(args.work, "routerbench")
+    csv.field_size_limit(1 << 30)
+    answers: dict[str, dict[str, str | None] | None] = {}
+    for f in sorted((args.data / "routerbench").glob("*.csv")):
+        with open(f, newline="") as fh:
+            for row in csv.DictReader(fh):
+                sid = row["sample_id"]
+                # a repeated id (the importer renames the second copy): ambiguous, left out
+                answers[sid] = (
+                    None
+                    if sid in answers
+                    else {e: _letter(row.get(f"{e}|model_response", "")) for e in sub.experts}
+                )
+    E = {e: j for j, e in enumerate(sub.experts)}
+    cats = np.asarray(sub.categories)[sub.category_idx]
+    keep = [
+        i
+        for i, pid in enumerate(sub.prompt_ids)
+        if answers.get(str(pid)) and not np.isnan(sub.scores[i]).any()
+    ]
+    S, C = sub.scores[keep], sub.cost[keep]
+    A = [answers[str(sub.prompt_ids[i])] for i in keep]
+    code = cats[keep] == "mbpp"
+    ref_acc, ref_cost = float(S[:, E[GPT4]].mean()), float(C[:, E[GPT4]].mean())
+    cheap = [e for e in sub.experts if e not in DEAR]
+    res = []
+    for r in (2, 3):
+        for first in itertools.combinations(cheap, r):
+            idx = [E[e] for e in first]
+            agree = np.array(
+                [len({a[e] for e in first}) == 1 and a[first[0]] is not None for a in A]
+            )
+            acc = np.where(agree, S[:, idx[0]], S[:, E[GPT4]])
+            cost = C[:, idx].sum(1) + np.where(agree, 0.0, C[:, E[GPT4]])
+            acc = np.where(code, S[:, E[GPT35]], acc)
+            cost = np.where(code, C[:, E[GPT35]], cost)
+            res.append(
+                {
+                    "first": list(first),
+                    "accuracy": float(acc.mean()),
+                    "cost_fraction": float(cost.mean() / ref_cost),
+                    "escalated": float((~agree & ~code).mean()),
+                }
+            )
+    res.sort(key=lambda d: -d["accuracy"])
+    print(f"RouterBench train+val, n={len(keep)}: GPT-4 {ref_acc:.4f} at {ref_cost:.3g} USD")
+    for limit in (0.3, 1.0):
+        best = [d for d in res if d["cost_fraction"] <= limit][:3]
+        for d in best:
+            print(
+                f"  cost <= {limit:.0%}: {d['accuracy']:.4f} at {d['cost_fraction']:.1%} of "
+                f"GPT-4's cost (escalated {d['escalated']:.1%}): {', '.join(d['first'])}"
+            )
+    return {"n": len(keep), "gpt4": [ref_acc, ref_cost], "cascades": res}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("command", choices=["auc", "sublookup", "cascade"])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/moe2-quality"))
+    ap.add_argument("--table", choices=["llmrouter", "routerbench"], default="routerbench")
+    ap.add_argument("--cache", default="/tmp/moe2-cache")
+    ap.add_argument("--data", type=Path, default=bench_quality.SHARED)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--C", type=float, default=0.3, help="auc: inverse L2 strength")
+    ap.add_argument("--json", type=Path, default=None, help="write the result here")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides of the gate config")
+    args = ap.parse_intermixed_args()
+    out = {"auc": auc, "sublookup": sublookup, "cascade": cascade}[args.command](args)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
