@@ -267,6 +267,7 @@ def run_cv(
 ) -> dict:
     """K-fold CV on train+val of every candidate; ``WORK/<table>/cv.json``."""
     import lightning as L
+    import torch
 
     from moe2.data.tables import load_outcomes
     from moe2.gating.baselines import BaselineRouters, paired_bootstrap
@@ -296,12 +297,14 @@ def run_cv(
             probe = EpochProbe(view)
             res = fit_gate(view, cfg, base_embeddings=emb[keep], progress=False, callbacks=[probe])
             cat = view.category_idx if res.net.categories else None
-            lg = predict_logits(res.net, view.texts, res.base_embeddings, category_idx=cat)
+            # a fine-tuned encoder embeds every prompt again: on the GPU where there is one
+            device = "cuda" if res.net.mode != "frozen" and torch.cuda.is_available() else "cpu"
+            lg = predict_logits(res.net, view.texts, res.base_embeddings, device, category_idx=cat)
             h = view.split_mask("test")
             idx = np.flatnonzero(keep)[h]
             gate[idx] = _values(lg[h], view.scores[h])
             if res.net.categories:
-                lg0 = predict_logits(res.net, view.texts, res.base_embeddings)
+                lg0 = predict_logits(res.net, view.texts, res.base_embeddings, device)
                 gate_nocat[idx] = _values(lg0[h], view.scores[h])
             curves.append(probe.acc)
             if name not in out["candidates"] and f not in base_done:
@@ -462,12 +465,17 @@ class EpochProbe:
 
             def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
                 dm = trainer.datamodule
-                if self.emb is None:
-                    self.emb = dm.embeddings[rows]
                 net = module.net
+                if dm.embeddings is None:  # the encoder trains: embed the held-out fold afresh
+                    texts = [view.texts[i] for i in np.flatnonzero(rows)]
+                    emb = net.encode_texts(texts, device=module.device)
+                else:
+                    if self.emb is None:
+                        self.emb = dm.embeddings[rows]
+                    emb = self.emb
                 cat = view.category_idx[rows] if net.categories else None
                 with torch.no_grad():
-                    lg = net.predict_embeddings(self.emb, cat)
+                    lg = net.predict_embeddings(emb, cat)
                 net.train()
                 self.acc.append(float(np.nanmean(_values(lg, view.scores[rows]))))
 

@@ -303,3 +303,26 @@ def test_cv_folds_stable_and_balanced() -> None:
     assert not np.array_equal(cv_folds(ids, 5, seed=2), f)
     with pytest.raises(ConfigError, match="2 folds"):
         cv_folds(ids, 1)
+
+
+def test_encoder_lr_gives_the_encoder_its_own_learning_rate(tiny_encoder_dir: Path) -> None:
+    from functools import partial
+
+    from moe2.config.schema import GatingCfg
+    from moe2.gating.module import GateModule
+
+    net = GatingNet(["a", "b"], encoder=str(tiny_encoder_dir), mode="finetune", hidden=8)
+    opt = GateModule(
+        net, partial(torch.optim.AdamW, lr=1e-3), encoder_lr=2e-5
+    ).configure_optimizers()
+    head, enc = opt.param_groups
+    assert (head["lr"], enc["lr"]) == (1e-3, 2e-5)
+    assert {id(p) for p in enc["params"]} == {id(p) for p in net.encoder.parameters()}
+    assert len(head["params"]) + len(enc["params"]) == len(list(net.parameters()))
+    # no encoder_lr: one group at the optimizer's rate, as before
+    (one,) = (
+        GateModule(net, partial(torch.optim.AdamW, lr=1e-3)).configure_optimizers().param_groups
+    )
+    assert one["lr"] == 1e-3 and len(one["params"]) == len(list(net.parameters()))
+    with pytest.raises(ConfigError, match="gating.encoder_lr=-1"):
+        GatingCfg(optimizer={"lr": 1e-3}, encoder_lr=-1)

@@ -318,9 +318,13 @@ class GatingCfg:
     fit_on: str = "train"
     knn_k: int = 20
     knn_weight: float = 0.0
+    #: learning rate of the encoder's trainable weights (finetune, lora); null: the optimizer's lr
+    encoder_lr: Optional[float] = None  # noqa: UP045
 
     def __post_init__(self) -> None:
         _choice("gating", "monitor_mode", self.monitor_mode, ("max", "min"))
+        if self.encoder_lr is not None and not self.encoder_lr > 0:
+            raise ConfigError(f"gating.encoder_lr={self.encoder_lr}; give a positive learning rate")
         _choice("gating", "fit_on", self.fit_on, ("train", "train+val"))
         if self.batch_size < 1 or self.embed_batch_size < 1:
             raise ConfigError("gating.batch_size and gating.embed_batch_size must be >= 1")

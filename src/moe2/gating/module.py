@@ -173,6 +173,8 @@ class GateModule(L.LightningModule):
         tau: soft-target temperature.
         bce_weight: weight of the per-expert BCE term.
         categories: category names, for per-category metrics.
+        encoder_lr: learning rate of the encoder's trainable weights (fine-tuning, LoRA adapters)
+            when it should differ from the head's (the optimizer's ``lr``); ``None``: one rate.
     """
 
     def __init__(
@@ -183,9 +185,11 @@ class GateModule(L.LightningModule):
         tau: float = 0.1,
         bce_weight: float = 0.0,
         categories: Sequence[str] = (),
+        encoder_lr: float | None = None,
     ) -> None:
         super().__init__()
         self.net = net
+        self.encoder_lr = None if encoder_lr is None else float(encoder_lr)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.tau = float(tau)
@@ -301,7 +305,15 @@ class GateModule(L.LightningModule):
                 del sd[key]
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.net.parameters() if p.requires_grad]
+        params: Any = [p for p in self.net.parameters() if p.requires_grad]
+        if self.encoder_lr is not None:
+            # two groups: the encoder's trainable weights at encoder_lr, the rest at the
+            # optimizer's own lr (a head trained from scratch wants a larger one)
+            enc = {id(p) for p in self.net.encoder.parameters() if p.requires_grad}
+            params = [
+                {"params": [p for p in params if id(p) not in enc]},
+                {"params": [p for p in params if id(p) in enc], "lr": self.encoder_lr},
+            ]
         optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return optimizer

@@ -244,6 +244,7 @@ def fit_gate(
         tau=float(g.loss.tau),
         bce_weight=bce_weight,
         categories=data.categories,
+        encoder_lr=g.get("encoder_lr"),
     )
     if frozen:
         module.strict_loading = False  # frozen encoder weights are left out of checkpoints
