@@ -432,22 +432,23 @@ def gate_input_collisions(net: Any, texts: list[str], categories: list[str]) -> 
     "by_category"}``: ``truncated`` prompts were cut, ``collisions`` prompts share their token ids
     with a prompt of other text (counted per category in ``by_category``).
     """
-    tok = net.tokenizer
-    ids = tok(list(texts), truncation=True, max_length=net.max_length)["input_ids"]
-    # one token more than the window: longer means the prompt was cut (no overlong warning)
-    over = tok(list(texts), truncation=True, max_length=net.max_length + 1)["input_ids"]
+    tok, n = net.tokenizer, net.max_length
+    keys = [tuple(i) for i in tok(list(texts), truncation=True, max_length=n)["input_ids"]]
+    # only a prompt that fills the window may have been cut: those again, one token longer
+    full = [t for t, k in zip(texts, keys, strict=True) if len(k) == n]
+    over = tok(full, truncation=True, max_length=n + 1)["input_ids"] if full else []
     owners: dict[tuple[int, ...], set[str]] = {}
-    for t, i in zip(texts, ids, strict=True):
-        owners.setdefault(tuple(i), set()).add(t)
-    hit = [len(owners[tuple(i)]) > 1 for i in ids]
+    for t, k in zip(texts, keys, strict=True):
+        owners.setdefault(k, set()).add(t)
+    hit = [len(owners[k]) > 1 for k in keys]
     by_cat: dict[str, int] = {}
     for h, c in zip(hit, categories, strict=True):
         if h:
             by_cat[c] = by_cat.get(c, 0) + 1
     return {
-        "max_length": int(net.max_length),
+        "max_length": int(n),
         "truncation_side": str(tok.truncation_side),
-        "truncated": int(sum(len(o) > net.max_length for o in over)),
+        "truncated": int(sum(len(o) > n for o in over)),
         "collisions": int(sum(hit)),
         "by_category": dict(sorted(by_cat.items(), key=lambda kv: -kv[1])),
     }
@@ -512,9 +513,7 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
         k,
     )
     metrics: dict[str, Any] = split_metrics(logits, knn, data)
-    names = [
-        data.categories[i] if 0 <= i < len(data.categories) else "-" for i in data.category_idx
-    ]
+    names = [data.categories[i] for i in data.category_idx]
     metrics["gate_inputs"] = gate_input_collisions(res.net, data.texts, names)
     if msg := warn_collisions(metrics["gate_inputs"], data.n_prompts):
         log.warning(msg)
