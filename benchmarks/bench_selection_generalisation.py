@@ -19,8 +19,14 @@ The test split is only read here, for this final measurement; no rule or paramet
 Part 2 measures the selection's optimism without the test split: the train+val prompts (with their
 out-of-fold logits) are cut at random into a selection part of ``m`` prompts and an evaluation part
 (the rest); ``S*`` is chosen exactly on the first and scored on the second, ``R`` times per budget.
-``m = 815`` mimics the val split, ``m = P/2`` a selection on half of train+val. The mean of
+``m = 815`` mimics the val split, ``m = P/2`` a selection on half of train+val and ``m = 4P/5``
+the closest to the default (``selection.split=auto``: all ``P`` OOF prompts). The mean of
 ``F_sel(S*) - F_eval(S*)`` is the over-fitting of the rule; a fixed subset has mean 0.
+
+``--optimism-only`` runs part 2 alone, on the budgets of the default sweep's grid, and reads no
+test prompt::
+
+    python benchmarks/bench_selection_generalisation.py --optimism-only /tmp/qeval/llmr experts=llmrouter9
 """
 
 from __future__ import annotations
@@ -55,6 +61,10 @@ def main(argv: list[str]) -> int:
     import logging
 
     logging.disable(logging.WARNING)
+    if argv and argv[0] == "--optimism-only":
+        artifacts, overrides = argv[1], argv[2:]
+        optimism(artifacts, overrides, None, reps=100)
+        return 0
     artifacts, overrides = argv[0], argv[1:]
     rows: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,8 +127,22 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def default_budgets(cfg: Any, inp: Any) -> list[tuple[str, float]]:
+    """The (axis, value) budgets of the default sweep's grid, computed without selecting anything."""
+    from omegaconf import OmegaConf
+
+    from moe2.selection.budgets import BudgetModel, Budgets, applicable_budgets
+    from moe2.selection.sweep import _axis_values
+
+    base = applicable_budgets(cfg.budget, inp.profile)[0]
+    loose = BudgetModel(inp.profile, Budgets(None, None, base.memory, base.t_agg_ms), k=inp.val.k)
+    points = int(OmegaConf.select(cfg, "sweep.points", default=8))
+    axes = list(OmegaConf.select(cfg, "sweep.axes", default=None) or ["energy_j", "latency_ms"])
+    return [(a, v) for a in axes for v in _axis_values(a, loose, points)]
+
+
 def optimism(
-    artifacts: str, overrides: list[str], points: list[dict[str, Any]], reps: int = 20
+    artifacts: str, overrides: list[str], points: list[dict[str, Any]] | None, reps: int = 20
 ) -> None:
     """Part 2: the selection's optimism by resampling train+val (OOF logits), no test prompts."""
     import numpy as np
@@ -132,7 +156,10 @@ def optimism(
     inp = load_inputs(cfg)
     obj = inp.val
     base = Budgets.from_config(cfg.budget)
-    budgets = sorted({(p["axis"], p["budget"]) for p in points})
+    if points is None:
+        budgets = default_budgets(cfg, inp)
+    else:
+        budgets = sorted({(p["axis"], p["budget"]) for p in points})
     p_all = obj.n_prompts
     rng = np.random.default_rng(0)
     print(
@@ -142,9 +169,10 @@ def optimism(
         "| selection prompts m | mean over budgets of mean(F_sel - F_eval) (pt) | worst budget (pt) | sd of one draw (pt) |"
     )
     print("|---|---|---|---|")
-    for m in (815, p_all // 2):
+    for m in (815, p_all // 2, 4 * p_all // 5):
         per_budget = []
         draws = []
+        within, upper = 0, -1.0
         for axis, value in budgets:
             b = Budgets(
                 energy_j=value if axis == "energy_j" else base.energy_j,
@@ -162,10 +190,17 @@ def optimism(
                 gaps.append(float(res.value) - float(e.evaluate(res.mask[None])[0]))
             per_budget.append(float(np.mean(gaps)))
             draws += gaps
+            if m == 4 * p_all // 5:
+                within += abs(per_budget[-1]) <= 0.01
+                upper = max(upper, per_budget[-1] + 1.96 * float(np.std(gaps)) / np.sqrt(reps))
         print(
             f"| {m} | {100 * np.mean(per_budget):+.2f} | {100 * max(per_budget):+.2f} | "
             f"{100 * np.std(draws):.2f} |"
         )
+    print(
+        f"\nm = {4 * p_all // 5}, {reps} draws per budget: {within}/{len(budgets)} budgets with "
+        f"|mean gap| <= 1 pt; largest mean + 1.96 sd/sqrt(draws): {100 * upper:+.2f} pt"
+    )
 
 
 if __name__ == "__main__":
