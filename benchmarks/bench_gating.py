@@ -117,7 +117,7 @@ def main() -> None:
     print("split  router  best-single(expert)              kNN     oracle")
     for s in ("val", "test"):
         print(
-            f"{s:<6} {m[f'{s}/router_acc']:.4f}  {m[f'{s}/best_single_acc']:.4f} ({m[f'{s}/best_single_expert']:<24}) "
+            f"{s:<6} {m[f'{s}/router_acc']:.4f}  {m[f'{s}/best_single_insample_acc']:.4f} ({m[f'{s}/best_single_insample_expert']:<24}) "
             f"{m[f'{s}/knn_acc']:.4f}  {m[f'{s}/oracle_acc']:.4f}"
         )
     if args.preserving_m:

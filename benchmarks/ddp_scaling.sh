@@ -19,5 +19,5 @@ for run in "g1:trainer=ddp trainer.devices=1 gating.batch_size=64" "g2:trainer=d
   /usr/bin/time -v python3 -m moe2.cli train $C $ov paths.gating=/tmp/g_$name > $OUT/train_$name.log 2>&1
   grep -E "gate written|done in|Elapsed|Maximum resident|Error|error" $OUT/train_$name.log | tail -6
   cp /tmp/g_$name/metrics.json $OUT/metrics_$name.json 2>/dev/null
-  python3 -c "import json; m=json.load(open('/tmp/g_$name/metrics.json')); print({k: m[k] for k in ['val/router_acc','val/best_single_acc','val/knn_acc','val/oracle_acc','test/router_acc','best_epoch']}); print(m['timing'])"
+  python3 -c "import json; m=json.load(open('/tmp/g_$name/metrics.json')); print({k: m[k] for k in ['val/router_acc','val/best_single_insample_acc','val/knn_acc','val/oracle_acc','test/router_acc','best_epoch']}); print(m['timing'])"
 done

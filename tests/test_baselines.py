@@ -149,6 +149,22 @@ def test_compare_knn_choice_or_scores_and_small_eval_warns() -> None:
     assert "router − lookup" in text and "all" in text and "significant" in text
 
 
+def test_compare_says_when_a_baseline_is_scored_on_fewer_prompts() -> None:
+    scores, cats, experts = _table(80, seed=2)
+    n = len(scores)
+    r = BaselineRouters.fit(scores, cats, experts)
+    full = compare(scores[:, 0], scores, cats, r, n_boot=100)
+    assert "n_scored" not in full and not any("have an outcome" in w for w in full["warnings"])
+    holes = scores.copy()
+    holes[::2, r.best_single] = np.nan  # the best single expert unscored on half the prompts
+    rep = compare(scores[:, 0], holes, cats, r, n_boot=100)
+    half = n // 2
+    assert rep["n"] == n and rep["n_scored"]["best_single"] == half
+    assert rep["vs"]["best_single"]["n"] == half
+    assert any(f"best single: {half} of {n} prompts have an outcome" in w for w in rep["warnings"])
+    assert f"best single: {half} of {n}" in render(rep)
+
+
 def test_compare_deterministic_by_seed() -> None:
     scores, cats, experts = _table(60, seed=5)
     r = BaselineRouters.fit(scores, cats, experts)

@@ -90,5 +90,8 @@ def test_train_writes_correctness_and_select_uses_it(
     for p in (p for p in res["points"] if p["feasible"]):
         h = p["heldout"]
         assert 0 <= h["moe2"]["accuracy"] <= h["oracle"]["accuracy"] + 1e-12
+        # the same paired intervals as on the report split, on the same 60 prompts
+        assert h["n"] == 60 and h["knn"]["moe2_minus_it"]["accuracy"]["n"] == 60
+        assert h["oracle"]["moe2_minus_it"]["accuracy"]["lo"] is not None
     assert all("heldout" in s for s in res["singles"])
     assert "eval.outcomes table" in (tmp_path / "selection" / "cost_front.md").read_text()

@@ -110,7 +110,7 @@ def test_evaluate_other_table_excludes_shared_prompts(trained: Path, capsys) -> 
     assert "router − lookup" in out and "excluded" in out and "significant" in out
 
 
-def test_evaluate_two_level_rule_on_other_table(trained: Path) -> None:
+def test_evaluate_two_level_rule_on_other_table(trained: Path, caplog) -> None:
     from moe2.gating.evaluate import evaluate_gate
 
     other = _other(trained, 80, seed=6)
@@ -143,6 +143,40 @@ def test_evaluate_two_level_rule_on_other_table(trained: Path) -> None:
     assert rule["oracle"] == pytest.approx(s.max(1).mean())
     assert rule["random"] == pytest.approx(s.mean(1).mean())
     assert rule["router"] <= rule["oracle"] + 1e-12
+    # the gate alone into the same directory: replaced, and the log says what was there
+    with caplog.at_level("WARNING", logger="moe2.gating.evaluate"):
+        evaluate_gate(trained / "gating", other, out_dir=other / "ev", cache_dir=trained / "cache")
+    assert f"with selection {sel_dir}; it is replaced" in caplog.text
+    assert "selection" not in json.loads((other / "ev" / "metrics.json").read_text())
+
+
+def test_evaluate_rule_needs_outcomes_of_its_subset_only(trained: Path, tmp_path: Path) -> None:
+    from moe2.gating.evaluate import evaluate_gate
+
+    sel_dir = tmp_path / "selection"
+    sel_dir.mkdir()
+    subset = [TINY[0], TINY[3]]
+    (sel_dir / "selection.json").write_text(
+        json.dumps({"subset": subset, "k": 1, "aggregation": "top1", "split": "val"})
+    )
+    t = make_tables(n_prompts=60, experts=tuple(subset), seed=11)  # the subset's experts only
+    t.prompts["text"] = [f"held {x}" for x in t.prompts["text"]]
+    write_tables(t, tmp_path / "sub" / "outcomes")
+    m = evaluate_gate(
+        trained / "gating", tmp_path / "sub", selection_dir=sel_dir, cache_dir=trained / "cache"
+    )
+    assert m["quality"]["n"] == 60 and m["quality"]["accuracy"]["router"] is not None
+    assert "n_scored" not in m["quality"]  # baselines route within the subset: all scored
+    (sel_dir / "selection.json").write_text(
+        json.dumps({"subset": [TINY[0], TINY[1]], "k": 1, "aggregation": "top1"})
+    )
+    with pytest.raises(DataError, match=r"no outcomes of \['tiny-llama@rtx4090'\]"):
+        evaluate_gate(trained / "gating", tmp_path / "sub", selection_dir=sel_dir)
+    # a wrong path fails before the table is read or a prompt encoded
+    with pytest.raises(DataError, match=r"none: not found; run `moe2 select` first"):
+        evaluate_gate(trained / "gating", tmp_path / "nowhere", selection_dir=tmp_path / "none")
+    with pytest.raises(DataError, match="no such directory; pass gating="):
+        evaluate_gate(tmp_path / "no_gate", tmp_path / "sub")
 
 
 def test_evaluate_bad_input(trained: Path, tmp_path: Path) -> None:
@@ -203,9 +237,13 @@ def test_select_and_sweep_carry_baselines_and_heldout_front(trained: Path) -> No
         m = p["methods"]["moe2"]
         assert 0.0 <= m["heldout_objective"] <= p["heldout_oracle"] + 1e-12
         assert set(p["quality"]["report"]["vs"]) == {"best_single", "lookup", "knn"}
+        vs = p["heldout_vs_best_single"]
+        bs = p["methods"]["best_single"]["heldout_objective"]
+        assert vs["n"] == 55 and vs["mean"] == pytest.approx(m["heldout_objective"] - bs)
     assert all("heldout_objective" in s for s in res["singles"])
     md = (trained / "selection" / "pareto.md").read_text()
     assert "F (eval.outcomes)" in md and "55 prompts" in md
+    assert "rule − best single (eval.outcomes)" in md
     assert (trained / "selection" / "pareto.png").stat().st_size > 10_000
 
 
@@ -280,6 +318,29 @@ def test_oof_logits_and_selection_on_them(
         )
 
 
+def test_oof_folds_checked_before_any_training(tmp_path: Path, caplog) -> None:
+    """A category too small for the folds: asked-for folds fail before the gate trains (nothing
+    written); ``oof.folds=auto`` turns the OOF logits off with a warning that says why."""
+    from moe2.errors import ConfigError
+    from moe2.gating.train import _checked_oof_folds, train_gate
+
+    t = make_tables(n_prompts=60, experts=TINY, seed=3)
+    first = t.prompts.index[t.prompts["split"] == "train"][0]
+    t.prompts.loc[first, "category"] = "rare"  # one train+val prompt: some fold's part lacks it
+    write_tables(t, tmp_path / "outcomes")
+    cfg = compose("train", [f"paths.artifacts={tmp_path}", *FAST, "oof.folds=2"])
+    with pytest.raises(
+        ConfigError, match=r"oof\.folds=2: oof fold \d/2: category\(ies\) \['rare'\]"
+    ):
+        train_gate(cfg)
+    assert not (tmp_path / "gating").exists()
+    data = load_outcomes(tmp_path)
+    auto = compose("train", [f"paths.artifacts={tmp_path}", *FAST, "gating.fit_on=train+val"])
+    with caplog.at_level("WARNING", logger="moe2.gating.train"):
+        assert _checked_oof_folds(auto, data, refit=True) == 0
+    assert "oof.folds=auto: no out-of-fold logits" in caplog.text and "'rare'" in caplog.text
+
+
 @pytest.mark.parametrize("extra_right,expect_pair", [(2, False), (100, True)])
 def test_prefer_smaller_keeps_the_optimum_only_when_its_gain_is_significant(
     extra_right: int, expect_pair: bool
@@ -317,3 +378,30 @@ def test_prefer_smaller_keeps_the_optimum_only_when_its_gain_is_significant(
         assert list(np.flatnonzero(out.mask)) == [0] and out.optimal is False
         assert out.value == pytest.approx(0.5) and "prefer_smaller" in out.note
         assert info["tried"][0]["optimum_minus_it"]["significant"] is False
+
+
+@pytest.mark.parametrize(
+    ("split", "oof_file", "fit_on", "want", "warns"),
+    [
+        ("auto", True, "train+val", "oof", None),
+        ("auto", False, "train+val", "val", "left no out-of-fold logits"),
+        ("val", True, "train+val", "val", "Use selection.split=oof"),
+        ("val", False, "train", "val", None),
+        ("oof", False, "train+val", "oof", None),
+    ],
+)
+def test_resolve_split_warns_whenever_val_is_in_sample(
+    tmp_path: Path, caplog, split: str, oof_file: bool, fit_on: str, want: str, warns: str | None
+) -> None:
+    from moe2.gating.crossfit import OOF_FILE
+    from moe2.selection.api import resolve_split
+
+    (tmp_path / "config.yaml").write_text(f"gating:\n  fit_on: {fit_on}\n")
+    if oof_file:
+        (tmp_path / OOF_FILE).write_bytes(b"")
+    with caplog.at_level("WARNING", logger="moe2.selection.api"):
+        assert resolve_split(split, tmp_path) == want
+    if warns:
+        assert "in-sample and optimistic" in caplog.text and warns in caplog.text
+    else:
+        assert "in-sample" not in caplog.text

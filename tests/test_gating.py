@@ -99,7 +99,10 @@ def test_routing_metrics() -> None:
         logits, scores, np.array([0, 0, 1, 1]), ["a", "b"], prefix="val", experts=["x", "y", "z"]
     )
     assert m["val/router_acc"] == pytest.approx(0.5)  # row 3: argmax over recorded experts only
-    assert m["val/best_single_acc"] == pytest.approx(0.5) and m["val/best_single_expert"] == "y"
+    assert (
+        m["val/best_single_insample_acc"] == pytest.approx(0.5)
+        and m["val/best_single_insample_expert"] == "y"
+    )
     assert m["val/oracle_acc"] == pytest.approx(0.75)
     assert m["val/regret"] == pytest.approx(0.25)
     assert m["val/cat/a/router_acc"] == pytest.approx(0.5) and m[
@@ -218,7 +221,7 @@ def test_train_writes_complete_gating_dir_and_evaluate(
         assert (gdir / f).is_file(), f
     saved = json.loads((gdir / "metrics.json").read_text())
     for split in ("val", "test"):
-        for key in ("router_acc", "best_single_acc", "oracle_acc", "knn_acc", "regret"):
+        for key in ("router_acc", "best_single_insample_acc", "oracle_acc", "knn_acc", "regret"):
             assert 0.0 <= saved[f"{split}/{key}"] <= 1.0
         assert saved[f"{split}/oracle_acc"] >= saved[f"{split}/router_acc"]
     assert saved["monitor"] == "val/router_acc" and saved["timing"]["epochs"] >= 1

@@ -223,13 +223,13 @@ def test_duplicates(tmp_path: Path) -> None:
     kinds = {r["kind"]: r["count"] for r in res.repairs}
     assert kinds == {"query_text_repeated": 1, "duplicate_prompts_removed": 1}
     with pytest.raises(
-        DataError, match=r"item 12 repeats the prompt of .*item 3.*data\.on_duplicate=dedupe"
+        DataError, match=r"item 12 reuses the prompt id .* of .*item 3.*data\.on_duplicate=dedupe"
     ):
         import_outcomes({**cfg, "on_duplicate": "error"}, tmp_path / "o2")
     items[-1] = {"question": items[3]["question"], "scores": {"m-small": 0.0, "m-large": 0.0}}
     (tmp_path / "train.json").write_text(json.dumps(items))
     with pytest.raises(
-        DataError, match=r"item 12 repeats the prompt of .*item 3.* with different scores"
+        DataError, match=r"item 12 reuses the prompt id .* of .*item 3 with different scores"
     ):
         import_outcomes(cfg, tmp_path / "o2")
 
@@ -337,6 +337,24 @@ def test_routerbench_two_files(tmp_path: Path) -> None:
     assert len(res.inputs) == 2
 
 
+def test_same_text_under_two_ids_is_noted(tmp_path: Path, caplog) -> None:
+    a = _rb_frame(12)
+    a.loc[5, "prompt"] = a.loc[3, "prompt"]  # one text, ids s3 and s5, other scores
+    a.loc[5, "gpt-x"] = 1.0 - a.loc[3, "gpt-x"]
+    a.to_csv(tmp_path / "a.csv", index=False)
+    cfg = {"format": "routerbench", "path": str(tmp_path / "a.csv")}
+    with caplog.at_level("WARNING", logger="moe2.data.importers"):
+        res = import_outcomes(cfg, tmp_path / "outcomes")
+    assert load_outcomes(tmp_path).n_prompts == 12  # nothing dropped
+    note = [n for n in res.summary["notes"] if "more than one prompt id" in n]
+    assert note and "1 prompt text(s)" in note[0] and "s3/s5" in note[0]
+    assert "more than one prompt id" in caplog.text
+    b = _rb_frame(12, offset=50)
+    b.to_csv(tmp_path / "b.csv", index=False)
+    res = import_outcomes({**cfg, "path": str(tmp_path / "b.csv")}, tmp_path / "o2")
+    assert not [n for n in res.summary["notes"] if "more than one prompt id" in n]
+
+
 def test_routerbench_bad_inputs(tmp_path: Path) -> None:
     cfg = {"format": "routerbench", "path": str(tmp_path / "r.csv")}
     _rb_frame(4).drop(columns=["eval_name"]).to_csv(tmp_path / "r.csv", index=False)
@@ -368,7 +386,7 @@ def test_routerbench_bad_inputs(tmp_path: Path) -> None:
     df.iloc[5, df.columns.get_loc("gpt-x")] = 1 - df.iloc[1, df.columns.get_loc("gpt-x")]
     df.to_csv(tmp_path / "r.csv", index=False)
     with pytest.raises(
-        DataError, match=r"row 7 repeats the prompt of .*row 3 \(id 's1'\) with different scores"
+        DataError, match=r"row 7 reuses the prompt id 's1' of .*row 3 with different scores"
     ):
         import_outcomes(cfg, tmp_path / "o")
     assert not (tmp_path / "o").exists()
@@ -481,7 +499,7 @@ def test_llmrouter_duplicate_error_names_the_file(tmp_path: Path) -> None:
     items.append(dict(items[0]))
     cfg = _write_llmrouter(tmp_path, items, queries=False, prices=False)
     with pytest.raises(
-        DataError, match=r"train\.json item 3 repeats the prompt of .*train\.json item 0"
+        DataError, match=r"train\.json item 3 reuses the prompt id .* of .*train\.json item 0"
     ):
         import_outcomes({**cfg, "on_duplicate": "error"}, tmp_path / "o")
 
@@ -509,7 +527,7 @@ def test_repeated_id_with_other_text_rename_first_error(tmp_path: Path) -> None:
     assert load_outcomes(tmp_path / "o2").n_prompts == 6
     assert {r["kind"] for r in res.repairs} == {"repeated_id_dropped"}
     with pytest.raises(
-        DataError, match=r"row 8 repeats the prompt of .*row 3.*on_id_conflict=rename"
+        DataError, match=r"row 8 reuses the prompt id .* of .*row 3.*on_id_conflict=rename"
     ):
         import_outcomes({**cfg, "on_id_conflict": "error"}, tmp_path / "o3")
     with pytest.raises(ConfigError, match="on_id_conflict"):

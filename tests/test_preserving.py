@@ -40,9 +40,12 @@ def test_check_preserving_tiny(
     )
     summary = stage.main(cfg)
     assert summary["m"] == 3 and len(summary["rows"]) == 3
+    # the default gate is refitted on train+val: val is in-sample, only test is reported
+    assert summary["splits"] == ["test"] and summary["baselines_fitted_on"] == "train+val"
+    assert not any(k.startswith("val/") for k in summary)
     for row in summary["rows"]:
-        assert 2 <= row["size"] <= 3
-        for split in ("val", "test"):
+        assert 2 <= row["size"] <= 3 and not any(k.startswith("val/") for k in row)
+        for split in ("test",):
             assert row[f"{split}/acc_gap"] == pytest.approx(
                 row[f"{split}/acc_retrained"] - row[f"{split}/acc_restricted"]
             )
@@ -51,7 +54,7 @@ def test_check_preserving_tiny(
             iv = row[f"{split}/restricted_vs_retrained"]
             assert iv["mean"] == pytest.approx(-row[f"{split}/acc_gap"], abs=1e-6)
             q = row[f"{split}/quality"]
-            assert set(q["vs"]) == {"best_single", "lookup"}
+            assert set(q["vs"]) == {"best_single", "lookup", "knn"}
             assert q["accuracy"]["router"] == pytest.approx(
                 row[f"{split}/acc_restricted"], abs=1e-6
             )
@@ -63,7 +66,10 @@ def test_check_preserving_tiny(
         saved["test/acc_gap_mean"] == pytest.approx(summary["test/acc_gap_mean"])
         and "meta" in saved
     )
+    assert saved["meta"]["inputs"] and saved["meta"]["fit_on"] == "train+val"
     out = capsys.readouterr().out
     assert "acc gap mean" in out and "retrainings" in out
+    assert "test F - kNN(S)" in out and "mean over the subsets: F " in out
+    assert "val is not reported" in out
     assert "worst subset" in out and "significant" in out
     assert summary["test/worst_subset"] and "mean" in summary["test/worst_interval"]

@@ -166,6 +166,27 @@ def test_every_stage_logs_to_one_project_and_group(
         "selection": runs["sweep"]["artifacts"]["selection"][1],
     }
     assert bundle[2]["path"] == str((tmp_path / "art" / "bundle").resolve())
+    # a mean-budget sweep writes cost_front.* (no pareto.json): its front and plot are logged
+    stage(
+        "sweep",
+        "experts=tiny",
+        "budget=none",
+        "sweep.axes=[mean.output_tokens]",
+        "sweep.points=3",
+        "selection.n_boot=50",
+        "paths.selection=art/selection_mean",
+    )
+    import time
+
+    want, histories = {"sweep/cost_front/_type", "sweep/cost_front_plot/_type"}, set()
+    deadline = time.monotonic() + 30  # W&B's service writes the run files asynchronously
+    while not want <= histories and time.monotonic() < deadline:
+        for f in Path("art/logs").glob("wandb/offline-run-*/run-*.wandb"):
+            for r in _records(f):
+                if r.WhichOneof("record_type") == "history":
+                    histories |= {i.key or "/".join(i.nested_key) for i in r.history.item}
+        time.sleep(0.2)
+    assert want <= histories, histories
 
 
 def test_tracking_follows_the_logger_choice(

@@ -259,10 +259,12 @@ def summarize(
     metrics_path = artifacts / "gating" / "metrics.json"
     if metrics_path.is_file():
         m = read_json(metrics_path)
+        # the quality report's figures: best single and lookup chosen on the gate's training prompts
+        acc = ((m.get("quality") or {}).get("test") or {}).get("accuracy") or {}
         summary["gate"] = {
-            k: m.get(k)
-            for k in ("test/router_acc", "test/best_single_acc", "test/oracle_acc")
-            if k in m
+            f"test/{k}_acc": acc[k]
+            for k in ("router", "best_single", "lookup", "oracle")
+            if acc.get(k) is not None
         }
         # the gate over all experts vs the best single expert (chosen on train), paired intervals
         vs = ((m.get("quality") or {}).get("test") or {}).get("vs") or {}

@@ -86,6 +86,12 @@ class SelectionCfg:
         _choice("selection", "metric", self.metric, ("accuracy", "loglik"))
         _choice("selection", "backend", self.backend, ("auto", "numpy", "torch"))
         _choice("selection", "pool", self.pool, ("auto", "experts", "table"))
+        if self.split == "test":
+            raise ConfigError(
+                "selection.split=test: the test split only reports a selection, it never chooses "
+                "one; use selection.split=auto, oof or val"
+            )
+        _choice("selection", "split", self.split, ("auto", "oof", "val", "train"))
         if self.cost_grid < 2 or self.cost_refine < 1:
             raise ConfigError(
                 f"selection.cost_grid={self.cost_grid} (>= 2) and selection.cost_refine="

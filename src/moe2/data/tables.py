@@ -348,14 +348,35 @@ class OutcomeData:
             meta=self.meta,
         )
 
-    def select_experts(self, names: Sequence[str]) -> OutcomeData:
-        """The same prompts restricted to the experts ``names`` (in that order)."""
+    def select_experts(self, names: Sequence[str], unscored_ok: bool = False) -> OutcomeData:
+        """The same prompts restricted to the experts ``names`` (in that order).
+
+        ``unscored_ok``: an expert the table does not have becomes a column with no outcome (NaN
+        scores and costs) instead of an error, for readers that never route to it.
+        """
         missing = [n for n in names if n not in self.experts]
-        if missing:
+        if missing and not unscored_ok:
             raise DataError(
                 f"expert(s) {missing} not in the outcome table (experts: {self.experts})"
             )
-        cols = np.array([self.experts.index(n) for n in names], dtype=np.int64)
+        # a missing expert reads a NaN column appended after the table's own
+        cols = np.array(
+            [self.experts.index(n) if n in self.experts else self.n_experts for n in names],
+            dtype=np.int64,
+        )
+
+        def take(a: np.ndarray) -> np.ndarray:
+            if missing:
+                pad = np.full((*a.shape[:1], 1, *a.shape[2:]), np.nan, dtype=a.dtype)
+                a = np.concatenate([a, pad], axis=1)
+            return a[:, cols]
+
+        table = self.expert_table
+        if missing:
+            table = pd.concat([table, pd.DataFrame({"name": [None]})], ignore_index=True)
+        table = table.iloc[cols].reset_index(drop=True)
+        if missing:
+            table["name"] = list(names)
         return OutcomeData(
             prompt_ids=self.prompt_ids,
             texts=self.texts,
@@ -363,16 +384,16 @@ class OutcomeData:
             category_idx=self.category_idx,
             splits=self.splits,
             experts=list(names),
-            expert_table=self.expert_table.iloc[cols].reset_index(drop=True),
-            scores=self.scores[:, cols],
-            output_tokens=self.output_tokens[:, cols],
-            latency_ms=self.latency_ms[:, cols],
-            energy_j=self.energy_j[:, cols],
-            cost=self.cost[:, cols],
+            expert_table=table,
+            scores=take(self.scores),
+            output_tokens=take(self.output_tokens),
+            latency_ms=take(self.latency_ms),
+            energy_j=take(self.energy_j),
+            cost=take(self.cost),
             choices=self.choices,
             answers=self.answers,
             answer_idx=self.answer_idx,
-            option_logprobs=None if self.option_logprobs is None else self.option_logprobs[:, cols],
+            option_logprobs=None if self.option_logprobs is None else take(self.option_logprobs),
             meta=self.meta,
         )
 

@@ -409,6 +409,19 @@ def compare(
             "the best single expert"
         )
     boot = {"n_boot": int(n_boot), "seed": int(seed), "level": float(level)}
+    # a baseline whose choice has no outcome on some prompts is averaged (and paired) on fewer
+    # prompts than the row's n: say so, once, with the count
+    n_scored = {
+        k: int(np.isfinite(v).sum())
+        for k, v in {"router": r, **values}.items()
+        if int(np.isfinite(v).sum()) < len(r)
+    }
+    for k, m in n_scored.items():
+        warnings.append(
+            f"{name if k == 'router' else k.replace('_', ' ')}: {m} of {len(r)} prompts have an "
+            "outcome for its choice; its "
+            "accuracy averages those and its interval pairs only those (missing scores in the table)"
+        )
 
     def block(rows: np.ndarray) -> dict[str, Any]:
         acc = {"router": _mean(r[rows]), **{k: _mean(v[rows]) for k, v in values.items()}}
@@ -435,6 +448,8 @@ def compare(
         )
     out["baselines"] = routers.to_dict()
     out["lookup_fallback"] = fallback
+    if n_scored:
+        out["n_scored"] = n_scored
     if per_category:
         pc = {}
         small = []

@@ -39,6 +39,42 @@ def fold_of(prompt_ids: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
     return out
 
 
+def fold_view(data: Any, fold: np.ndarray, f: int) -> Any:
+    """``data`` with fold ``f``'s prompts moved to "test" (never used by a fit); the rest keep
+    their train/val split."""
+    splits = data.splits.copy()
+    splits[fold == f] = "test"
+    sub = data.select(np.arange(data.n_prompts))
+    sub.splits = splits
+    return sub
+
+
+def train_val_folds(data: Any, folds: int, seed: int = 0) -> np.ndarray:
+    """``[P]`` fold of each train+val prompt (-1 for the others)."""
+    rows = data.split_mask("train") | data.split_mask("val")
+    fold = np.full(data.n_prompts, -1, dtype=np.int64)
+    fold[rows] = fold_of(data.prompt_ids[rows], folds, seed)
+    return fold
+
+
+def unfit_fold(data: Any, folds: int, seed: int, check: Callable[..., None]) -> str | None:
+    """Why some fold gate could not be trained (``None``: every fold can be).
+
+    Run before any training, so a table too small for ``folds`` folds fails (or skips the OOF
+    logits) at once instead of after the full gate has trained. ``check`` is
+    :func:`moe2.gating.train.check_gating_data`.
+    """
+    from moe2.errors import DataError
+
+    fold = train_val_folds(data, folds, seed)
+    for f in range(folds):
+        try:
+            check(fold_view(data, fold, f), f"oof fold {f + 1}/{folds}")
+        except DataError as e:
+            return str(e).split(". ")[0]
+    return None
+
+
 def oof_logits(
     data: Any,
     cfg: Any,
@@ -70,8 +106,7 @@ def oof_logits(
     if folds < 2:
         raise ConfigError(f"oof.folds={folds}: give at least 2 folds (0 turns OOF logits off)")
     rows = data.split_mask("train") | data.split_mask("val")
-    fold = np.full(data.n_prompts, -1, dtype=np.int64)
-    fold[rows] = fold_of(data.prompt_ids[rows], folds, seed)
+    fold = train_val_folds(data, folds, seed)
     out = np.full((data.n_prompts, data.n_experts), np.nan, dtype=np.float32)
     correct = np.full_like(out, np.nan)
     has_correct = True
@@ -80,13 +115,8 @@ def oof_logits(
     with tempfile.TemporaryDirectory(prefix="moe2-oof-") as tmp:
         for f in range(folds):
             held = fold == f
-            # the held-out group is moved to "test" (never used by fit); the others keep train/val
-            splits = data.splits.copy()
-            splits[held] = "test"
-            sub = data.select(np.arange(data.n_prompts))
-            sub.splits = splits
             res = fit(
-                sub,
+                fold_view(data, fold, f),
                 cfg,
                 base_embeddings=base_embeddings,
                 run_dir=Path(tmp) / f"f{f}",

@@ -44,8 +44,15 @@ log = logging.getLogger(__name__)
 COST_COLUMNS = ("cost", "energy_j", "latency_ms", "output_tokens")
 
 
-def check_experts(gate_experts: list[str], data: OutcomeData, gating_dir: Any, where: Any) -> None:
-    """The table must score every expert of the gate; extra experts of the table are ignored."""
+def check_experts(
+    gate_experts: list[str],
+    data: OutcomeData,
+    gating_dir: Any,
+    where: Any,
+    routed: list[str] | None = None,
+) -> None:
+    """The table must score every expert of the gate (or, with ``routed``, every expert the rule
+    can route to: a selection's subset); extra experts of the table are ignored."""
     common = [e for e in gate_experts if e in data.experts]
     if not common:
         raise DataError(
@@ -54,6 +61,22 @@ def check_experts(gate_experts: list[str], data: OutcomeData, gating_dir: Any, w
             "(expert names must match), or train a gate on this table with `moe2 train`."
         )
     missing = [e for e in gate_experts if e not in data.experts]
+    if routed is not None:
+        needed = [e for e in routed if e not in data.experts]
+        if needed:
+            raise DataError(
+                f"{where} has no outcomes of {needed}, expert(s) of the selection's subset {routed} "
+                f"(the table has {data.experts}). Evaluate on a table that scores the subset."
+            )
+        if missing:
+            log.warning(
+                "%s: no outcomes of %s; the selection never routes to them (its subset is %s), so "
+                "they only leave the baselines that could use them",
+                where,
+                missing,
+                routed,
+            )
+        missing = []
     if missing:
         raise DataError(
             f"the gate in {gating_dir} routes between {gate_experts}, but {where} has experts "
@@ -212,13 +235,19 @@ def evaluate_gate(
     from moe2.gating.module import routing_metrics
     from moe2.utils.io import read_json as _read
 
+    if not Path(gating_dir).is_dir():
+        raise DataError(
+            f"{gating_dir}: no such directory; pass gating=DIR/gating, a gate written by `moe2 train`"
+        )
+    sel = None if selection_dir is None else _read_selection(selection_dir)  # before any encoding
     gate_meta = (
         _read(Path(gating_dir) / "meta.json") if (Path(gating_dir) / "meta.json").is_file() else {}
     )
     gate_experts = list(gate_meta.get("experts") or [])
     full = load_outcomes(outcomes_dir)
     if gate_experts:
-        check_experts(gate_experts, full, gating_dir, outcomes_dir)
+        routed_experts = None if sel is None else list(sel[1].get("subset") or [])
+        check_experts(gate_experts, full, gating_dir, outcomes_dir, routed=routed_experts)
     record = read_record(gating_dir)
     data, exclusion = exclude_overlap(full, record, str(outcomes_dir))
     if exclusion["n_excluded"]:
@@ -229,10 +258,11 @@ def evaluate_gate(
             outcomes_dir,
             exclusion["excluded_by_training_split"],
         )
-    data = data.select_experts(gate_experts or record.experts)
+    # a selection's rule never routes outside its subset: other experts may lack outcomes
+    data = data.select_experts(gate_experts or record.experts, unscored_ok=sel is not None)
     logits, knn, experts = gate_scores(gating_dir, data, batch_size, device, cache_dir)
     if experts != data.experts:
-        data = data.select_experts(experts)
+        data = data.select_experts(experts, unscored_ok=sel is not None)
     n = data.n_experts
     cats = np.asarray(data.categories, dtype=object)[data.category_idx]
     train_scores = record.scores_for(experts, "train")
@@ -245,7 +275,7 @@ def evaluate_gate(
         "exclusion": exclusion,
     }
     routed: dict[str, np.ndarray]
-    if selection_dir is None:
+    if sel is None:
         routers = BaselineRouters.fit(train_scores, train_cats, experts)
         choice = choice_of_scores(logits, data.scores)
         router = values_of_choice(data.scores, choice)
@@ -275,7 +305,7 @@ def evaluate_gate(
             metrics["all/knn_acc"] = quality["accuracy"]["knn"]
     else:
         quality, routed, sel_info = _evaluate_rule(
-            selection_dir, data, logits, knn, train_scores, train_cats, n_boot, seed
+            sel, data, logits, knn, train_scores, train_cats, n_boot, seed
         )
         metrics["selection"] = sel_info
         title = (
@@ -290,6 +320,7 @@ def evaluate_gate(
         metrics["costs"].update(profile_costs(prof, experts, cats, routed))
     if out_dir is not None:
         out_dir = Path(out_dir)
+        _warn_replacing(out_dir, gating_dir, selection_dir)
         with atomic_path(out_dir) as tmp:
             tmp.mkdir()
             write_json(tmp / "metrics.json", metrics)
@@ -309,8 +340,37 @@ def evaluate_gate(
     return metrics
 
 
+def _warn_replacing(out_dir: Path, gating_dir: Any, selection_dir: Any) -> None:
+    """Say what an earlier evaluation in ``out_dir`` scored before this one replaces it."""
+    meta = out_dir / "meta.json"
+    if not meta.is_file():
+        return
+    old = read_json(meta)
+    before = (old.get("gating_dir"), old.get("selection_dir"))
+    now = (str(gating_dir), None if selection_dir is None else str(selection_dir))
+    if before != now:
+        log.warning(
+            "%s held the evaluation of gate %s%s; it is replaced by this one (gate %s%s). Set "
+            "eval.out_dir=DIR to keep both",
+            out_dir,
+            before[0],
+            f" with selection {before[1]}" if before[1] else "",
+            now[0],
+            f" with selection {now[1]}" if now[1] else "",
+        )
+
+
+def _read_selection(selection_dir: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """``(path, content)`` of a selection's ``selection.json`` (a dir or the file itself)."""
+    path = Path(selection_dir)
+    path = path / "selection.json" if path.is_dir() else path
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run `moe2 select` first (it writes selection.json)")
+    return path, read_json(path)
+
+
 def _evaluate_rule(
-    selection_dir: str | os.PathLike[str],
+    selection: tuple[Path, dict[str, Any]],
     data: OutcomeData,
     logits: np.ndarray,
     knn: np.ndarray | None,
@@ -322,11 +382,7 @@ def _evaluate_rule(
     """The selection's two-level rule on ``data`` beside baselines within the same deployment."""
     from moe2.selection.objective import objective_on_table
 
-    path = Path(selection_dir)
-    path = path / "selection.json" if path.is_dir() else path
-    if not path.is_file():
-        raise DataError(f"{path}: not found; run `moe2 select` first (it writes selection.json)")
-    sel = read_json(path)
+    path, sel = selection
     subset = list(sel.get("subset") or [])
     experts = list(data.experts)
     missing = [e for e in subset if e not in experts]
@@ -342,6 +398,9 @@ def _evaluate_rule(
     router = obj.prompt_values(mask[None])[0]
     topk, _ = obj._topk(mask[None])
     alone = _fits_alone(sel, experts, k)
+    if alone is not None:
+        alone = alone & np.isfinite(data.scores).any(0)  # experts this table scores
+        alone = alone if alone.any() else None
     routers = BaselineRouters.fit(
         train_scores, train_cats, experts, allowed=mask, best_allowed=alone
     )

@@ -78,10 +78,12 @@ def routing_metrics(
     """Routing quality of ``logits`` on outcomes ``scores`` (both ``[P, E]``; NaN score = missing).
 
     - ``router_acc``: mean score of the top-1 expert (argmax over experts with an outcome);
-    - ``best_single_acc``: best mean score of any one expert on these prompts (the strict baseline:
-      the expert is chosen *on the same prompts*);
+    - ``best_single_insample_acc``: best mean score of any one expert on these prompts, the expert
+      chosen *on the same prompts* (an upper bound; the best single baseline of the quality reports,
+      ``quality.<split>.accuracy.best_single``, is chosen on the training split);
     - ``oracle_acc``: mean of the best score per prompt; ``regret`` = oracle - router;
-    - ``cat/<c>/router_acc``, ``cat/<c>/best_single_acc``, ``cat/<c>/oracle_acc`` per category.
+    - ``cat/<c>/router_acc``, ``cat/<c>/best_single_insample_acc``, ``cat/<c>/oracle_acc`` per
+      category.
     """
     p = f"{prefix}/" if prefix else ""
     out: dict[str, float | str] = {}
@@ -96,9 +98,9 @@ def routing_metrics(
     best = int(per_expert.argmax())
     oracle = s.max(1)
     out[f"{p}router_acc"] = float(routed.mean())
-    out[f"{p}best_single_acc"] = float(per_expert[best])
+    out[f"{p}best_single_insample_acc"] = float(per_expert[best])
     if experts is not None:
-        out[f"{p}best_single_expert"] = str(experts[best])
+        out[f"{p}best_single_insample_expert"] = str(experts[best])
     out[f"{p}oracle_acc"] = float(oracle.mean())
     out[f"{p}regret"] = float(oracle.mean() - routed.mean())
     out[f"{p}n"] = float(len(s))
@@ -109,7 +111,7 @@ def routing_metrics(
                 continue
             out[f"{p}cat/{name}/router_acc"] = float(routed[rows].mean())
             pe = s[rows].sum(0) / np.maximum(valid[rows].sum(0), 1)
-            out[f"{p}cat/{name}/best_single_acc"] = float(pe.max())
+            out[f"{p}cat/{name}/best_single_insample_acc"] = float(pe.max())
             out[f"{p}cat/{name}/oracle_acc"] = float(oracle[rows].mean())
     return out
 

@@ -84,12 +84,27 @@ def check_preserving(cfg: DictConfig) -> dict[str, Any]:
     )
     tau = float(cfg.gating.loss.tau)
     cats = np.asarray(data.categories, dtype=object)[data.category_idx]
-    train_rows = data.split_mask("train")
+    # a gate refitted on train+val has seen val: only test is held out, and the baselines are
+    # fitted on the prompts the gates were fitted on (as `moe2 train` reports them)
+    refit = str(cfg.gating.get("fit_on", "train")) == "train+val"
+    splits = ("test",) if refit else SPLITS
+    train_rows = data.split_mask("train") | (data.split_mask("val") if refit else False)
     seed = int(cfg.get("seed", 0))
     with tempfile.TemporaryDirectory(prefix="moe2-preserving-") as tmp:
         full = fit_gate(data, cfg, run_dir=Path(tmp) / "full", progress=False)
         full_logits = predict_logits(
             full.net, data.texts, full.base_embeddings, category_idx=data.category_idx
+        )
+        from moe2.gating.train import knn_logits
+
+        # the kNN baseline over the same fitted prompts; restricted to S by its columns
+        knn = knn_logits(
+            full.base_embeddings[train_rows],
+            data.scores[train_rows],
+            data.prompt_ids[train_rows],
+            full.base_embeddings,
+            data.prompt_ids,
+            int(cfg.gating.get("knn_k", 20)),
         )
         rows: list[dict[str, Any]] = []
         sub_seconds = 0.0
@@ -112,7 +127,7 @@ def check_preserving(cfg: DictConfig) -> dict[str, Any]:
                 :, idx
             ]  # softmax over these columns = full gate restricted to S
             row: dict[str, Any] = {"subset": names, "size": len(idx), "epochs": res.epochs}
-            for split in SPLITS:
+            for split in splits:
                 r = sub.split_mask(split)
                 acc_full = routing_metrics(restricted[r], sub.scores[r], per_category=False)[
                     "router_acc"
@@ -145,6 +160,7 @@ def check_preserving(cfg: DictConfig) -> dict[str, Any]:
                     sub.scores[r],
                     cats[r],
                     routers,
+                    knn=knn[r][:, idx],
                     seed=seed,
                     per_category=False,
                     log_warnings=False,
@@ -162,10 +178,13 @@ def check_preserving(cfg: DictConfig) -> dict[str, Any]:
             )
     summary: dict[str, Any] = {
         "m": len(subsets),
+        "splits": list(splits),
+        "baselines_fitted_on": "train+val" if refit else "train",
+        "full_gate": "fitted by this check with the composed gating config (not read from gating/)",
         "tau": tau,
         "gap_definition": "acc: retrained - restricted; loss: restricted - retrained (positive = restricted full gate worse)",
     }
-    for split in SPLITS:
+    for split in splits:
         for what in ("acc", "loss"):
             g = np.array([r[f"{split}/{what}_gap"] for r in rows])
             summary[f"{split}/{what}_gap_mean"] = float(g.mean())
@@ -189,7 +208,11 @@ def check_preserving(cfg: DictConfig) -> dict[str, Any]:
         {
             **summary,
             "meta": run_metadata(
-                "check-preserving", experts=data.experts, gate_mode=str(cfg.gating.net.mode)
+                "check-preserving",
+                inputs={f"outcomes/{k}": v for k, v in (data.meta.get("files") or {}).items()},
+                experts=data.experts,
+                gate_mode=str(cfg.gating.net.mode),
+                fit_on="train+val" if refit else "train",
             ),
         },
     )
@@ -199,24 +222,53 @@ def check_preserving(cfg: DictConfig) -> dict[str, Any]:
 
 def format_table(summary: dict[str, Any]) -> str:
     """The printed table of :func:`check_preserving`."""
+    splits = list(summary.get("splits") or SPLITS)
+    acc_heads = "".join(f" {f'{sp} acc R/F':>15}" for sp in splits)
     lines = [
-        f"{'subset':<60} {'val acc R/F':>15} {'test acc R/F':>15} {'test loss R/F':>15}"
-        f"  {'test F - R (paired 95%)':<40} {'test F - lookup(S)':<40}",
+        f"{'subset':<48}{acc_heads} {'test loss R/F':>15}  {'test F - R (paired 95%)':<36} "
+        f"{'test F - best single(S)':<36} {'test F - lookup(S)':<36} {'test F - kNN(S)':<36}",
     ]
     for r in summary["rows"]:
         s = ",".join(r["subset"])
-        s = s if len(s) <= 58 else s[:55] + "..."
-        vs_re = interval_text(r.get("test/restricted_vs_retrained"))
-        vs_lk = interval_text(((r.get("test/quality") or {}).get("vs") or {}).get("lookup"))
-        lines.append(
-            f"{s:<60} {r['val/acc_retrained']:.3f}/{r['val/acc_restricted']:.3f}     "
-            f"{r['test/acc_retrained']:.3f}/{r['test/acc_restricted']:.3f}     "
-            f"{r['test/loss_retrained']:.3f}/{r['test/loss_restricted']:.3f}  {vs_re:<40} {vs_lk:<40}"
+        s = s if len(s) <= 46 else s[:43] + "..."
+        vs = (r.get("test/quality") or {}).get("vs") or {}
+        cells = [interval_text(r.get("test/restricted_vs_retrained"))]
+        cells += [interval_text(vs.get(k)) for k in ("best_single", "lookup", "knn")]
+        accs = "".join(
+            f" {r[f'{sp}/acc_retrained']:.3f}/{r[f'{sp}/acc_restricted']:.3f}".rjust(16)
+            for sp in splits
         )
+        loss = f"{r['test/loss_retrained']:.3f}/{r['test/loss_restricted']:.3f}"
+        lines.append(f"{s:<48}{accs} {loss:>15}  " + " ".join(f"{c:<36}" for c in cells))
+
+    def mean_acc(k: str) -> float:
+        v = [((r.get("test/quality") or {}).get("accuracy") or {}).get(k) for r in summary["rows"]]
+        v = [x for x in v if x is not None]
+        return float(np.mean(v)) if v else float("nan")
+
     lines.append(
-        "R = retrained on S, F = full gate restricted to S; gap = R - F (acc), F - R (loss)"
+        "R = retrained on S, F = full gate restricted to S; gap = R - F (acc), F - R (loss); "
+        f"baselines within S, fitted on {summary.get('baselines_fitted_on', 'train')}"
     )
-    for split in SPLITS:
+    lines.append(
+        "test, mean over the subsets: "
+        + " | ".join(
+            f"{name} {mean_acc(k):.4f}"
+            for k, name in (
+                ("router", "F"),
+                ("best_single", "best single"),
+                ("lookup", "lookup"),
+                ("knn", "kNN"),
+                ("random", "random"),
+                ("oracle", "oracle"),
+            )
+        )
+    )
+    if len(splits) == 1:
+        lines.append(
+            "val is not reported: the gates were fitted on train+val (gating.fit_on), so only test is held out"
+        )
+    for split in splits:
         lines.append(
             f"{split}: acc gap mean {100 * summary[f'{split}/acc_gap_mean']:+.2f} pt, worst {100 * summary[f'{split}/acc_gap_worst']:+.2f} pt; "
             f"loss gap mean {summary[f'{split}/loss_gap_mean']:+.4f}, worst {summary[f'{split}/loss_gap_worst']:+.4f}"

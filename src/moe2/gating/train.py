@@ -470,6 +470,34 @@ def warn_collisions(info: dict[str, Any], n_prompts: int, share: float = 0.01) -
     )
 
 
+def _checked_oof_folds(cfg: DictConfig, data: OutcomeData, refit: bool) -> int:
+    """``oof.folds`` resolved, and checked against the table before any gate trains: a fold whose
+    training part lacks a category (or val prompts) fails at once when the folds were asked for,
+    and turns the OOF logits off with a warning under ``oof.folds=auto``."""
+    from moe2.gating.crossfit import unfit_fold
+
+    value = OmegaConf.select(cfg, "oof.folds", default=0)
+    folds = oof_folds(value, refit)
+    if not folds:
+        return 0
+    why = unfit_fold(
+        data, folds, int(OmegaConf.select(cfg, "oof.seed", default=0)), check_gating_data
+    )
+    if why is None:
+        return folds
+    if str(value) != "auto":
+        raise ConfigError(
+            f"oof.folds={folds}: {why}. Use fewer folds, add prompts to the small categories, or "
+            "set oof.folds=0 (then selection.split=val, in-sample for a gate refitted on train+val)"
+        )
+    log.warning(
+        "oof.folds=auto: no out-of-fold logits: %s. The selection falls back to val, in-sample "
+        "for this refitted gate; set oof.folds=2..4 or add prompts to the small categories",
+        why,
+    )
+    return 0
+
+
 def train_gate(cfg: DictConfig) -> dict[str, Any]:
     """Train the gate on ``paths.outcomes`` and write ``paths.gating``; returns the metrics.
 
@@ -485,6 +513,8 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("gating.monitor is required (e.g. val/router_acc)")
     data = load_outcomes(cfg.paths.outcomes)
     check_gating_data(data, str(cfg.paths.outcomes))
+    refit = str(cfg.gating.get("fit_on", "train")) == "train+val"
+    folds = _checked_oof_folds(cfg, data, refit)
     # checkpoints of this run only: concurrent or earlier runs keep theirs
     run_dir = Path(cfg.paths.artifacts) / "logs" / "gating" / run_id()
     loggers = build_loggers(cfg.get("logger"))
@@ -525,7 +555,6 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
         metrics.update(correctness_metrics(correct, data))
     from moe2.gating.baselines import flat_metrics, print_report, split_quality
 
-    refit = str(cfg.gating.get("fit_on", "train")) == "train+val"
     # a refitted gate has seen val: its baselines are fitted on train+val and only test is held out
     quality = split_quality(
         _refit_view(data) if refit else data,
@@ -536,7 +565,6 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
     )
     metrics["quality"] = quality
     oof = oof_correct = None
-    folds = oof_folds(OmegaConf.select(cfg, "oof.folds", default=0), refit)
     if folds and res.world_size > 1:
         # the fold gates would need every rank again; this process is rank 0 alone now
         log.warning("oof.folds=%d skipped: out-of-fold logits need a single-process run", folds)
@@ -635,13 +663,20 @@ def train_gate(cfg: DictConfig) -> dict[str, Any]:
                 n_prompts=data.n_prompts,
             ),
         )
+    acc = {
+        k: float("nan") if v is None else v
+        for k, v in ((quality.get("test") or {}).get("accuracy") or {}).items()
+    }
     log.info(
-        "gate written to %s: test router %.4f | best single %.4f | kNN %.4f | oracle %.4f",
+        "gate written to %s: test router %.4f | best single (chosen on %s) %.4f | lookup %.4f | "
+        "kNN %.4f | oracle %.4f",
         gating_dir,
-        metrics.get("test/router_acc", float("nan")),
-        metrics.get("test/best_single_acc", float("nan")),
-        metrics.get("test/knn_acc", float("nan")),
-        metrics.get("test/oracle_acc", float("nan")),
+        acc.get("router", float("nan")),
+        "train+val" if refit else "train",
+        acc.get("best_single", float("nan")),
+        acc.get("lookup", float("nan")),
+        acc.get("knn", float("nan")),
+        acc.get("oracle", float("nan")),
     )
     for split, rep in quality.items():
         print_report(rep, f"gate on the {split} split (baselines fitted on train)")

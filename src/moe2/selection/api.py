@@ -165,23 +165,27 @@ def resolve_split(split: str, gating_dir: Path) -> str:
     ``val`` — with a warning when the gate was refitted on val (F is then in-sample, optimistic)."""
     from moe2.gating.crossfit import OOF_FILE
 
-    if split != "auto":
-        return split
-    if (gating_dir / OOF_FILE).is_file():
+    if split == "auto" and (gating_dir / OOF_FILE).is_file():
         return "oof"
-    cfg_path = gating_dir / "config.yaml"
-    if cfg_path.is_file():
-        from omegaconf import OmegaConf
+    if split in ("auto", "val"):
+        cfg_path = gating_dir / "config.yaml"
+        fit_on = "train"
+        if cfg_path.is_file():
+            from omegaconf import OmegaConf
 
-        fit_on = OmegaConf.select(OmegaConf.load(cfg_path), "gating.fit_on", default="train")
+            fit_on = OmegaConf.select(OmegaConf.load(cfg_path), "gating.fit_on", default="train")
         if str(fit_on) == "train+val":
             log.warning(
-                "the gate in %s was refitted on train+val and left no out-of-fold logits: F on the "
-                "val split is in-sample and optimistic. Retrain with `moe2 train oof.folds=5` (or "
-                "gating.fit_on=train) for a selection judged on unseen prompts.",
+                "the gate in %s was refitted on train+val%s: F on the val split is in-sample and "
+                "optimistic. %s for a selection judged on unseen prompts.",
                 gating_dir,
+                "" if split == "val" else " and left no out-of-fold logits",
+                "Use selection.split=oof"
+                if (gating_dir / OOF_FILE).is_file()
+                else "Retrain with `moe2 train oof.folds=5` (or gating.fit_on=train)",
             )
-    return "val"
+        return "val"
+    return split
 
 
 def _oof_rows(
@@ -194,7 +198,8 @@ def _oof_rows(
     if not path.is_file():
         raise DataError(
             f"{path}: not found; selection.split=oof needs out-of-fold gate logits: run "
-            "`moe2 train oof.folds=5` (one extra gate per fold), or use selection.split=val"
+            "`moe2 train oof.folds=5` (one extra gate per fold), or use selection.split=val (in-sample "
+            "and optimistic for a gate refitted on train+val)"
         )
     oof = read_logits(path)
     have = set(str(p) for p in oof.prompt_ids)
@@ -277,6 +282,7 @@ def run_select(cfg: DictConfig) -> dict[str, Any]:
         aggregation=inp.val.aggregation,
         metric=inp.val.metric,
         split=inp.split,
+        report_split=str(_sel(cfg, "report_split", "test") or ""),
         experts=list(experts),
         placement=placement(inp.profile, sel["subset"]),
         budget_config=Budgets.from_config(cfg.budget).to_dict(),
@@ -321,9 +327,11 @@ def run_select(cfg: DictConfig) -> dict[str, Any]:
         optimized=f"F = mean {inp.val.metric} ({inp.val.aggregation}, top-{inp.val.k}) on the {sel['split']} split",
     )
     log.info(
-        "selected %s: F=%.4f (test %.4f), %s, %d evaluations, %.3f s",
+        "selected %s: F=%.4f on %s (%s %.4f), %s, %d evaluations, %.3f s",
         sel["subset"],
         sel["objective"],
+        sel["split"],
+        sel["report_split"] or "no report split",
         sel["test_objective"] or float("nan"),
         "optimal" if sel["optimal"] else "not proven optimal",
         sel["evaluations"],
@@ -331,7 +339,7 @@ def run_select(cfg: DictConfig) -> dict[str, Any]:
     )
     from moe2.gating.baselines import print_report
 
-    names = {"selection": sel["split"], "report": str(_sel(cfg, "report_split", "test"))}
+    names = {"selection": sel["split"], "report": sel["report_split"]}
     for key, rep in sel["quality"].items():
         print_report(rep, f"two-level rule {sel['subset']} on the {names[key]} split")
     return sel

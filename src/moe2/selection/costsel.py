@@ -210,8 +210,6 @@ def score_on(
 ) -> dict[str, Any]:
     """Each answer of :func:`choose` scored on ``rows`` (realised mean cost and accuracy), with
     paired bootstrap intervals of MoE² − each baseline (accuracy and cost) on the same prompts."""
-    from moe2.gating.baselines import paired_bootstrap
-
     d = inp.data
     s = np.nan_to_num(d.scores[rows])
     c = cs.cost[rows]
@@ -231,7 +229,17 @@ def score_on(
         if j is not None:
             per[name] = (c[:, j], s[:, j])
     per["oracle"] = oracle(cs, inp, rows)
-    out: dict[str, Any] = {"n": int(rows.sum())}
+    return paired_figures(per, n_boot, seed)
+
+
+def paired_figures(
+    per: dict[str, tuple[np.ndarray, np.ndarray]], n_boot: int, seed: int
+) -> dict[str, Any]:
+    """``{name: (per-prompt cost, per-prompt score)}`` as mean cost and accuracy, each with the
+    paired bootstrap interval of MoE² − it (accuracy and cost) on the same prompts."""
+    from moe2.gating.baselines import paired_bootstrap
+
+    out: dict[str, Any] = {"n": len(next(iter(per.values()))[1])}
     for name, (pc, ps) in per.items():
         out[name] = {"mean_cost": float(pc.mean()), "accuracy": float(ps.mean())}
     if "moe2" in per:
@@ -463,10 +471,11 @@ def _correctness_on(gdir: Any, data: Any, cache_dir: Any) -> np.ndarray:
 
 
 def _score_heldout(
-    h: dict[str, Any], cs: CostSetup, picks: dict[str, Any], k: int
+    h: dict[str, Any], cs: CostSetup, picks: dict[str, Any], k: int, n_boot: int, seed: int
 ) -> dict[str, Any]:
+    """:func:`score_on` for the ``eval.outcomes`` table: the same answers, figures and intervals."""
     s, c = h["scores"], h["cost"]
-    out: dict[str, Any] = {}
+    per: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     quality_q = {"moe2": (h["q"], cs.quality == "softmax"), "subset_only": (h["logits"], False)}
     if h["knn"] is not None:
         quality_q["knn"] = (h["knn"], False)
@@ -475,19 +484,16 @@ def _score_heldout(
         if p is None:
             continue
         pc, ps = Router(qq, h["chat"], c, s, soft, k).route(p["mask"][None], p["lambda"])
-        out[name] = {"mean_cost": float(pc.mean()), "accuracy": float(ps.mean())}
+        per[name] = (pc[0], ps[0])
     for name in ("best_single", "cheapest", "top_single"):
         j = picks.get(name)
         if j is not None:
-            out[name] = {"mean_cost": float(c[:, j].mean()), "accuracy": float(s[:, j].mean())}
+            per[name] = (c[:, j], s[:, j])
     best = s.max(axis=1, keepdims=True)
     pick = np.argmin(np.where(s >= best, c, np.inf), axis=1)
     idx = np.arange(len(pick))
-    out["oracle"] = {
-        "mean_cost": float(c[idx, pick].mean()),
-        "accuracy": float(s[idx, pick].mean()),
-    }
-    return out
+    per["oracle"] = (c[idx, pick], s[idx, pick])
+    return paired_figures(per, n_boot, seed)
 
 
 def cost_sweep(
@@ -538,7 +544,7 @@ def cost_sweep(
             if has_test:
                 row["report"] = score_on(cs, inp, picks, cs.rep_rows, cs.q_rep, n_boot, seed)
             if held is not None:
-                row["heldout"] = _score_heldout(held, cs, picks, inp.val.k)
+                row["heldout"] = _score_heldout(held, cs, picks, inp.val.k, n_boot, seed)
             rows_out.append(row)
             bar.advance(task)
     singles = []

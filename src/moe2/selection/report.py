@@ -154,13 +154,16 @@ def _fmt(v: Any, nd: int = 4) -> str:
 
 def markdown_report(sel: dict[str, Any]) -> str:
     """A short human report: chosen experts, placement and costs, baselines, and why the runner-up lost."""
+    sel_name = sel.get("split", "val")
+    rep_name = sel.get("report_split", "test") or "—"
     lines = [
         "# Expert selection",
         "",
         f"- method: `{sel['method']}` ({'exact optimum' if sel['optimal'] else 'not proven optimal'}), "
         f"{sel['evaluations']} F evaluations, {sel['seconds']:.3f} s",
         f"- routing: top-{sel['k']}, aggregation `{sel['aggregation']}`, metric `{sel.get('metric', 'accuracy')}`",
-        f"- objective F on `{sel.get('split', 'val')}`: **{_fmt(sel['objective'])}**; on test: {_fmt(sel['test_objective'])}",
+        f"- objective F on `{sel_name}`: **{_fmt(sel['objective'])}**; on `{rep_name}`: "
+        f"{_fmt(sel['test_objective'])}",
         f"- subset ({len(sel['subset'])} of {len(sel['experts'])}): {', '.join(sel['subset'])}",
         *(
             [
@@ -203,7 +206,7 @@ def markdown_report(sel: dict[str, Any]) -> str:
         "",
         "## Baselines at the same budgets",
         "",
-        "| method | F (val) | F (test) | experts | optimal | F evals |",
+        f"| method | F ({sel_name}) | F ({rep_name}) | experts | optimal | F evals |",
         "|---|---|---|---|---|---|",
     ]
     lines.append(
@@ -229,7 +232,7 @@ def markdown_report(sel: dict[str, Any]) -> str:
         ]
         names = {
             "selection": f"selection split `{sel.get('split', 'val')}`",
-            "report": "report split",
+            "report": f"report split `{rep_name}`",
         }
         for key, rep in q.items():
             lines += ["", f"### {names.get(key, key)}", "", markdown_table(rep)]
@@ -239,7 +242,7 @@ def markdown_report(sel: dict[str, Any]) -> str:
             "",
             "## Per category",
             "",
-            "| category | F (val) | val prompts | F (test) | test prompts |",
+            f"| category | F ({sel_name}) | {sel_name} prompts | F ({rep_name}) | {rep_name} prompts |",
             "|---|---|---|---|---|",
         ]
         for c, r in pc.items():

@@ -195,6 +195,19 @@ def sweep(inp: Any, cfg: DictConfig, select_with: Callable[..., Any]) -> dict[st
                 if m.get("subset"):
                     hm = np.array([e in m["subset"] for e in val.experts], dtype=bool)
                     m["heldout_objective"] = float(hobj.evaluate(hm[None])[0])
+            bs = row["methods"].get("best_single") or {}
+            if bs.get("subset"):
+                # the rule − the best single expert that fits (chosen on the selection split),
+                # paired on the held-out table's prompts
+                from moe2.gating.baselines import paired_bootstrap
+
+                bmask = np.array([e in bs["subset"] for e in val.experts], dtype=bool)
+                row["heldout_vs_best_single"] = paired_bootstrap(
+                    hobj.prompt_values(mask[None])[0],
+                    hobj.prompt_values(bmask[None])[0],
+                    n_boot=n_boot,
+                    seed=int(cfg.get("seed", 0)),
+                ).to_dict()
         points_out.append(row)
         log.info("sweep %s %s: MoE² %.4f", family, setting, row["methods"]["moe2"]["objective"])
 
@@ -278,6 +291,7 @@ def pareto_markdown(result: dict[str, Any]) -> str:
     head = ["sweep", "budget", "subset", "F (selection)", "F (report split)"]
     head += ["F (eval.outcomes)"] if held else []
     head += ["best single F (report)", "rule − best single (report)", "rule − lookup (report)"]
+    head += ["best single F (eval.outcomes)", "rule − best single (eval.outcomes)"] if held else []
     lines = [
         f"# Pareto front ({result['aggregation']} top-{result['k']}, {result['metric']})",
         "",
@@ -319,6 +333,11 @@ def pareto_markdown(result: dict[str, Any]) -> str:
             interval_text(vs.get("best_single")),
             interval_text(vs.get("lookup")),
         ]
+        if held:
+            cells += [
+                f(bs.get("heldout_objective")),
+                interval_text(p.get("heldout_vs_best_single")),
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -81,7 +81,12 @@ def run_stage(
         raise SystemExit(exc.exit_code) from None
     except MissingMandatoryValue as exc:
         key = getattr(exc, "full_key", None) or str(exc)
-        error, code = f"the config value '{key}' is required; add {key}=... to the command", 2
+        from moe2.stages import STAGES
+
+        stage = STAGES.get(name.replace("_", "-"))
+        short = [a for a, k in (stage.aliases if stage else {}).items() if k == key]
+        add = f"{short[0]}=... (or {key}=...)" if short else f"{key}=..."
+        error, code = f"the config value '{key}' is required; add {add} to the command", 2
         log.error("%s failed: %s", name, error)
         if multirun:
             raise ConfigError(error) from None

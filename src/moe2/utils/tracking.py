@@ -209,6 +209,9 @@ def _front(wandb: Any, run: Any, cfg: DictConfig) -> None:
     from moe2.utils.io import read_json
 
     sel_dir = Path(cfg.paths.selection)
+    if not (sel_dir / "pareto.json").is_file() and (sel_dir / "cost_front.json").is_file():
+        _cost_front(wandb, run, cfg, read_json(sel_dir / "cost_front.json"))
+        return
     pareto = read_json(sel_dir / "pareto.json")
     axes = list(pareto.get("axes") or [])
     rows = [
@@ -230,6 +233,52 @@ def _front(wandb: Any, run: Any, cfg: DictConfig) -> None:
     if (sel_dir / "pareto.png").is_file():
         logged["sweep/pareto"] = wandb.Image(str(sel_dir / "pareto.png"))
     run.log(logged)
+    _upstream(wandb, run, cfg).log("selection", "paths.selection", "selection")
+
+
+def _cost_front(wandb: Any, run: Any, cfg: DictConfig, front: dict[str, Any]) -> None:
+    """A mean-budget sweep (``sweep.axes=[mean.<metric>]``): its ``cost_front.json`` and plot."""
+    sel_dir = Path(cfg.paths.selection)
+    rows = []
+    for p in front.get("points") or []:
+        if not p.get("feasible"):
+            continue
+        rep = p.get("report") or {}
+        for method, m in (p.get("selection") or {}).items():
+            if not isinstance(m, dict):
+                continue
+            r = rep.get(method) or {}
+            rows.append(
+                [
+                    p.get("budget"),
+                    method,
+                    ", ".join(m.get("subset") or []),
+                    m.get("lambda"),
+                    m.get("mean_cost"),
+                    m.get("quality"),
+                    r.get("mean_cost"),
+                    r.get("accuracy"),
+                ]
+            )
+    split = front.get("split", "selection")
+    columns = [
+        f"budget_mean_{front.get('metric', 'cost')}",
+        "method",
+        "subset",
+        "lambda",
+        f"{split}_mean_cost",
+        f"{split}_quality",
+        "report_mean_cost",
+        "report_accuracy",
+    ]
+    logged: dict[str, Any] = {"sweep/cost_front": wandb.Table(columns=columns, data=rows)}
+    if (sel_dir / "cost_front.png").is_file():
+        logged["sweep/cost_front_plot"] = wandb.Image(str(sel_dir / "cost_front.png"))
+    run.log(logged)
+    for split_name, r in (front.get("reaches_best_single") or {}).items():
+        for k in ("expert", "reached", "cost_fraction", "expert_accuracy", "expert_mean_cost"):
+            if isinstance(r, dict) and k in r:
+                run.summary[f"sweep/reaches_best_single/{split_name}/{k}"] = r[k]
     _upstream(wandb, run, cfg).log("selection", "paths.selection", "selection")
 
 

@@ -92,6 +92,25 @@ class ImportResult:
     inputs: dict[str, str] = field(default_factory=dict)
 
 
+def shared_texts(prompts: Any) -> str | None:
+    """A note when one prompt text occurs under several prompt ids (``None`` when none does).
+
+    Splits hash the id, so such copies can land in different splits: the same text trained on and
+    evaluated. Nothing is dropped (they may be distinct items that happen to read the same)."""
+    sizes = prompts.groupby("text")["prompt_id"].agg(list)
+    shared = sizes[sizes.map(len) > 1]
+    if shared.empty:
+        return None
+    split_of = dict(zip(prompts["prompt_id"], prompts["split"], strict=True))
+    cross = sum(len({split_of[i] for i in ids}) > 1 for ids in shared)
+    eg = ", ".join("/".join(map(str, ids[:3])) for ids in shared.iloc[:3])
+    return (
+        f"{len(shared)} prompt text(s) occur under more than one prompt id ({int(shared.map(len).sum())} "
+        f"rows, e.g. ids {eg}); {cross} of them fall in different splits, so the same text is both "
+        "trained on and held out. If they are one prompt, keep one row per text in the source"
+    )
+
+
 def read_source(
     data_cfg: Any, seed: int = 0
 ) -> tuple[OutcomeTables, list[dict[str, Any]], dict[str, str], dict[str, Any]]:
@@ -120,6 +139,9 @@ def read_source(
             )
         tables, split_source = _to_tables(raw, s, seed)
         tables.validate(raw.source_file)
+        if shared := shared_texts(tables.prompts):
+            log.warning("%s: %s", raw.source_file, shared)
+            raw.notes.append(shared)
         repairs = raw.repairs
         info = {"format": fmt, "split_source": split_source, "notes": raw.notes}
     if s.get("exclude"):

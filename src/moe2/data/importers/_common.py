@@ -195,7 +195,7 @@ def _dedupe(raw: _Raw, s: dict[str, Any]) -> _Raw:
             and p["category"].iat[i] == p["category"].iat[f]
             and np.array_equal(raw.scores[i], raw.scores[f], equal_nan=True)
         )
-        where = f"{p['row'].iat[i]} repeats the prompt of {p['row'].iat[f]} (id {pid!r})"
+        where = f"{p['row'].iat[i]} reuses the prompt id {pid!r} of {p['row'].iat[f]}"
         if same:
             if s["on_duplicate"] == "error":
                 raise DataError(f"{where}; remove the repeat or set data.on_duplicate=dedupe")
