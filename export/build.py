@@ -60,6 +60,14 @@ def export_from_artifacts(cfg: Any) -> Path:
     gate, tokenizer, gate_experts = load_gate(str(paths.gating))
     pool = {e.name: e for e in load_pool(cfg.experts)}
     missing = [e for e in selection["subset"] if e not in pool]
+    if missing and (selection.get("cost_profile") or {}).get("hosted"):
+        raise ConfigError(
+            f"the selection in {sel_path} routes between hosted experts {missing} (a pool made from "
+            "the outcome table, selection.pool=auto): a bundle packs local weights, so there is "
+            "nothing to export for them. Their selection (subset, lambda, cost table) is "
+            f"selection.json itself; to deploy local models, name them in an experts pool "
+            f"(conf/experts/<pool>.yaml, one entry per expert name) and export with experts=<pool>"
+        )
     if missing:
         raise ConfigError(
             f"selected expert(s) {missing} are not in the experts pool '{cfg.experts.get('name')}' "
@@ -67,6 +75,15 @@ def export_from_artifacts(cfg: Any) -> Path:
         )
     from moe2.experts.hf import load_model_and_tokenizer
 
+    # the TensorRT plans' longest decode context must fit each model: said before any weights load
+    max_ctx = OmegaConf.select(cfg, "export.tensorrt.shapes.max_context", default=None)
+    for name in selection["subset"]:
+        ctx = pool[name].model.context_length
+        if max_ctx is not None and ctx and int(max_ctx) > int(ctx):
+            raise ConfigError(
+                f"expert {name}: export.tensorrt.shapes.max_context={max_ctx} exceeds the model's "
+                f"context length {ctx}; lower max_context (and prefill_max_seq) to at most {ctx}"
+            )
     loaded: dict[str, tuple[Any, Any]] = {}
     experts = []
     for name in selection["subset"]:

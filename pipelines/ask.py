@@ -48,10 +48,13 @@ def render(answer: Any) -> None:
     )
     if answer.scores is not None:
         ranked = sorted(answer.scores.items(), key=lambda kv: -kv[1]["score"])
+        lam = (answer.cost or {}).get("lambda")
+        knob = "lambda" if lam is None else f"lambda = {lam:.6g}"
         console.print(
-            "cost-aware scores (quality - lambda x cost): "
+            f"cost-aware scores (quality - lambda x cost, {knob}): "
             + ", ".join(
-                f"{e} {s['quality']:.3f} - {s['cost']:.3g} -> {s['score']:.3f}" for e, s in ranked
+                f"{e} {s['quality']:.3f} - lambda x {s['cost']:.3g} -> {s['score']:.3f}"
+                for e, s in ranked
             )
         )
     if answer.cost is not None:

@@ -184,7 +184,7 @@ def tiny_correctness_gate(
 def cost_routing_doc(
     subset: list[str], quality: str = "correctness", lam: float = 50.0
 ) -> dict[str, Any]:
-    """A ``cost_routing`` block as ``moe2 select`` writes it (COST_CONTRACT §4), by hand."""
+    """A ``cost_routing`` block as ``moe2 select`` writes it (``moe2.format.cost_routing``), by hand."""
     scale = [1.0, 1.2, 0.8]
     return {
         "metric": "cost",

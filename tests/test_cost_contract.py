@@ -1,5 +1,5 @@
 """The two halves of cost-aware routing meet: the block ``moe2 select`` writes is the block a bundle
-accepts (``moe2.format.cost_routing``, COST_CONTRACT §4), and its knob maps the budget the
+accepts (``moe2.format.cost_routing``), and its knob maps the budget the
 selection was calibrated for back to (at most) the selected lambda."""
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 range without re-exporting.
 
 One tiny bundle (real ``GatingNet`` with correctness heads on a tiny random BERT, tiny random
-Llama experts, int8 gate) with a hand-written ``cost_routing`` block (COST_CONTRACT §4). The
+Llama experts, int8 gate) with a hand-written ``cost_routing`` block (``moe2.format.cost_routing``). The
 serving side is in ``test_cost_deploy_serve.py``.
 """
 
@@ -184,6 +184,7 @@ def test_ask_stage_takes_the_knob_and_prints_the_cost(
     out = capsys.readouterr().out
     assert result["cost"]["lambda"] == 0.0 and result["cost"]["category"] == "code"
     assert f"{result['cost']['value']:.6g} USD" in out and "cost-aware scores" in out
+    assert "lambda = 0)" in out and " - lambda x " in out  # the knob shown, not folded in
     result = main(compose("ask", [*base, "routing.mean_budget=0.003"]))
     assert result["cost"]["lambda"] == pytest.approx(100.0)
     with pytest.raises(ConfigError, match=r"routing.lambda=1000 is outside the calibrated range"):
@@ -330,3 +331,22 @@ def test_rtx4090_engines_build_from_the_two_output_gate(tmp_path: Path) -> None:
     assert "gate" in {e["component"] for e in entry["engines"]}
     m = verify_bundle(path)
     assert m["engines"]["rtx4090"] == entry and m["gate"]["correctness"] is True
+
+
+def test_a_profile_without_latency_or_energy_estimates_none(cost_bundle: Path) -> None:
+    """Hosted experts have no latency/energy figure (null in the bundle's cost profile): the
+    estimate is None (JSON null, "-" in ask), never NaN, which no JSON response can carry."""
+    import json
+
+    from moe2.runtime import load_bundle
+
+    b = load_bundle(cost_bundle, backend="onnxruntime")
+    e = b.cost["experts"][0]
+    lat, en = b.estimate(e, None)
+    assert lat is not None and en is not None  # the tiny pool's analytic figures
+    n_e, n_c = len(b.cost["experts"]), len(b.cost["categories"])
+    b.cost = {**b.cost, "latency_ms": [[None] * n_c] * n_e}
+    assert b.estimate(e, None) == (None, en) and b.estimate(e, b.cost["categories"][0])[0] is None
+    answer = b.ask(PROMPTS[0], max_new_tokens=2, lam=0.0)
+    assert answer.est_latency_ms is None and answer.est_energy_j is not None
+    json.dumps({"latency": answer.est_latency_ms}, allow_nan=False)

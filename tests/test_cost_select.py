@@ -164,6 +164,11 @@ def test_select_mean_budget_writes_the_contract_block(hosted: Path) -> None:
     assert on_disk["worst_case_optimum"]["subset"]
     md = (hosted / "selection" / "report.md").read_text()
     assert "## Cost-aware routing" in md and "cheapest correct expert" in md
+    # the paper's sections say they describe λ = 0, and the runner-up is compared on that F
+    assert md.index("Cost-aware routing under a mean budget") < md.index("## Baselines")
+    assert "## Baselines at the same worst-case budgets (λ = 0" in md
+    assert "On the paper's F (λ = 0, no mean budget) the chosen subset scores" in md
+    assert "of the most accurate single expert's mean cost" in md and "cost_front.md" in md
 
 
 def test_no_mean_budget_leaves_select_and_sweep_unchanged(tmp_path: Path) -> None:
@@ -236,7 +241,11 @@ def test_mean_budget_on_a_metric_the_table_lacks(hosted: Path) -> None:
 
 @pytest.mark.parametrize(
     "case,match",
-    [("negative", "negative costs for expert.*api-mid"), ("nan", "api-large.*only some prompts")],
+    [
+        ("negative", "negative costs for expert.*api-mid"),
+        ("nan", r"api-large \(7 of its 240 answered prompts missing\) lack a finite cost"),
+        ("inf", r"api-large \(7 of its 240 answered prompts infinite\)"),
+    ],
 )
 def test_bad_costs(tmp_path: Path, case: str, match: str) -> None:
     t = _hosted_tables()
@@ -244,7 +253,7 @@ def test_bad_costs(tmp_path: Path, case: str, match: str) -> None:
         t.outcomes.loc[t.outcomes["expert"] == "api-mid", "cost"] = -1e-4
     else:
         idx = t.outcomes.index[t.outcomes["expert"] == "api-large"][:7]
-        t.outcomes.loc[idx, "cost"] = np.nan
+        t.outcomes.loc[idx, "cost"] = np.nan if case == "nan" else np.inf
     write_tables(t, tmp_path / "outcomes")
     _write_gate(tmp_path)
     with pytest.raises(DataError, match=match):
@@ -305,6 +314,21 @@ def test_mean_cost_sweep_front(hosted: Path) -> None:
         run_sweep(
             compose("sweep", [f"paths.artifacts={hosted}", "sweep.axes=[mean.cost,energy_j]"])
         )
+    # explicit budgets, one below anything reachable: listed, not silently dropped
+    run_sweep(
+        compose(
+            "sweep",
+            [
+                f"paths.artifacts={hosted}",
+                "budget=none",
+                "sweep.axes=[mean.cost]",
+                "+sweep.values.mean_cost=[1e-9,0.001]",
+                "selection.n_boot=50",
+            ],
+        )
+    )
+    md = (out / "cost_front.md").read_text()
+    assert "1 budget(s) below the cheapest mean cost any subset reaches" in md and "1e-09 USD" in md
 
 
 def test_large_pools_fall_back_to_a_labelled_search(hosted: Path) -> None:
@@ -354,3 +378,14 @@ def test_routerbench_hosted_pool_mean_dollar_budget(routerbench_dir: Path, tmp_p
     assert set(sel["cost_selection"]["cost_sources"].values()) == {"table"}
     assert sel["cost_selection"]["exactness"]["subsets"].startswith("exact: all")
     assert all(p["placement"] == "hosted" for p in sel["placement"])
+
+
+def test_a_worst_case_budget_that_is_not_a_number_fails_even_where_it_would_not_apply(
+    hosted: Path,
+) -> None:
+    """The hosted table has no energy: the budget would be dropped with a note, but a typo in it
+    is still one clear error, not silence."""
+    with pytest.raises(ConfigError, match=r"budget\.energy_j='fast' is not a number"):
+        _select(hosted, "budget.energy_j=fast")
+    with pytest.raises(ConfigError, match=r"budget\.latency_ms\.default='x' is not a number"):
+        _select(hosted, "++budget.latency_ms.default=x")

@@ -1,4 +1,4 @@
-"""``moe2 train`` writes the correctness heads' logits (COST_CONTRACT.md §1) and ``select`` routes by
+"""``moe2 train`` writes the correctness heads' logits (``gating/correctness.parquet``) and ``select`` routes by
 them under a mean budget on any metric: tokens from the table, energy from the device model."""
 
 from __future__ import annotations
@@ -72,6 +72,8 @@ def test_train_writes_correctness_and_select_uses_it(
     other.prompts["prompt_id"] = other.prompts["prompt_id"].map(ids)
     other.outcomes["prompt_id"] = other.outcomes["prompt_id"].map(ids)
     other.prompts["text"] = [f"other {x}" for x in other.prompts["text"]]
+    # one prompt without one expert's outcome: left out and counted, not scored as wrong at NaN cost
+    other.outcomes = other.outcomes.drop(other.outcomes.index[:1])
     write_tables(other, tmp_path / "other")
     from moe2.selection.api import run_sweep
 
@@ -86,12 +88,46 @@ def test_train_writes_correctness_and_select_uses_it(
             ],
         )
     )
-    assert res["heldout"]["n_prompts"] == 60 and "heldout" in res["reaches_best_single"]
+    assert res["heldout"]["n_prompts"] == 59 and res["heldout"]["prompts_left_out"] == 1
+    assert "heldout" in res["reaches_best_single"]
     for p in (p for p in res["points"] if p["feasible"]):
         h = p["heldout"]
         assert 0 <= h["moe2"]["accuracy"] <= h["oracle"]["accuracy"] + 1e-12
-        # the same paired intervals as on the report split, on the same 60 prompts
-        assert h["n"] == 60 and h["knn"]["moe2_minus_it"]["accuracy"]["n"] == 60
+        # the same paired intervals as on the report split, on the same 59 prompts
+        assert h["n"] == 59 and h["knn"]["moe2_minus_it"]["accuracy"]["n"] == 59
+        assert all(np.isfinite(v["mean_cost"]) for k, v in h.items() if k != "n")
         assert h["oracle"]["moe2_minus_it"]["accuracy"]["lo"] is not None
     assert all("heldout" in s for s in res["singles"])
     assert "eval.outcomes table" in (tmp_path / "selection" / "cost_front.md").read_text()
+
+    # evaluate scores the selection's deployed cost-aware rule (q − λ·ĉ at its λ) on the other table
+    from moe2.gating.evaluate import evaluate_gate
+
+    sel_json = json.loads((tmp_path / "selection" / "selection.json").read_text())
+    block = sel_json["cost_routing"]
+    ev = evaluate_gate(
+        g, tmp_path / "other", selection_dir=tmp_path / "selection", cache_dir=tmp_path / "cache"
+    )
+    assert ev["selection"]["cost_routing"]["lambda"] == block["lambda"]
+    # at another λ of its calibrated range the rule moves; recomputed from the correctness heads
+    from moe2.gating.evaluate import correctness_logits
+
+    other_lam = max(p["lambda"] for p in block["calibration"])
+    moved = tmp_path / "sel_moved"
+    moved.mkdir()
+    (moved / "selection.json").write_text(
+        json.dumps({**sel_json, "cost_routing": {**block, "lambda": other_lam}})
+    )
+    ev = evaluate_gate(g, tmp_path / "other", selection_dir=moved, cache_dir=tmp_path / "cache")
+    od = load_outcomes(tmp_path / "other")
+    cols = [od.experts.index(e) for e in block["experts"]]
+    q = 1 / (1 + np.exp(-correctness_logits(g, od, tmp_path / "cache")[:, cols]))
+    table = np.asarray(block["cost_table"], dtype=np.float64)
+    want = []
+    for i, c in enumerate(od.category_idx):
+        name = od.categories[c]
+        chat = table[:, block["categories"].index(name)]
+        s = od.scores[i, cols]
+        want.append(s[int(np.argmax(np.where(np.isfinite(s), q[i] - other_lam * chat, -np.inf)))])
+    assert ev["selection"]["cost_routing"]["lambda"] == other_lam
+    assert ev["quality"]["accuracy"]["router"] == np.mean(want)

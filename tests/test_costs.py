@@ -189,3 +189,24 @@ def test_llmrouter9_profile_without_table() -> None:
     # the 70B INT4 on an Orin is the slowest; a 7B on a 4090 far faster
     slow = prof.experts[int(np.argmax(prof.latency_ms[:, 0]))]
     assert slow == "llama3-chatqa-1.5-70b"
+
+
+def test_hosted_profile_measures_latency_on_the_prompts_each_expert_answered() -> None:
+    """A prompt an expert never answered has no latency either: it must not void the expert's
+    measured figure (RouterBench leaves a few prompts unanswered per model)."""
+    from conftest import make_tables
+
+    from moe2.profiling.costs import table_cost_profile
+
+    t = make_tables(n_prompts=60, experts=("api-a", "api-b"), seed=4)
+    t.outcomes["latency_ms"] = np.where(t.outcomes["expert"] == "api-a", 100.0, 300.0)
+    unanswered = t.outcomes.index[t.outcomes["expert"] == "api-a"][:3]
+    prof = table_cost_profile(
+        tables_to_data(t.__class__(t.prompts, t.outcomes.drop(unanswered), t.experts, t.meta))
+    )
+    assert np.allclose(prof.latency_ms[0], 100.0) and np.allclose(prof.latency_ms[1], 300.0)
+    assert (prof.source == "table").all() and np.isnan(prof.energy_j).all()
+    # an answered prompt without its latency: the figure is not measured for that expert
+    t.outcomes.loc[t.outcomes.index[t.outcomes["expert"] == "api-b"][0], "latency_ms"] = np.nan
+    prof = table_cost_profile(tables_to_data(t))
+    assert np.isnan(prof.latency_ms[1]).all() and np.allclose(prof.latency_ms[0], 100.0)

@@ -405,3 +405,42 @@ def test_resolve_split_warns_whenever_val_is_in_sample(
         assert "in-sample and optimistic" in caplog.text and warns in caplog.text
     else:
         assert "in-sample" not in caplog.text
+
+
+def test_export_refuses_hosted_or_too_long_plans_before_loading_weights(
+    trained: Path, tmp_path: Path
+) -> None:
+    """Two export mistakes found before any weights load: a hosted selection (nothing local to
+    pack) and TensorRT plans longer than a model's context."""
+    from moe2.export.build import export_from_artifacts
+
+    from moe2.errors import ConfigError
+
+    (tmp_path / "selection").mkdir()
+    sel = tmp_path / "selection" / "selection.json"
+    for d in ("gating", "outcomes"):
+        (tmp_path / d).symlink_to(trained / d)
+    sel.write_text(json.dumps({"subset": ["api-x"], "cost_profile": {"hosted": True}}))
+    cfg = compose("export", [f"paths.artifacts={tmp_path}", "experts=tiny"])
+    with pytest.raises(ConfigError, match=r"routes between hosted experts \['api-x'\]"):
+        export_from_artifacts(cfg)
+    sel.write_text(json.dumps({"subset": [TINY[0]], "k": 1}))
+    with pytest.raises(
+        ConfigError, match=r"max_context=1024 exceeds the model's context length 512"
+    ):
+        export_from_artifacts(cfg)
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_evaluate_says_when_a_category_is_new_to_the_gate(
+    trained: Path, tmp_path: Path, caplog
+) -> None:
+    from moe2.gating.evaluate import evaluate_gate
+
+    t = make_tables(n_prompts=40, experts=TINY, categories=("arith", "newcat"), seed=12)
+    t.prompts["text"] = [f"fresh {x}" for x in t.prompts["text"]]
+    write_tables(t, tmp_path / "new" / "outcomes")
+    with caplog.at_level("WARNING", logger="moe2.gating.evaluate"):
+        evaluate_gate(trained / "gating", tmp_path / "new", cache_dir=trained / "cache")
+    assert "category(ies) ['newcat'] are new to the gate" in caplog.text
+    assert "20 prompt(s)" in caplog.text

@@ -173,7 +173,7 @@ class AskStageCfg(_BundleStageCfg):
     category: Optional[str] = None  # noqa: UP045
     backend: str = "auto"
     threads: Optional[int] = None  # noqa: UP045
-    #: run-time routing knobs of cost-aware bundles (COST_CONTRACT.md §5), checked by the code
+    #: run-time routing knobs of cost-aware bundles (moe2.format.cost_routing.CostRouting.resolve), checked by the code
     #: that applies them; absent from bundles without cost routing
     routing: Any = None
 

@@ -38,7 +38,7 @@ class CalibrationPoint:
 
 @dataclass(frozen=True)
 class CostRouting:
-    """A checked ``cost_routing`` block (see the module docstring and COST_CONTRACT §4).
+    """A checked ``cost_routing`` block (see the module docstring).
 
     Attributes:
         metric: the cost metric (``cost``, ``energy_j``, ``latency_ms``, ``output_tokens``, ...).

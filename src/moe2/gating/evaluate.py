@@ -111,6 +111,16 @@ def gate_scores(
     frozen = net.mode == "frozen"
     # a gate with a category input gets each prompt's category name (one it never saw: "unknown")
     cats = [data.categories[i] for i in data.category_idx] if net.categories else None
+    if cats is not None:
+        new = sorted(set(cats) - set(net.categories))
+        if new:
+            log.warning(
+                "category(ies) %s are new to the gate (it was trained on %s): their %d prompt(s) "
+                "take the gate's path for prompts without a category (its 'unknown' category row)",
+                new,
+                list(net.categories),
+                sum(c in new for c in cats),
+            )
     # one encoder pass: base embeddings for the kNN baseline and, when frozen, the gate's features
     if frozen:
         emb = cached_embeddings(net, data.texts, cache_dir, batch_size=batch_size, device=dev)
@@ -305,13 +315,18 @@ def evaluate_gate(
             metrics["all/knn_acc"] = quality["accuracy"]["knn"]
     else:
         quality, routed, sel_info = _evaluate_rule(
-            sel, data, logits, knn, train_scores, train_cats, n_boot, seed
+            sel, data, logits, knn, train_scores, train_cats, n_boot, seed, gating_dir, cache_dir
         )
         metrics["selection"] = sel_info
         title = (
             f"two-level rule {sel_info['subset']} (top-{sel_info['k']}, {sel_info['aggregation']}) on "
             f"{outcomes_dir} ({data.n_prompts} prompts)"
         )
+        if cr := sel_info.get("cost_routing"):
+            title = (
+                f"cost-aware rule {sel_info['subset']} (q − λ·ĉ, λ = {cr['lambda']:.4g}, "
+                f"{cr['metric']} in {cr['unit']}) on {outcomes_dir} ({data.n_prompts} prompts)"
+            )
     metrics["quality"] = quality
     metrics["costs"] = route_costs(data, routed)
     prof = metrics.get("selection", {}).pop("cost_profile", None)
@@ -378,8 +393,13 @@ def _evaluate_rule(
     train_cats: np.ndarray,
     n_boot: int,
     seed: int,
+    gating_dir: Any = None,
+    cache_dir: Any = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
-    """The selection's two-level rule on ``data`` beside baselines within the same deployment."""
+    """The selection's two-level rule on ``data`` beside baselines within the same deployment.
+
+    A selection made under a mean budget (its ``cost_routing`` block) routes each prompt by
+    ``q − λ·ĉ`` within the subset, at the calibrated λ: that rule is scored, as deployed."""
     from moe2.selection.objective import objective_on_table
 
     path, sel = selection
@@ -397,6 +417,13 @@ def _evaluate_rule(
     mask = np.array([e in subset for e in experts], dtype=bool)
     router = obj.prompt_values(mask[None])[0]
     topk, _ = obj._topk(mask[None])
+    cost_rule = None
+    if sel.get("cost_routing"):
+        cost_rule, choice = _cost_rule_choice(
+            sel["cost_routing"], path, data, logits, gating_dir, cache_dir, k
+        )
+        router = values_of_choice(data.scores, choice)
+        topk = _onehot(choice, len(experts))[None]
     alone = _fits_alone(sel, experts, k)
     if alone is not None:
         alone = alone & np.isfinite(data.scores).any(0)  # experts this table scores
@@ -435,7 +462,66 @@ def _evaluate_rule(
         if alone is not None
         else "the subset",
     }
+    if cost_rule is not None:
+        info["cost_routing"] = cost_rule
     return quality, routed, info
+
+
+def correctness_logits(gdir: Any, data: Any, cache_dir: Any) -> np.ndarray:
+    """The gate's correctness-head logits on another table's prompts (frozen encoder: cached)."""
+    import torch
+
+    from moe2.gating.net import cached_embeddings, load_gate
+
+    net, _, _ = load_gate(gdir)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    net.to(dev)
+    cats = [data.categories[i] for i in data.category_idx] if net.categories else None
+    if net.mode == "frozen":
+        emb = cached_embeddings(net, data.texts, cache_dir, device=dev)
+    else:
+        emb = net.encode_texts(data.texts, device=dev)
+    return net.predict_embeddings(emb, cats, correctness=True)
+
+
+def _cost_rule_choice(
+    block: dict[str, Any],
+    path: Path,
+    data: OutcomeData,
+    logits: np.ndarray,
+    gating_dir: Any,
+    cache_dir: Any,
+    k: int,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The expert the deployed cost-aware rule picks for each prompt: ``argmax q − λ·ĉ`` over the
+    subset (experts the table has no outcome for are skipped, as for the gate alone)."""
+    from moe2.format.cost_routing import CostRouting
+    from moe2.selection.costroute import sigmoid
+
+    if k != 1:
+        raise DataError(
+            f"{path}: a cost-aware selection with k={k} cannot be scored here (top-1 only)"
+        )
+    rule = CostRouting.from_dict(block, str(path))
+    cols = np.array([data.experts.index(e) for e in rule.experts], dtype=np.int64)
+    if rule.quality == "correctness":
+        q = sigmoid(correctness_logits(gating_dir, data, cache_dir))[:, cols]
+    else:
+        z = logits[:, cols] - logits[:, cols].max(axis=1, keepdims=True)
+        q = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    names = [data.categories[i] for i in data.category_idx]
+    chat = np.array([[rule.costs(c)[e] for e in rule.experts] for c in names])  # [P, |S|]
+    v = np.where(np.isfinite(data.scores[:, cols]), q - rule.lam * chat, -np.inf)
+    choice = cols[np.argmax(v, axis=1)]
+    info = {
+        "metric": rule.metric,
+        "unit": rule.unit,
+        "lambda": rule.lam,
+        "budget_mean": rule.budget_mean,
+        "quality": rule.quality,
+        "predicted_mean_cost": float(chat[np.arange(len(choice)), np.argmax(v, axis=1)].mean()),
+    }
+    return info, choice
 
 
 def _fits_alone(sel: dict[str, Any], experts: list[str], k: int) -> np.ndarray | None:

@@ -235,22 +235,25 @@ def table_cost_profile(data: OutcomeData) -> CostProfile:
     Hosted experts (APIs, or any expert without a device model card) have no memory on a device of
     ours and no analytic model: ``memory_bytes`` is 0 on a placement ``"hosted"`` of unbounded
     capacity, and latency/energy per category are the table's measured means where the table has
-    them for every prompt of that expert, else NaN (``source`` ``"none"``: a worst-case budget on
-    that metric does not apply, see :func:`hosted_budgets`).
+    them for every prompt that expert answered (a prompt without its outcome has no cost either),
+    else NaN (``source`` ``"none"``: a worst-case budget on that metric does not apply, see
+    :func:`hosted_budgets`).
     """
     cats = list(data.categories)
     n_e, n_c = data.n_experts, len(cats)
     figs = {}
     source = np.full((n_e, n_c), "none", dtype=object)
+    answered = np.isfinite(np.asarray(data.scores, dtype=np.float64))  # [P, E]
     for metric in ("latency_ms", "energy_j"):
         vals = np.asarray(getattr(data, metric), dtype=np.float64)  # [P, E]
         out = np.full((n_e, n_c), np.nan)
         for j in range(n_e):
-            if not np.isfinite(vals[:, j]).all():
+            a = answered[:, j]
+            if not a.any() or not np.isfinite(vals[a, j]).all():
                 continue
             for c in range(n_c):
-                m = data.category_idx == c
-                out[j, c] = float(vals[m, j].mean()) if m.any() else float(vals[:, j].mean())
+                m = (data.category_idx == c) & a
+                out[j, c] = float(vals[m, j].mean()) if m.any() else float(vals[a, j].mean())
             source[j] = "table"
         figs[metric] = out
     return CostProfile(

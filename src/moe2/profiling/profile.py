@@ -6,6 +6,7 @@ profiles (``DIR/profiles/<device>.json``) overriding it per expert and category.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,8 @@ class CostProfile:
             "memory_bytes": self.memory_bytes.tolist(),
             "capacity_bytes": self.capacity_bytes,
             "source": self.source.tolist(),
+            # a hosted pool (experts from a table, no device): kept so a reader does not budget it
+            **({"hosted": True} if (self.detail or {}).get("hosted") else {}),
         }
 
     @classmethod
@@ -62,6 +65,10 @@ class CostProfile:
             latency_ms=np.asarray(d["latency_ms"], dtype=np.float64),
             energy_j=np.asarray(d["energy_j"], dtype=np.float64),
             memory_bytes=np.asarray(d["memory_bytes"], dtype=np.float64),
-            capacity_bytes={k: float(v) for k, v in d["capacity_bytes"].items()},
+            # JSON has no infinity: an unbounded capacity (hosted experts) is written as null
+            capacity_bytes={
+                k: math.inf if v is None else float(v) for k, v in d["capacity_bytes"].items()
+            },
             source=np.asarray(d["source"], dtype=object),
+            detail={"hosted": True} if d.get("hosted") else {},
         )

@@ -383,18 +383,25 @@ class Bundle:
     def estimate(self, expert: str, category: str | None) -> tuple[float | None, float | None]:
         """Latency (ms) and energy (J) of one request to ``expert`` from the cost profile.
 
-        With an unknown or absent category, the mean over the profile's categories.
+        With an unknown or absent category, the mean over the profile's categories. A figure the
+        profile does not have (hosted experts: null in the bundle) is ``None``, never NaN.
         """
         if self.cost is None or expert not in self.cost["experts"]:
             return None, None
         i = self.cost["experts"].index(expert)
+        # null (no figure) reads as NaN here and leaves as None
         lat = np.asarray(self.cost["latency_ms"], dtype=float)[i]
         en = np.asarray(self.cost["energy_j"], dtype=float)[i]
         cats = list(self.cost["categories"])
+
+        def known(v: np.ndarray) -> float | None:
+            v = v[np.isfinite(v)]
+            return float(v.mean()) if v.size else None
+
         if category in cats:
             j = cats.index(category)
-            return float(lat[j]), float(en[j])
-        return float(np.nanmean(lat)), float(np.nanmean(en))
+            return known(lat[j : j + 1]), known(en[j : j + 1])
+        return known(lat), known(en)
 
     # ------------------------------------------------------------------ answering
     def ask(

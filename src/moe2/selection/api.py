@@ -307,7 +307,7 @@ def run_select(cfg: DictConfig) -> dict[str, Any]:
     sel["quality"] = rule_quality(
         inp, mask, bm, n_boot=int(_sel(cfg, "n_boot", 2000)), seed=int(cfg.get("seed", 0))
     )
-    # the contract's block (COST_CONTRACT.md §4): null without a mean budget
+    # the bundle's block (moe2.format.cost_routing): null without a mean budget
     sel["cost_routing"] = None if cost is None else cost["cost_routing"]
     report_md = markdown_report(sel)
     if cost is not None:
@@ -340,8 +340,13 @@ def run_select(cfg: DictConfig) -> dict[str, Any]:
     from moe2.gating.baselines import print_report
 
     names = {"selection": sel["split"], "report": sel["report_split"]}
+    lam0 = " at λ = 0 (the paper's rule; the mean budget is not applied)" if cost else ""
     for key, rep in sel["quality"].items():
-        print_report(rep, f"two-level rule {sel['subset']} on the {names[key]} split")
+        print_report(rep, f"two-level rule {sel['subset']}{lam0} on the {names[key]} split")
+    if cost is not None:
+        from moe2.selection.costsel import markdown_section
+
+        print(markdown_section(cost["cost_selection"]))  # the deployed rule: q − λ·ĉ
     return sel
 
 

@@ -134,6 +134,13 @@ class Budgets:
             raise ConfigError(
                 f"unknown budget key(s) {sorted(extra)}; budgets: energy_j, latency_ms, memory, t_agg_ms, mean.<metric>"
             )
+        # a limit that is not a number fails here, even where the budget will not apply (hosted
+        # experts without that figure): a typo is never silently dropped
+        for key in ("energy_j", "latency_ms"):
+            v = d.get(key)
+            for sub, x in v.items() if isinstance(v, Mapping) else [(None, v)]:
+                if x is not None:
+                    budget_number(x, f"budget.{key}" + (f".{sub}" if sub is not None else ""))
         return cls(
             energy_j=d.get("energy_j"),
             latency_ms=d.get("latency_ms"),

@@ -1,4 +1,4 @@
-"""Cost-aware fine routing under a mean budget (issue 11, DESIGN.md §1, COST_CONTRACT.md §3).
+"""Cost-aware fine routing under a mean budget (issue 11, DESIGN.md §1).
 
 For a prompt ``x`` of category ``c`` and a deployed subset ``S``, route to the top-k experts of
 ``S`` by ``score_e = q_e(x) - λ · ĉ_e(c)``, where ``q`` is the gate's per-prompt quality predictor
@@ -94,7 +94,7 @@ def cost_matrix(data: Any, profile: Any, metric: str) -> tuple[np.ndarray, list[
     result); the cost-aware selection leaves such prompts out. A cost missing where the expert did
     answer is an error.
 
-    Source order (COST_CONTRACT.md §2): measured in the outcome table; for ``energy_j`` and
+    Source order: measured in the outcome table; for ``energy_j`` and
     ``latency_ms`` then the cost profile (measured profiles, then the analytic device model),
     expanded per prompt by category.
 
@@ -113,14 +113,11 @@ def cost_matrix(data: Any, profile: Any, metric: str) -> tuple[np.ndarray, list[
     missing, partial, negative = [], [], []
     for j, e in enumerate(data.experts):
         fin = np.isfinite(col[:, j])
+
         if (fin | ~answered[:, j]).all() and fin.any():
             sources.append("table")
-            lack = fin < answered[:, j]
-            if lack.any():
-                partial.append(f"{e} ({int(lack.sum())} of {len(fin)} answered prompts NaN)")
-        elif fin.any():
-            lack = answered[:, j] & ~fin
-            partial.append(f"{e} ({int(lack.sum())} of {len(fin)} answered prompts NaN)")
+        elif fin.any() or np.isinf(col[:, j]).any():
+            partial.append(_gaps(e, col[:, j], answered[:, j]))
             sources.append("table")
         else:
             prof = None if profile is None or metric not in PROFILE_METRICS else profile
@@ -156,9 +153,9 @@ def cost_matrix(data: Any, profile: Any, metric: str) -> tuple[np.ndarray, list[
         )
     if partial:
         raise DataError(
-            f"cost metric {metric!r}: expert(s) {partial} have costs for only some prompts; a mean "
-            "budget needs the realised cost of every (prompt, expert): re-import the table or drop "
-            "those experts"
+            f"cost metric {metric!r}: expert(s) {', '.join(partial)} lack a finite cost where they answered; a "
+            "mean budget needs the realised cost of every answered (prompt, expert): re-import the "
+            "table with those costs, or without those experts"
         )
     if negative:
         raise DataError(
@@ -166,6 +163,20 @@ def cost_matrix(data: Any, profile: Any, metric: str) -> tuple[np.ndarray, list[
             "(the smallest feasible value of any cost is 0)"
         )
     return out, sources
+
+
+def _gaps(expert: str, col: np.ndarray, answered: np.ndarray) -> str:
+    """``'<expert> (n of its m answered prompts missing|infinite)'`` for a cost error."""
+    lack = answered & ~np.isfinite(col)
+    inf = int((lack & np.isinf(col)).sum())
+    what = (
+        "missing"
+        if not inf
+        else "infinite"
+        if inf == lack.sum()
+        else f"missing or infinite ({inf} infinite)"
+    )
+    return f"{expert} ({int(lack.sum())} of its {int(answered.sum())} answered prompts {what})"
 
 
 def predicted_costs(

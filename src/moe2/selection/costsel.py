@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from moe2.errors import ConfigError
+from moe2.errors import ConfigError, DataError
 from moe2.selection.costroute import (
     METRICS,
     Front,
@@ -103,8 +103,9 @@ def setup(inp: Any, cfg: DictConfig, bm: Any, metric: str, budget: float | None)
         left_out["report"] = int((inp.test_rows & ~complete).sum())
     if any(left_out.values()):
         log.warning(
-            "cost-aware selection: %s prompt(s) left out (an expert has no outcome for them)",
+            "cost-aware selection: %s prompt(s) left out: %s",
             left_out,
+            _lacking(cost, d.scores, list(d.experts), ~complete),
         )
     k = inp.val.k
 
@@ -419,6 +420,19 @@ def markdown_section(block: dict[str, Any]) -> str:
             lines.append(
                 f"| {label} | {r['mean_cost']:.6g} | {r['accuracy']:.4f} | {interval_text(vs) if vs else '—'} |"
             )
+        top, me = rep.get("top_single"), rep.get("moe2")
+        if top and me and top["mean_cost"] > 0:
+            vs = (top.get("moe2_minus_it") or {}).get("accuracy") or {}
+            reached = me["accuracy"] >= top["accuracy"]
+            lines += [
+                "",
+                f"At this budget MoE² costs {100 * me['mean_cost'] / top['mean_cost']:.1f}% of the "
+                f"most accurate single expert's mean {block['metric']} ({sel['top_single']}) and "
+                + ("reaches its accuracy" if reached else "stays below its accuracy")
+                + f" on the report split ({me['accuracy']:.4f} vs {top['accuracy']:.4f}, "
+                f"{interval_text(vs) if vs else 'no interval'}). The cheapest mean budget that "
+                f"reaches it: `moe2 sweep sweep.axes=[mean.{block['metric']}]` (its cost_front.md).",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -426,14 +440,35 @@ def heldout_setup(inp: Any, cfg: DictConfig, cs: CostSetup, outcomes_dir: str) -
     """The rules' inputs on another outcome table (``eval.outcomes``), less the gate's training
     prompts: gate logits, correctness heads (when the gate has them), kNN scores, realised costs,
     and the predicted costs of the selection (``cost_table`` by category name)."""
-    from moe2.gating.evaluate import heldout_table
+    from moe2.gating.evaluate import correctness_logits, heldout_table
 
     held = heldout_table(cfg.paths.gating, inp.data.experts, outcomes_dir, cfg.paths.cache)
     other, exclusion = held.data, held.exclusion
     q = held.logits
     if cs.quality == "correctness":
-        q = sigmoid(_correctness_on(held.gating_dir, other, cfg.paths.cache)[:, held.gate_order])
+        q = sigmoid(correctness_logits(held.gating_dir, other, cfg.paths.cache)[:, held.gate_order])
     cost, _ = cost_matrix(other, None, cs.metric)
+    # as on the selection and report splits: a prompt some expert has no outcome (or cost) for is
+    # left out, and counted, rather than scored as wrong at an unknown cost
+    complete = np.isfinite(cost).all(axis=1) & np.isfinite(other.scores).all(axis=1)
+    if not complete.any():
+        raise DataError(
+            f"{outcomes_dir}: no prompt has an outcome and a {cs.metric} for every expert "
+            f"({_lacking(cost, other.scores, list(other.experts), ~complete)}); the cost front "
+            "cannot be scored on it"
+        )
+    if not complete.all():
+        log.warning(
+            "eval.outcomes %s: %d of %d prompt(s) left out: %s",
+            outcomes_dir,
+            int((~complete).sum()),
+            other.n_prompts,
+            _lacking(cost, other.scores, list(other.experts), ~complete),
+        )
+    other = other.select(np.flatnonzero(complete))
+    cost, q = cost[complete], q[complete]
+    logits = held.logits[complete]
+    knn = None if held.knn is None else held.knn[complete]
     cats = list(inp.data.categories)
     col = np.array([cats.index(c) if c in cats else -1 for c in other.categories], dtype=np.int64)[
         other.category_idx
@@ -444,30 +479,21 @@ def heldout_setup(inp: Any, cfg: DictConfig, cs: CostSetup, outcomes_dir: str) -
         "outcomes_dir": outcomes_dir,
         "n_prompts": other.n_prompts,
         "exclusion": exclusion,
-        "scores": np.nan_to_num(other.scores),
+        "prompts_left_out": int((~complete).sum()),
+        "scores": other.scores,
         "cost": cost,
         "chat": chat,
         "q": q,
-        "logits": held.logits,
-        "knn": held.knn,
+        "logits": logits,
+        "knn": knn,
     }
 
 
-def _correctness_on(gdir: Any, data: Any, cache_dir: Any) -> np.ndarray:
-    """The gate's correctness-head logits on another table's prompts (frozen encoder: cached)."""
-    import torch
-
-    from moe2.gating.net import cached_embeddings, load_gate
-
-    net, _, _ = load_gate(gdir)
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    net.to(dev)
-    cats = [data.categories[i] for i in data.category_idx] if net.categories else None
-    if net.mode == "frozen":
-        emb = cached_embeddings(net, data.texts, cache_dir, device=dev)
-    else:
-        emb = net.encode_texts(data.texts, device=dev)
-    return net.predict_embeddings(emb, cats, correctness=True)
+def _lacking(cost: np.ndarray, scores: np.ndarray, experts: list[str], rows: np.ndarray) -> str:
+    """Which experts lack an outcome or a cost on ``rows``, with counts (for a warning)."""
+    gap = ~(np.isfinite(cost) & np.isfinite(scores))[rows]
+    per = {e: int(n) for e, n in zip(experts, gap.sum(axis=0), strict=True) if n}
+    return ", ".join(f"{e} ({n})" for e, n in per.items()) or "none"
 
 
 def _score_heldout(
@@ -583,7 +609,9 @@ def cost_sweep(
         },
     }
     if held is not None:
-        result["heldout"] = {k: held[k] for k in ("outcomes_dir", "n_prompts", "exclusion")}
+        result["heldout"] = {
+            k: held[k] for k in ("outcomes_dir", "n_prompts", "exclusion", "prompts_left_out")
+        }
     out = Path(cfg.paths.selection)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "cost_front.json", result)
@@ -636,6 +664,13 @@ def front_markdown(result: dict[str, Any]) -> str:
         "realised on held-out prompts. Intervals: paired bootstrap 95% of MoE² − rule (points).",
         "",
     ]
+    low = [p["budget"] for p in result["points"] if not p.get("feasible")]
+    if low:
+        lines += [
+            f"- {len(low)} budget(s) below the cheapest mean {metric} any subset reaches, so no "
+            f"rule meets them: {', '.join(f'{b:.6g}' for b in low)} {u}.",
+            "",
+        ]
     for key, label in (("report", "report split"), ("heldout", "eval.outcomes table")):
         if key not in result["reaches_best_single"]:
             continue
@@ -656,7 +691,13 @@ def front_markdown(result: dict[str, Any]) -> str:
         h = result["heldout"]
         lines.append(
             f"- eval.outcomes = `{h['outcomes_dir']}`: {h['n_prompts']} prompts "
-            f"({h['exclusion']['n_excluded']} excluded: in the gate's training table)."
+            f"({h['exclusion']['n_excluded']} excluded: in the gate's training table"
+            + (
+                f"; {h['prompts_left_out']} left out: an expert has no outcome or cost for them"
+                if h.get("prompts_left_out")
+                else ""
+            )
+            + ")."
         )
     for key, label in (("report", "report split"), ("heldout", "eval.outcomes table")):
         pts = [p for p in result["points"] if p.get("feasible") and key in p]
