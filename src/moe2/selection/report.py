@@ -202,19 +202,24 @@ def markdown_report(sel: dict[str, Any]) -> str:
         "| expert | placement | memory (GB) | latency max / mean (ms) | energy max / mean (J) | source |",
         "|---|---|---|---|---|---|",
     ]
+
+    def num(v: Any, nd: int) -> str:  # a figure the profile lacks (hosted experts) reads "—"
+        return "—" if v is None or not np.isfinite(v) else f"{v:.{nd}f}"
+
     for r in sel.get("placement", []):
         lines.append(
-            f"| {r['expert']} | {r['placement']} | {r['memory_gb']:.1f} | {r['latency_ms_max']:.0f} / {r['latency_ms_mean']:.0f} "
-            f"| {r['energy_j_max']:.2f} / {r['energy_j_mean']:.2f} | {', '.join(r['source'])} |"
+            f"| {r['expert']} | {r['placement']} | {r['memory_gb']:.1f} | "
+            f"{num(r['latency_ms_max'], 0)} / {num(r['latency_ms_mean'], 0)} "
+            f"| {num(r['energy_j_max'], 2)} / {num(r['energy_j_mean'], 2)} | {', '.join(r['source'])} |"
         )
     b = sel["budgets"]
     lines += ["", "## Budgets", "", "| budget | limit | use (worst) |", "|---|---|---|"]
     e, t, m = b["energy_j"], b["latency_ms"], b["memory"]
     lines.append(
-        f"| energy per request (J, top-{e['k']} worst case) | {_fmt(e['value'])} | {e['worst']:.3f} |"
+        f"| energy per request (J, top-{e['k']} worst case) | {_fmt(e['value'])} | {num(e['worst'], 3)} |"
     )
     lines.append(
-        f"| latency per category (ms, incl. T_agg {t['t_agg_ms']}) | {_fmt(t['value'])} | {t['worst']:.1f} |"
+        f"| latency per category (ms, incl. T_agg {t['t_agg_ms']}) | {_fmt(t['value'])} | {num(t['worst'], 1)} |"
     )
     if m["active"]:
         worst = max(m["use"], key=lambda d: m["use"][d] / m["limit"][d]) if m["use"] else None
