@@ -471,7 +471,7 @@ def plot_pareto(result: dict[str, Any], path: Path) -> Path:
         }
         note = "; ".join(f"{a} = {v if not isinstance(v, dict) else v}" for a, v in fixed.items())
         if never:
-            note += ("\n" if note else "") + f"never feasible here: {', '.join(never)}"
+            note += ("\n" if note else "") + f"baselines never feasible here: {', '.join(never)}"
         if result["mode"] == "grid" and len(result["axes"]) == 2:
             note = "grid slice: the other swept budget at its loosest value" + (
                 f"; {note}" if note else ""
