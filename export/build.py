@@ -73,17 +73,16 @@ def export_from_artifacts(cfg: Any) -> Path:
             f"selected expert(s) {missing} are not in the experts pool '{cfg.experts.get('name')}' "
             f"({sorted(pool)}); export with the pool the selection was made on (experts=...)"
         )
+    from moe2.export.tensorrt.plan import check_context
+
     from moe2.experts.hf import load_model_and_tokenizer
 
-    # the TensorRT plans' longest decode context must fit each model: said before any weights load
+    # the TensorRT plans' longest decode context must fit each model (the model card's context
+    # length; the plans check the graph's again): said before any weights load
     max_ctx = OmegaConf.select(cfg, "export.tensorrt.shapes.max_context", default=None)
-    for name in selection["subset"]:
-        ctx = pool[name].model.context_length
-        if max_ctx is not None and ctx and int(max_ctx) > int(ctx):
-            raise ConfigError(
-                f"expert {name}: export.tensorrt.shapes.max_context={max_ctx} exceeds the model's "
-                f"context length {ctx}; lower max_context (and prefill_max_seq) to at most {ctx}"
-            )
+    if max_ctx is not None:
+        for name in selection["subset"]:
+            check_context(f"expert {name}", max_ctx, pool[name].model.context_length)
     loaded: dict[str, tuple[Any, Any]] = {}
     experts = []
     for name in selection["subset"]:

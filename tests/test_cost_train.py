@@ -110,7 +110,7 @@ def test_train_writes_correctness_and_select_uses_it(
     )
     assert ev["selection"]["cost_routing"]["lambda"] == block["lambda"]
     # at another λ of its calibrated range the rule moves; recomputed from the correctness heads
-    from moe2.gating.evaluate import correctness_logits
+    from moe2.gating.evaluate import gate_scores
 
     other_lam = max(p["lambda"] for p in block["calibration"])
     moved = tmp_path / "sel_moved"
@@ -121,7 +121,7 @@ def test_train_writes_correctness_and_select_uses_it(
     ev = evaluate_gate(g, tmp_path / "other", selection_dir=moved, cache_dir=tmp_path / "cache")
     od = load_outcomes(tmp_path / "other")
     cols = [od.experts.index(e) for e in block["experts"]]
-    q = 1 / (1 + np.exp(-correctness_logits(g, od, tmp_path / "cache")[:, cols]))
+    q = 1 / (1 + np.exp(-gate_scores(g, od, cache_dir=tmp_path / "cache")[3][:, cols]))
     table = np.asarray(block["cost_table"], dtype=np.float64)
     want = []
     for i, c in enumerate(od.category_idx):

@@ -226,6 +226,19 @@ def context_limit(spec: ExportSpec) -> int | None:
     return int(value) if value else None
 
 
+def check_context(component: str, max_context: int, ctx: int | None) -> None:
+    """Refuse a decode profile (``export.tensorrt.shapes.max_context``) past a model's context.
+
+    Raises:
+        ConfigError: naming the model, the limit and the value to lower it to.
+    """
+    if ctx and int(max_context) > int(ctx):
+        raise ConfigError(
+            f"{component}: export.tensorrt.shapes.max_context={max_context} exceeds the "
+            f"model's context length {ctx}; lower max_context (and prefill_max_seq) to at most {ctx}"
+        )
+
+
 def check_limits(component: str, spec: ExportSpec, limits: ShapeLimits) -> None:
     """Refuse profiles longer than the model's context (its position embeddings end there).
 
@@ -235,11 +248,8 @@ def check_limits(component: str, spec: ExportSpec, limits: ShapeLimits) -> None:
     ctx = context_limit(spec)
     if ctx is None:
         return
-    if spec.kind == "causal_lm" and limits.max_context > ctx:
-        raise ConfigError(
-            f"{component}: export.tensorrt.shapes.max_context={limits.max_context} exceeds the "
-            f"model's context length {ctx}; lower max_context (and prefill_max_seq) to at most {ctx}"
-        )
+    if spec.kind == "causal_lm":
+        check_context(component, limits.max_context, ctx)
     if spec.kind == "gate" and limits.gate_max_seq > ctx:
         raise ConfigError(
             f"{component}: the gate's longest input gate_max_seq={limits.gate_max_seq} exceeds its "

@@ -94,11 +94,13 @@ def gate_scores(
     batch_size: int = 128,
     device: str = "auto",
     cache_dir: str | os.PathLike[str] | None = None,
-) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """The gate's logits ``[P, n]`` and the kNN router's predicted scores on ``data``'s prompts.
+) -> tuple[np.ndarray, np.ndarray | None, list[str], np.ndarray | None]:
+    """The gate's logits ``[P, n]``, the kNN router's predicted scores, the gate's experts and its
+    correctness-head logits ``[P, n]`` on ``data``'s prompts, from one pass of the encoder.
 
     ``data`` must already be in the gate's expert order. kNN is ``None`` when the gate's encoder was
-    fine-tuned (its embeddings differ from the ones ``knn.npz`` holds).
+    fine-tuned (its embeddings differ from the ones ``knn.npz`` holds); the correctness logits are
+    ``None`` for a gate without correctness heads.
     """
     import torch
 
@@ -121,12 +123,15 @@ def gate_scores(
                 list(net.categories),
                 sum(c in new for c in cats),
             )
-    # one encoder pass: base embeddings for the kNN baseline and, when frozen, the gate's features
+    # one encoder pass: the gate's features for both heads and, when frozen, the kNN's embeddings
     if frozen:
         emb = cached_embeddings(net, data.texts, cache_dir, batch_size=batch_size, device=dev)
-        logits = net.predict_embeddings(emb, cats)
     else:
-        logits = net.predict_texts(data.texts, batch_size=batch_size, device=dev, categories=cats)
+        emb = net.encode_texts(data.texts, batch_size=batch_size, device=dev)
+    logits = net.predict_embeddings(emb, cats)
+    correct = (
+        None if net.correct_head is None else net.predict_embeddings(emb, cats, correctness=True)
+    )
     knn = None
     knn_path = Path(gating_dir) / "knn.npz"
     if knn_path.is_file() and frozen:
@@ -141,7 +146,7 @@ def gate_scores(
         )
     elif knn_path.is_file():
         log.info("kNN baseline skipped: the gate's encoder was fine-tuned, its embeddings differ")
-    return logits, knn, experts
+    return logits, knn, experts, correct
 
 
 def route_costs(data: OutcomeData, routed: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
@@ -270,7 +275,7 @@ def evaluate_gate(
         )
     # a selection's rule never routes outside its subset: other experts may lack outcomes
     data = data.select_experts(gate_experts or record.experts, unscored_ok=sel is not None)
-    logits, knn, experts = gate_scores(gating_dir, data, batch_size, device, cache_dir)
+    logits, knn, experts, correct = gate_scores(gating_dir, data, batch_size, device, cache_dir)
     if experts != data.experts:
         data = data.select_experts(experts, unscored_ok=sel is not None)
     n = data.n_experts
@@ -315,7 +320,7 @@ def evaluate_gate(
             metrics["all/knn_acc"] = quality["accuracy"]["knn"]
     else:
         quality, routed, sel_info = _evaluate_rule(
-            sel, data, logits, knn, train_scores, train_cats, n_boot, seed, gating_dir, cache_dir
+            sel, data, logits, knn, train_scores, train_cats, n_boot, seed, correct
         )
         metrics["selection"] = sel_info
         title = (
@@ -393,8 +398,7 @@ def _evaluate_rule(
     train_cats: np.ndarray,
     n_boot: int,
     seed: int,
-    gating_dir: Any = None,
-    cache_dir: Any = None,
+    correct: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
     """The selection's two-level rule on ``data`` beside baselines within the same deployment.
 
@@ -419,9 +423,7 @@ def _evaluate_rule(
     topk, _ = obj._topk(mask[None])
     cost_rule = None
     if sel.get("cost_routing"):
-        cost_rule, choice = _cost_rule_choice(
-            sel["cost_routing"], path, data, logits, gating_dir, cache_dir, k
-        )
+        cost_rule, choice = _cost_rule_choice(sel["cost_routing"], path, data, logits, correct, k)
         router = values_of_choice(data.scores, choice)
         topk = _onehot(choice, len(experts))[None]
     alone = _fits_alone(sel, experts, k)
@@ -467,30 +469,12 @@ def _evaluate_rule(
     return quality, routed, info
 
 
-def correctness_logits(gdir: Any, data: Any, cache_dir: Any) -> np.ndarray:
-    """The gate's correctness-head logits on another table's prompts (frozen encoder: cached)."""
-    import torch
-
-    from moe2.gating.net import cached_embeddings, load_gate
-
-    net, _, _ = load_gate(gdir)
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    net.to(dev)
-    cats = [data.categories[i] for i in data.category_idx] if net.categories else None
-    if net.mode == "frozen":
-        emb = cached_embeddings(net, data.texts, cache_dir, device=dev)
-    else:
-        emb = net.encode_texts(data.texts, device=dev)
-    return net.predict_embeddings(emb, cats, correctness=True)
-
-
 def _cost_rule_choice(
     block: dict[str, Any],
     path: Path,
     data: OutcomeData,
     logits: np.ndarray,
-    gating_dir: Any,
-    cache_dir: Any,
+    correct: np.ndarray | None,
     k: int,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """The expert the deployed cost-aware rule picks for each prompt: ``argmax q − λ·ĉ`` over the
@@ -505,23 +489,30 @@ def _cost_rule_choice(
     rule = CostRouting.from_dict(block, str(path))
     cols = np.array([data.experts.index(e) for e in rule.experts], dtype=np.int64)
     if rule.quality == "correctness":
-        q = sigmoid(correctness_logits(gating_dir, data, cache_dir))[:, cols]
+        if correct is None:
+            raise DataError(
+                f"{path}: the rule routes by correctness heads, which this gate does not have; "
+                "evaluate it with the gate the selection was made with"
+            )
+        q = sigmoid(correct[:, cols])
     else:
         z = logits[:, cols] - logits[:, cols].max(axis=1, keepdims=True)
         q = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-    names = [data.categories[i] for i in data.category_idx]
-    chat = np.array([[rule.costs(c)[e] for e in rule.experts] for c in names])  # [P, |S|]
+    # ĉ per prompt: its category's column of the cost table (the default for a category it lacks)
+    table = np.concatenate([rule.cost_table, rule.cost_default[:, None]], axis=1)  # [|S|, C + 1]
+    col = {c: i for i, c in enumerate(rule.categories)}
+    chat = table[:, [col.get(data.categories[i], -1) for i in data.category_idx]].T  # [P, |S|]
     v = np.where(np.isfinite(data.scores[:, cols]), q - rule.lam * chat, -np.inf)
-    choice = cols[np.argmax(v, axis=1)]
+    pick = np.argmax(v, axis=1)
     info = {
         "metric": rule.metric,
         "unit": rule.unit,
         "lambda": rule.lam,
         "budget_mean": rule.budget_mean,
         "quality": rule.quality,
-        "predicted_mean_cost": float(chat[np.arange(len(choice)), np.argmax(v, axis=1)].mean()),
+        "predicted_mean_cost": float(chat[np.arange(len(pick)), pick].mean()),
     }
-    return info, choice
+    return info, cols[pick]
 
 
 def _fits_alone(sel: dict[str, Any], experts: list[str], k: int) -> np.ndarray | None:
@@ -577,6 +568,7 @@ class HeldoutTable:
     knn: np.ndarray | None  # [P, n] kNN scores, same order
     gate_order: list[int]  # the asked experts' columns among the gate's outputs
     gating_dir: Path
+    correct: np.ndarray | None = None  # [P, n] correctness-head logits (None: the gate has none)
 
 
 def heldout_table(
@@ -600,7 +592,7 @@ def heldout_table(
     check_experts(experts, other, gdir, outcomes_dir)
     other, exclusion = exclude_overlap(other, read_record(gdir), outcomes_dir)
     other = other.select_experts(experts)
-    logits, knn, gate_experts = gate_scores(gdir, other, cache_dir=cache_dir)
+    logits, knn, gate_experts, correct = gate_scores(gdir, other, cache_dir=cache_dir)
     order = [list(gate_experts).index(e) for e in experts]
     return HeldoutTable(
         data=other,
@@ -609,4 +601,5 @@ def heldout_table(
         knn=None if knn is None else np.asarray(knn, np.float64)[:, order],
         gate_order=order,
         gating_dir=gdir,
+        correct=None if correct is None else np.asarray(correct, np.float64)[:, order],
     )

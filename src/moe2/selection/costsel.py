@@ -440,13 +440,13 @@ def heldout_setup(inp: Any, cfg: DictConfig, cs: CostSetup, outcomes_dir: str) -
     """The rules' inputs on another outcome table (``eval.outcomes``), less the gate's training
     prompts: gate logits, correctness heads (when the gate has them), kNN scores, realised costs,
     and the predicted costs of the selection (``cost_table`` by category name)."""
-    from moe2.gating.evaluate import correctness_logits, heldout_table
+    from moe2.gating.evaluate import heldout_table
 
     held = heldout_table(cfg.paths.gating, inp.data.experts, outcomes_dir, cfg.paths.cache)
     other, exclusion = held.data, held.exclusion
     q = held.logits
     if cs.quality == "correctness":
-        q = sigmoid(correctness_logits(held.gating_dir, other, cfg.paths.cache)[:, held.gate_order])
+        q = sigmoid(held.correct)
     cost, _ = cost_matrix(other, None, cs.metric)
     # as on the selection and report splits: a prompt some expert has no outcome (or cost) for is
     # left out, and counted, rather than scored as wrong at an unknown cost

@@ -287,28 +287,27 @@ def markdown_report(sel: dict[str, Any]) -> str:
         )
     if ru and ru.get("subset"):
         gap = ref - ru["objective"]
+        move = "The best feasible subset one move away (add, drop or swap one expert)"
         if abs(gap) <= 1e-12:
             lines.append(
-                f"The best feasible subset one move away (add, drop or swap one expert), "
-                f"{', '.join(ru['subset'])} ({ru['change']}), ties on F = {_fmt(ru['objective'])}: the "
-                "optimizer keeps the first optimum it finds, so either is an exact optimum."
+                f"{move}, {', '.join(ru['subset'])} ({ru['change']}), ties on F = "
+                f"{_fmt(ru['objective'])}: the optimizer keeps the first optimum it finds, so "
+                "either is an exact optimum."
             )
-        else:
+        elif gap > 0:
             lines.append(
-                f"The best feasible subset one move away (add, drop or swap one expert) is "
-                f"{', '.join(ru['subset'])} with F = {_fmt(ru['objective'])}, "
+                f"{move} is {', '.join(ru['subset'])} with F = {_fmt(ru['objective'])}, "
                 f"{_fmt(gap)} below the chosen subset ({ru['change']})."
             )
-        if gap < -1e-12:
+        else:
             why = (
                 "without the mean budget it would be preferred; under the budget the (S, λ) "
                 "search at the end chose this subset"
                 if cost_aware
                 else "the answer is not the exact optimum of F (see the method line)"
             )
-            lines[-1] = (
-                f"The best feasible subset one move away (add, drop or swap one expert), "
-                f"{', '.join(ru['subset'])} ({ru['change']}), has a higher F"
+            lines.append(
+                f"{move}, {', '.join(ru['subset'])} ({ru['change']}), has a higher F"
                 f"{' at λ = 0' if cost_aware else ''} ({_fmt(ru['objective'])}, +{_fmt(-gap)}): {why}."
             )
     else:
