@@ -137,3 +137,18 @@ def test_serve_configs_compose_and_cli_lists_them() -> None:
     assert e.server.port == 8100 and e.measure.concurrency == 1
     text = usage()
     assert "serve " in text and "serve-expert" in text
+
+
+def test_server_process_removes_its_directory_when_it_is_gone() -> None:
+    import gc
+
+    from moe2.serving.process import ServerProcess
+
+    proc = ServerProcess("serve", "no-such-bundle")
+    d = proc.dir
+    (d / "server.log").write_text("kept while the object lives\n")
+    gc.collect()
+    assert d.is_dir() and proc.tail() == "kept while the object lives\n"
+    del proc
+    gc.collect()
+    assert not d.exists()

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,9 @@ class ServerProcess:
         self.port = port
         self.startup_s = startup_s
         self.dir = Path(tempfile.mkdtemp(prefix=f"moe2-{stage}-"))
+        # its ready file, log and artifacts live as long as this object (a test may read the log
+        # after stop()), then go: no moe2-serve-* directory outlives the process that made it
+        self._remove_dir = weakref.finalize(self, shutil.rmtree, self.dir, ignore_errors=True)
         self.log_path = Path(log) if log else self.dir / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.info: dict[str, Any] = {}
