@@ -62,6 +62,16 @@ def test_unknown_stage_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown stage 'frobnicate'" in err and "import" in err
 
 
+@pytest.mark.parametrize("key", ["budget.mean.dollars", "+budget.mean.dollars"])
+def test_unknown_mean_budget_metric_is_one_line_before_hydra(
+    key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["select", f"{key}=0.001"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "budget.mean.dollars: unknown cost metric 'dollars'" in err
+    assert "cost (USD)" in err and "MeanBudgetCfg" not in err
+
+
 def test_positional_and_alias_mapping() -> None:
     assert to_overrides(STAGES["verify"], ["my bundle"]) == ["bundle.path='my bundle'"]
     assert to_overrides(STAGES["evaluate"], ["gating=g", "x=1"]) == ["eval.gating_dir=g", "x=1"]

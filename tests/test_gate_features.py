@@ -222,11 +222,27 @@ def test_train_with_knn_blend_saves_and_reloads(
 
 
 def test_refit_on_train_and_val(tiny_artifacts: Path, tiny_encoder_dir: Path) -> None:
+    import logging
+
     from moe2.gating.train import fit_gate, fit_rows
 
     data = load_outcomes(tiny_artifacts)
     cfg = _cfg(tiny_artifacts, tiny_encoder_dir, "gating.fit_on=train+val", "trainer.max_epochs=3")
-    res = fit_gate(data, cfg, progress=False)
+    notices = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    seen: list[str] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda r: seen.append(r.getMessage())  # type: ignore[method-assign]
+    notices.addHandler(handler)
+    level = notices.level
+    try:
+        res = fit_gate(data, cfg, progress=False)
+        # an auxiliary fit (progress=False) leaves Lightning's per-fit notices out, and only there
+        assert not any("GPU available" in m or "stopped" in m for m in seen), seen
+        assert notices.level == level
+        fit_gate(data, cfg)
+        assert any("GPU available" in m for m in seen), seen
+    finally:
+        notices.removeHandler(handler)
     both = data.split_mask("train") | data.split_mask("val")
     assert np.array_equal(res.fit_rows, both) and res.n_train == int(both.sum())
     assert res.epochs == 3 and res.best_score is None  # nothing monitored, last weights kept

@@ -47,5 +47,14 @@ def check_choices(choices: dict[str, object]) -> None:
 
 def check_overrides(overrides: Sequence[str]) -> None:
     """:func:`check_choices` on command-line overrides, before composing (``+hardware=x`` would
-    otherwise fail inside a typed group, with a message about the group's schema)."""
-    check_choices(dict(o.lstrip("+~").partition("=")[::2] for o in overrides))
+    otherwise fail inside a typed group, with a message about the group's schema), and the cost
+    metric of ``budget.mean.<metric>=B`` (an unknown one would otherwise fail with Hydra's
+    several-line message about ``MeanBudgetCfg``)."""
+    keys = dict(o.lstrip("+~").partition("=")[::2] for o in overrides)
+    check_choices(keys)
+    mean = [k for k in keys if k.startswith("budget.mean.")]
+    if mean:
+        from moe2.selection.costroute import check_metric
+
+        for key in mean:
+            check_metric(key.removeprefix("budget.mean."), key)

@@ -12,6 +12,7 @@ paired bootstrap intervals (:mod:`moe2.gating.baselines`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import logging
@@ -172,6 +173,30 @@ def _refit_view(data: OutcomeData) -> OutcomeData:
     return dataclasses.replace(data, splits=np.where(data.splits == "val", "train", data.splits))
 
 
+#: Lightning's per-fit notices ("GPU available: False, used: False", "`Trainer.fit` stopped: ...")
+_LIGHTNING_NOTICES = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning.pytorch.accelerators.cuda",
+)
+
+
+@contextlib.contextmanager
+def quiet_lightning(quiet: bool = True) -> Any:
+    """Lightning's INFO notices off for the block (warnings stay): an auxiliary fit (an
+    out-of-fold gate, a subset gate of ``check-preserving``) says its own one line instead of
+    Lightning's three."""
+    loggers = [logging.getLogger(n) for n in _LIGHTNING_NOTICES] if quiet else []
+    saved = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, saved, strict=True):
+            lg.setLevel(level)
+
+
 def fit_gate(
     data: OutcomeData,
     cfg: DictConfig,
@@ -196,7 +221,8 @@ def fit_gate(
         base_embeddings: ``[P, D]`` pretrained-encoder embeddings of ``data.texts`` if already known.
         run_dir: Lightning's ``default_root_dir`` (checkpoints go to ``run_dir/checkpoints``).
         loggers: Lightning loggers (``None``: no logging).
-        progress: show the progress bar (default: the trainer config's setting).
+        progress: show the progress bar (default: the trainer config's setting); ``False`` also
+            silences Lightning's per-fit INFO notices (an auxiliary fit).
         callbacks: extra Lightning callbacks (e.g. a probe of held-out accuracy per epoch).
     """
     g = cfg.gating
@@ -280,17 +306,18 @@ def fit_gate(
         extra.update(limit_val_batches=0, enable_checkpointing=False)
     if progress is not None:
         extra["enable_progress_bar"] = progress
-    trainer: L.Trainer = instantiate(cfg.trainer, **extra)
-    threads = g.get("cpu_threads")
-    saved_threads = torch.get_num_threads()
-    if threads and trainer.strategy.root_device.type == "cpu":
-        # a small head trains fastest on one thread; several spin-wait badly on a loaded machine
-        torch.set_num_threads(int(threads))
-    t0 = time.perf_counter()
-    try:
-        trainer.fit(module, datamodule=dm)
-    finally:
-        torch.set_num_threads(saved_threads)
+    with quiet_lightning(progress is False):
+        trainer: L.Trainer = instantiate(cfg.trainer, **extra)
+        threads = g.get("cpu_threads")
+        saved_threads = torch.get_num_threads()
+        if threads and trainer.strategy.root_device.type == "cpu":
+            # a small head trains fastest on one thread; several spin-wait badly on a loaded machine
+            torch.set_num_threads(int(threads))
+        t0 = time.perf_counter()
+        try:
+            trainer.fit(module, datamodule=dm)
+        finally:
+            torch.set_num_threads(saved_threads)
     fit_seconds = time.perf_counter() - t0
     best_path = "" if refit else ckpt.best_model_path
     best_score = None if ckpt.best_model_score is None else float(ckpt.best_model_score)

@@ -44,6 +44,17 @@ METRICS = {"cost": "USD", "energy_j": "J", "latency_ms": "ms", "output_tokens": 
 PROFILE_METRICS = ("energy_j", "latency_ms")
 
 
+def check_metric(metric: str, where: str) -> None:
+    """Refuse a cost metric the outcome tables do not carry, naming the ones they do.
+
+    Raises:
+        ConfigError: ``where`` (e.g. ``budget.mean.dollars``) names an unknown metric.
+    """
+    if metric not in METRICS:
+        known = ", ".join(f"{m} ({u})" for m, u in METRICS.items())
+        raise ConfigError(f"{where}: unknown cost metric {metric!r}; the cost metrics are {known}")
+
+
 def mean_budget(cfg_budget: Any) -> tuple[str, float] | None:
     """``(metric, B)`` of ``budget.mean.<metric>=B``, or ``None`` when no mean budget is set.
 
@@ -69,11 +80,8 @@ def mean_budget(cfg_budget: Any) -> tuple[str, float] | None:
             f"budget.mean={mean!r}: give budget.mean.<metric>=B with a metric of {sorted(METRICS)}"
         )
     items = {k: v for k, v in mean.items() if v is not None}
-    bad = [k for k in items if k not in METRICS]
-    if bad:
-        raise ConfigError(
-            f"budget.mean.{bad[0]}: unknown cost metric; mean budgets exist for {sorted(METRICS)}"
-        )
+    for k in items:
+        check_metric(str(k), f"budget.mean.{k}")
     if not items:
         return None
     if len(items) > 1:
@@ -103,8 +111,7 @@ def cost_matrix(data: Any, profile: Any, metric: str) -> tuple[np.ndarray, list[
         DataError: the metric is missing for some experts (no fallback), given for only some
             prompts of an expert, or negative / NaN.
     """
-    if metric not in METRICS:
-        raise ConfigError(f"cost metric {metric!r}: use one of {sorted(METRICS)}")
+    check_metric(metric, "cost metric")
     col = np.asarray(getattr(data, metric), dtype=np.float64)  # [P, E]
     out = np.array(col, copy=True)
     # a cell without an outcome (score NaN) may lack its cost too: those prompts are left out
