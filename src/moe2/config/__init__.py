@@ -54,7 +54,7 @@ def check_overrides(overrides: Sequence[str]) -> None:
     check_choices(keys)
     mean = [k for k in keys if k.startswith("budget.mean.")]
     if mean:
-        from moe2.selection.costroute import check_metric
+        from moe2.config.options import check_metric
 
         for key in mean:
             check_metric(key.removeprefix("budget.mean."), key)

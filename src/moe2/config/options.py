@@ -1,6 +1,7 @@
 """Schemas that library modules take as their own option types: the harvest's options
 (:class:`moe2.experts.harvest.HarvestOptions`) and the analytic cost model's defaults
-(:data:`moe2.profiling.analytic.DEFAULT_COSTS`).
+(:data:`moe2.profiling.analytic.DEFAULT_COSTS`), and the cost metrics a mean budget can name
+(:data:`COST_METRICS`, checked before Hydra composes a config).
 
 A leaf module (it imports nothing of moe2 but its errors), so those modules use it without an
 import cycle through :mod:`moe2.config.schema`, which re-exports them with the other groups.
@@ -21,6 +22,22 @@ __all__ = [
     "CostsTokensCfg",
     "HarvestCfg",
 ]
+
+
+#: cost metrics: the outcome table's per-(prompt, expert) columns and their units
+#: (:mod:`moe2.selection.costroute` routes by them, ``budget.mean.<metric>`` names one)
+COST_METRICS = {"cost": "USD", "energy_j": "J", "latency_ms": "ms", "output_tokens": "tokens"}
+
+
+def check_metric(metric: str, where: str) -> None:
+    """Refuse a cost metric the outcome tables do not carry, naming the ones they do.
+
+    Raises:
+        ConfigError: ``where`` (e.g. ``budget.mean.dollars``) names an unknown metric.
+    """
+    if metric not in COST_METRICS:
+        known = ", ".join(f"{m} ({u})" for m, u in COST_METRICS.items())
+        raise ConfigError(f"{where}: unknown cost metric {metric!r}; the cost metrics are {known}")
 
 
 def check_choice(group: str, key: str, value: Any, allowed: tuple[str, ...]) -> None:

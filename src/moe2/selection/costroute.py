@@ -34,25 +34,14 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from moe2.config.options import COST_METRICS as METRICS
+from moe2.config.options import check_metric
 from moe2.errors import BudgetInfeasibleError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-#: cost metrics: the outcome table's per-(prompt, expert) columns and their units
-METRICS = {"cost": "USD", "energy_j": "J", "latency_ms": "ms", "output_tokens": "tokens"}
 #: metrics with a device-model fallback (measured profiles, then the analytic model)
 PROFILE_METRICS = ("energy_j", "latency_ms")
-
-
-def check_metric(metric: str, where: str) -> None:
-    """Refuse a cost metric the outcome tables do not carry, naming the ones they do.
-
-    Raises:
-        ConfigError: ``where`` (e.g. ``budget.mean.dollars``) names an unknown metric.
-    """
-    if metric not in METRICS:
-        known = ", ".join(f"{m} ({u})" for m, u in METRICS.items())
-        raise ConfigError(f"{where}: unknown cost metric {metric!r}; the cost metrics are {known}")
 
 
 def mean_budget(cfg_budget: Any) -> tuple[str, float] | None:
