@@ -16,7 +16,9 @@ Numpy only: the exporter and the edge runtime both import this.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -256,13 +258,22 @@ class CostRouting:
         return x
 
     # ------------------------------------------------------------------ the rule
+    @cached_property
+    def _columns(self) -> tuple[np.ndarray, dict[str, int]]:
+        """The cost table with the default as its last column ``[|S|, C + 1]``, and each
+        category's column."""
+        table = np.concatenate([self.cost_table, self.cost_default[:, None]], axis=1)
+        return table, {c: i for i, c in enumerate(self.categories)}
+
+    def cost_rows(self, categories: Sequence[str | None]) -> np.ndarray:
+        """Predicted cost ``[P, |S|]`` of one request to each expert, per prompt category: its
+        category's column, the default for ``None`` or a category the table lacks."""
+        table, col = self._columns
+        return table[:, [col.get(c, -1) if c is not None else -1 for c in categories]].T
+
     def costs(self, category: str | None) -> dict[str, float]:
         """Predicted cost of one request to each expert: its category's, else the default."""
-        if category is not None and category in self.categories:
-            col = self.cost_table[:, self.categories.index(category)]
-        else:
-            col = self.cost_default
-        return dict(zip(self.experts, col.tolist(), strict=True))
+        return dict(zip(self.experts, self.cost_rows([category])[0].tolist(), strict=True))
 
     def scores(
         self, quality: dict[str, float], category: str | None, lam: float

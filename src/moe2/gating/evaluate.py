@@ -499,9 +499,7 @@ def _cost_rule_choice(
         z = logits[:, cols] - logits[:, cols].max(axis=1, keepdims=True)
         q = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
     # ĉ per prompt: its category's column of the cost table (the default for a category it lacks)
-    table = np.concatenate([rule.cost_table, rule.cost_default[:, None]], axis=1)  # [|S|, C + 1]
-    col = {c: i for i, c in enumerate(rule.categories)}
-    chat = table[:, [col.get(data.categories[i], -1) for i in data.category_idx]].T  # [P, |S|]
+    chat = rule.cost_rows([data.categories[i] for i in data.category_idx])  # [P, |S|]
     v = np.where(np.isfinite(data.scores[:, cols]), q - rule.lam * chat, -np.inf)
     pick = np.argmax(v, axis=1)
     info = {

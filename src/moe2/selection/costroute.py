@@ -109,7 +109,6 @@ def cost_matrix(data: Any, profile: Any, metric: str) -> tuple[np.ndarray, list[
     missing, partial, negative = [], [], []
     for j, e in enumerate(data.experts):
         fin = np.isfinite(col[:, j])
-
         if (fin | ~answered[:, j]).all() and fin.any():
             sources.append("table")
         elif fin.any() or np.isinf(col[:, j]).any():
