@@ -7,6 +7,8 @@ costroute``). This benchmark compares three choices of ``q`` on the same prompts
   the default ``q``);
 - ``knn``: the cost-aware kNN's predicted scores (``gating/knn_scores.parquet``, each prompt left
   out of its own neighbours);
+- ``best_single``: the most accurate expert on these prompts, alone, at its own cost (a
+  reference line, paired by prompt);
 - ``blend``: ``α·heads + (1 − α)·knn``. ``α`` is chosen on the selection half from
   {0, 0.1, …, 1} by the mean best quality over the budgets (``blend``), or per budget together
   with ``(S, λ)`` from {0, 0.25, 0.5, 0.75, 1} (``blend_per_budget``).
@@ -53,6 +55,8 @@ COMPARE = {
     "heads − knn": ("heads", "knn"),
     "blend_per_budget − knn": ("blend_per_budget", "knn"),
     "blend_per_budget − heads": ("blend_per_budget", "heads"),
+    "heads − best single": ("heads", "best_single"),
+    "blend − best single": ("blend", "best_single"),
 }
 
 
@@ -157,10 +161,30 @@ def main() -> None:
         "heads": h.crossfit(lambda sel: [1.0]),
         "blend": h.crossfit(h.alpha_by_mean_quality),
         "blend_per_budget": h.crossfit(lambda sel: list(ALPHAS_PER_BUDGET)),
+        # the most accurate expert alone, at its own cost, at every budget (paired by prompt)
+        "best_single": (
+            np.tile(h.scores[:, h.best], (len(h.budgets), 1)),
+            np.tile(h.cost[:, h.best], (len(h.budgets), 1)),
+        ),
     }
     print(
         f"{a.table}: {len(h.half)} train+val prompts in two halves; most accurate expert "
         f"{h.experts[h.best]} ({h.scores[:, h.best].mean():.4f} at {h.cost[:, h.best].mean():.3g} USD)"
+    )
+    # the same prompts' references: every single expert at its own mean cost, and the oracle
+    # (the cheapest expert that answers correctly; the cheapest expert where none does)
+    singles = {
+        e: (float(h.scores[:, j].mean()), float(h.cost[:, j].mean()))
+        for j, e in enumerate(h.experts)
+    }
+    right = np.where(h.scores > 0, h.cost, np.inf)
+    pick = np.where(np.isfinite(right).any(1), right.argmin(1), h.cost.argmin(1))
+    rows_ = np.arange(len(pick))
+    oracle = (float(h.scores[rows_, pick].mean()), float(h.cost[rows_, pick].mean()))
+    print(f"oracle: {oracle[0]:.4f} at {oracle[1]:.3g} USD")
+    print(
+        "single experts (accuracy at mean cost): "
+        + ", ".join(f"{e} {a:.4f} at {c:.3g}" for e, (a, c) in singles.items())
     )
     print(f"blend: α = {h.chosen} (chosen on half 0, on half 1)")
     print(
@@ -191,7 +215,17 @@ def main() -> None:
         print(f"  {key}: {c['above']} / {c['below']} / {c['point_below']}")
     out = a.work / a.table / "cost_blend.json"
     out.write_text(
-        json.dumps({"table": a.table, "alpha": h.chosen, "rows": rows, "counts": counts}, indent=2)
+        json.dumps(
+            {
+                "table": a.table,
+                "alpha": h.chosen,
+                "oracle": oracle,
+                "singles": singles,
+                "rows": rows,
+                "counts": counts,
+            },
+            indent=2,
+        )
         + "\n"
     )
     print(f"wrote {out}")
