@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from moe2.export.bundle import ExpertSource, GateSource, write_bundle
+from moe2.export.bundle import EndpointSource, ExpertSource, GateSource, write_bundle
 
 from moe2.errors import ConfigError, DataError
 from moe2.utils.io import read_json, sha256_file
@@ -36,6 +36,48 @@ def _routing_check_data(
     return texts, data.scores[np.ix_(order, cols)], cats
 
 
+def _endpoints(selection: dict[str, Any], pool: dict[str, Any], cfg: Any) -> list[EndpointSource]:
+    """The selected experts that run at an endpoint: the hosted LLMs of a selection made on a
+    pool from the outcome table (``selection.pool=auto``), and pool members whose model card
+    has the ``openai`` backend. Any other expert must be a local model of the pool."""
+    hosted = bool((selection.get("cost_profile") or {}).get("hosted"))
+    missing = [e for e in selection["subset"] if e not in pool]
+    if missing and not hosted:
+        raise ConfigError(
+            f"selected expert(s) {missing} are not in the experts pool '{cfg.experts.get('name')}' "
+            f"({sorted(pool)}); export with the pool the selection was made on (experts=...)"
+        )
+    out = []
+    for name in selection["subset"]:
+        if name not in pool:
+            out.append(EndpointSource(name, origin="table"))
+            continue
+        card = pool[name].model
+        if card.backend == "transformers":
+            continue
+        source = dict(card.source or {})
+        out.append(
+            EndpointSource(
+                name,
+                url=source.get("endpoint"),
+                model=source.get("model") or card.name,
+                card={
+                    "name": card.name,
+                    "params": card.params,
+                    "context_length": card.context_length,
+                },
+                origin="pool",
+            )
+        )
+    if out:
+        log.info(
+            "expert(s) %s run at an endpoint: the bundle packs no weights for them; `moe2 serve` "
+            "calls them where the deployment (or, for a pool member, its model card) says",
+            [e.name for e in out],
+        )
+    return out
+
+
 def export_from_artifacts(cfg: Any) -> Path:
     """Export the bundle of a run: ``selection/selection.json`` + ``gating/`` + the experts' weights.
 
@@ -59,20 +101,8 @@ def export_from_artifacts(cfg: Any) -> Path:
     selection = read_json(sel_path)
     gate, tokenizer, gate_experts = load_gate(str(paths.gating))
     pool = {e.name: e for e in load_pool(cfg.experts)}
-    missing = [e for e in selection["subset"] if e not in pool]
-    if missing and (selection.get("cost_profile") or {}).get("hosted"):
-        raise ConfigError(
-            f"the selection in {sel_path} routes between hosted experts {missing} (a pool made from "
-            "the outcome table, selection.pool=auto): a bundle packs local weights, so there is "
-            "nothing to export for them. Their selection (subset, lambda, cost table) is "
-            f"selection.json itself; to deploy local models, name them in an experts pool "
-            f"(conf/experts/<pool>.yaml, one entry per expert name) and export with experts=<pool>"
-        )
-    if missing:
-        raise ConfigError(
-            f"selected expert(s) {missing} are not in the experts pool '{cfg.experts.get('name')}' "
-            f"({sorted(pool)}); export with the pool the selection was made on (experts=...)"
-        )
+    endpoints = _endpoints(selection, pool, cfg)
+    local = [e for e in selection["subset"] if e not in {ep.name for ep in endpoints}]
     from moe2.export.tensorrt.plan import check_context
 
     from moe2.experts.hf import load_model_and_tokenizer
@@ -81,17 +111,13 @@ def export_from_artifacts(cfg: Any) -> Path:
     # length; the plans check the graph's again): said before any weights load
     max_ctx = OmegaConf.select(cfg, "export.tensorrt.shapes.max_context", default=None)
     if max_ctx is not None:
-        for name in selection["subset"]:
+        for name in local:
             check_context(f"expert {name}", max_ctx, pool[name].model.context_length)
     loaded: dict[str, tuple[Any, Any]] = {}
     experts = []
-    for name in selection["subset"]:
+    for name in local:
         spec = pool[name]
         card = spec.model
-        if card.backend != "transformers":
-            raise ConfigError(
-                f"expert {name} uses the {card.backend} backend (a remote endpoint); only local models can be exported"
-            )
         if card.name not in loaded:
             model, tok, _info = load_model_and_tokenizer(
                 card.name, card.source, "cpu", "float32", str(paths.cache)
@@ -138,4 +164,5 @@ def export_from_artifacts(cfg: Any) -> Path:
         routing_scores=scores,
         inputs=inputs,
         routing_categories=cats,
+        endpoints=endpoints,
     )

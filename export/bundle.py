@@ -64,6 +64,30 @@ class ExpertSource:
         return self.model_key or str(self.card.get("name") or self.name)
 
 
+@dataclass
+class EndpointSource:
+    """One selected expert that runs at an endpoint, not from the bundle: a hosted LLM of an
+    imported table (``selection.pool=auto``: ``url`` unknown until deployment) or a pool member
+    with the ``openai`` backend (its card's endpoint). The bundle holds no weights for it.
+    """
+
+    name: str
+    url: str | None = None
+    model: str | None = None
+    card: dict[str, Any] = field(default_factory=dict)
+    origin: str = "table"  # "table" (hosted pool) or "pool" (an openai-backend pool member)
+
+    def entry(self) -> dict[str, Any]:
+        """Its record in ``manifest.json["endpoints"]``."""
+        return {
+            "name": self.name,
+            "url": self.url,
+            "model": self.model or self.name,
+            "card": self.card,
+            "origin": self.origin,
+        }
+
+
 # --------------------------------------------------------------------------------------- write
 
 
@@ -112,7 +136,8 @@ def _routing(
         "subset_index": [list(gate_experts).index(e) for e in subset],
         "k": k,
         "aggregation": aggregation,
-        "expert_dirs": {e: expert_dirs[e] for e in subset},
+        # experts at an endpoint (manifest.json "endpoints") have no directory
+        "expert_dirs": {e: expert_dirs[e] for e in subset if e in expert_dirs},
         "cost_profile": selection.get("cost_profile"),
         # copied as written (checked): the runtime re-reads it with moe2.format.cost_routing
         "cost_routing": _cost_routing(selection, subset, gate_correctness),
@@ -130,13 +155,14 @@ def write_bundle(
     routing_scores: Any = None,
     inputs: dict[str, str] | None = None,
     routing_categories: Sequence[str | None] | None = None,
+    endpoints: Sequence[EndpointSource] = (),
 ) -> Path:
     """Export the gate and the selected experts into a verified bundle at ``path`` (atomically).
 
     Args:
         path: destination directory (replaced as a whole if it exists).
         gate: the gating network.
-        experts: the selected experts, in subset order.
+        experts: the selected experts whose weights the bundle packs, in subset order.
         selection: ``selection.json`` of the selection stage (subset, k, aggregation, budgets,
             objective, cost_profile, ...).
         options: export options (``opset``, ``precision``, ``parity.prompts``,
@@ -148,6 +174,8 @@ def write_bundle(
         inputs: checksums of the inputs, for ``meta.json``.
         routing_categories: the category of each routing text (``None``: not known), fed to a
             gate with a category input; default: unknown and every known category in turn.
+        endpoints: the selected experts that run at an endpoint (no weights packed); with
+            ``experts`` they make the subset.
 
     Returns:
         The bundle path.
@@ -172,7 +200,7 @@ def write_bundle(
             "the shipped ONNX graphs, which strongly typed TensorRT builds keep)"
         )
     subset = [str(e) for e in selection.get("subset", [])]
-    names = [e.name for e in experts]
+    names = [e.name for e in experts] + [e.name for e in endpoints]
     if sorted(names) != sorted(subset):
         raise ConfigError(f"experts to export {names} differ from the selected subset {subset}")
 
@@ -279,6 +307,7 @@ def write_bundle(
             "budgets": selection.get("budgets"),
             "objective": selection.get("objective"),
             "experts": expert_entries,
+            **({"endpoints": [e.entry() for e in endpoints]} if endpoints else {}),
             "gate": {
                 "experts": gate.experts,
                 "onnx": "gate/model.onnx",

@@ -67,6 +67,37 @@ def render(answer: Any) -> None:
         console.print(f"[yellow]note:[/yellow] {note}")
 
 
+def remote_experts(bundle: Any, deployment: Any) -> dict[str, Any]:
+    """The bundle's experts that the deployment puts at an OpenAI-compatible endpoint (every
+    expert the bundle has no weights for needs one), as clients; none connects before it is
+    called."""
+    import os
+
+    from moe2.experts.base import Template
+    from moe2.experts.openai import OpenAIExpert
+    from moe2.serving.config import load_deployment
+
+    placements = load_deployment(deployment or {}, bundle.subset, bundle.endpoints)
+    out = {}
+    for name, pl in placements.items():
+        if pl.kind != "openai":
+            continue
+        out[name] = OpenAIExpert(
+            name,
+            str(pl.url),
+            str(pl.model or name),
+            # no cut from the left here: a prompt too long for the endpoint is its error
+            context_length=int(pl.context_length or 1 << 30),
+            template=Template(plain="{text}"),  # the prompt as sent, as serve's /v1/completions
+            api_key=os.environ.get(pl.api_key_env) if pl.api_key_env else None,
+            concurrency=1,
+            timeout_s=float(pl.timeout_s),
+            max_retries=int(pl.max_retries),
+            backoff_s=float(pl.backoff_s),
+        )
+    return out
+
+
 def main(cfg: DictConfig) -> dict[str, Any]:
     """Load (verify) the bundle, answer ``cfg.prompt``, print and return the answer."""
     from dataclasses import asdict
@@ -91,6 +122,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         category=cfg.category,
         lam=knob.get("lambda"),
         mean_budget=knob.get("mean_budget"),
+        remote=remote_experts(bundle, cfg.get("deployment")),
     )
     render(answer)
     return asdict(answer)

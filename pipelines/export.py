@@ -19,11 +19,12 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     path = export_from_artifacts(cfg)
     info = summary(verify_bundle(path))
     log.info(
-        "bundle %s: %d files, %.1f MB, experts %s, plans %s",
+        "bundle %s: %d files, %.1f MB, experts %s, at endpoints %s, plans %s",
         path,
         info["files"],
         info["bytes"] / 1e6,
         info["experts"],
+        info["endpoints"] or "none",
         info["targets"],
     )
     return {"bundle": str(path), **info}

@@ -410,8 +410,8 @@ def test_resolve_split_warns_whenever_val_is_in_sample(
 def test_export_refuses_hosted_or_too_long_plans_before_loading_weights(
     trained: Path, tmp_path: Path
 ) -> None:
-    """Two export mistakes found before any weights load: a hosted selection (nothing local to
-    pack) and TensorRT plans longer than a model's context."""
+    """Two export mistakes found before any weights load: a hosted selection of an expert the
+    gate does not know, and TensorRT plans longer than a model's context."""
     from moe2.export.build import export_from_artifacts
 
     from moe2.errors import ConfigError
@@ -422,7 +422,9 @@ def test_export_refuses_hosted_or_too_long_plans_before_loading_weights(
         (tmp_path / d).symlink_to(trained / d)
     sel.write_text(json.dumps({"subset": ["api-x"], "cost_profile": {"hosted": True}}))
     cfg = compose("export", [f"paths.artifacts={tmp_path}", "experts=tiny"])
-    with pytest.raises(ConfigError, match=r"routes between hosted experts \['api-x'\]"):
+    with pytest.raises(
+        DataError, match=r"names expert\(s\) \['api-x'\] the gate was not trained on"
+    ):
         export_from_artifacts(cfg)
     sel.write_text(json.dumps({"subset": [TINY[0]], "k": 1}))
     with pytest.raises(

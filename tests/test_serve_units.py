@@ -29,6 +29,31 @@ def test_deployment_defaults_and_file(tmp_path: Path) -> None:
     )
 
 
+def test_deployment_of_experts_at_an_endpoint() -> None:
+    """An expert the bundle holds no weights for runs at an endpoint: the deployment's URL, else
+    the bundle's (a pool member's card), else one error naming every such expert."""
+    ends = {"beta": {"url": "http://10.0.0.9:8000/v1", "model": "served-beta"}}
+    local = {"default": {"kind": "local", "concurrency": 1}}
+    d = load_deployment(local, SUBSET, ends)
+    assert d["alpha"].kind == "local"
+    assert (d["beta"].kind, d["beta"].url, d["beta"].model) == (
+        "openai", "http://10.0.0.9:8000/v1", "served-beta"
+    )  # fmt: skip
+    own = {**local, "experts": {"beta": {"url": "http://127.0.0.1:9/v1", "timeout_s": 2}}}
+    d = load_deployment(own, SUBSET, ends)
+    assert (d["beta"].url, d["beta"].model, d["beta"].timeout_s) == (
+        "http://127.0.0.1:9/v1", "served-beta", 2
+    )  # fmt: skip
+    remote = {"default": {"kind": "openai", "url": "http://127.0.0.1:7/v1"}}
+    d = load_deployment(remote, SUBSET, {"beta": {"url": None}})
+    assert d["beta"].url == "http://127.0.0.1:7/v1" and d["beta"].model == "beta"
+    with pytest.raises(ConfigError, match=r"\['alpha', 'beta'\] run at an endpoint") as ei:
+        load_deployment(local, SUBSET, {"alpha": {"url": None}, "beta": {"url": None}})
+    assert '"alpha": {kind: openai' in str(ei.value) and "deployment.file=FILE" in str(ei.value)
+    with pytest.raises(ConfigError, match="deployment.beta.kind='local'.*so its kind is openai"):
+        load_deployment({"experts": {"beta": {"kind": "local"}}}, SUBSET, ends)
+
+
 @pytest.mark.parametrize(
     ("cfg", "match"),
     [

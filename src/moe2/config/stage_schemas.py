@@ -176,6 +176,8 @@ class AskStageCfg(_BundleStageCfg):
     #: run-time routing knobs of cost-aware bundles (moe2.format.cost_routing.CostRouting.resolve), checked by the code
     #: that applies them; absent from bundles without cost routing
     routing: Any = None
+    #: where experts run (as for ``serve``): an ``openai`` placement is called at its endpoint
+    deployment: DeploymentCfg = field(default_factory=DeploymentCfg)
 
 
 @dataclass

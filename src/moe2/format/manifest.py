@@ -95,7 +95,12 @@ _SHAPE: dict[str, type | tuple[type, ...]] = {
     "gate": dict,
     "parity": list,
 }
-_OPTIONAL: dict[str, type | tuple[type, ...]] = {"targets": list, "engines": dict}
+_OPTIONAL: dict[str, type | tuple[type, ...]] = {
+    "targets": list,
+    "engines": dict,
+    # experts of the subset that run at an endpoint (hosted LLMs, servers of the user's): no files
+    "endpoints": list,
+}
 
 
 def _check_shape(mpath: Path, manifest: dict[str, Any]) -> None:
@@ -128,6 +133,13 @@ def _check_shape(mpath: Path, manifest: dict[str, Any]) -> None:
             isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("dir"), str)
         ):
             raise bad(f"experts[{i}]", "is not a record with a 'name' and a 'dir'")
+    for i, e in enumerate(manifest.get("endpoints", [])):
+        if not (
+            isinstance(e, dict)
+            and isinstance(e.get("name"), str)
+            and isinstance(e.get("url"), (str, type(None)))
+        ):
+            raise bad(f"endpoints[{i}]", "is not a record with a 'name' and a 'url' (or null)")
     if not isinstance(manifest["gate"].get("onnx"), str):
         raise bad("gate.onnx", "is missing or not a path")
     for i, r in enumerate(manifest["parity"]):
@@ -347,6 +359,7 @@ def summary(manifest: dict[str, Any]) -> dict[str, Any]:
         "moe2_version": manifest.get("moe2_version"),
         "created": manifest.get("created"),
         "experts": [e["name"] for e in manifest["experts"]],
+        "endpoints": [e["name"] for e in manifest.get("endpoints", [])],
         "files": len(manifest["files"]),
         "bytes": sum(int(f["bytes"]) for f in manifest["files"].values()),
         "parity_records": len(manifest["parity"]),

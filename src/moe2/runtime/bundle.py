@@ -145,6 +145,17 @@ class Bundle:
         )
         self.gate_file = gate_file.name
         self.subset: list[str] = list(self.routing["subset"])
+        #: experts of the subset that run at an endpoint (no weights in the bundle), by name:
+        #: their ``manifest.json["endpoints"]`` record (``url``: ``None`` until deployment)
+        self.endpoints: dict[str, dict[str, Any]] = {
+            e["name"]: e for e in manifest.get("endpoints", [])
+        }
+        stray = sorted(set(self.endpoints) - set(self.subset))
+        if stray:
+            raise BundleError(
+                f"manifest.json endpoints {stray} are not in routing.json's subset {self.subset}; "
+                "the bundle is inconsistent, re-export it"
+            )
         self.subset_index = np.asarray(self.routing["subset_index"], dtype=np.int64)
         self.k = int(self.routing["k"])
         self.aggregation = str(self.routing["aggregation"])
@@ -209,6 +220,12 @@ class Bundle:
     def expert_dir(self, expert: str) -> str:
         """The bundle-relative directory of ``expert``: routing.json's, one the manifest lists."""
         dirs = self.routing.get("expert_dirs") or {}
+        if expert in self.endpoints:
+            raise ConfigError(
+                f"expert {expert!r} runs at an endpoint (the bundle holds no weights for it); "
+                "give its URL in a deployment: `moe2 ask|serve BUNDLE deployment.file=FILE` "
+                f'with experts: {{"{expert}": {{kind: openai, url: "http://HOST:PORT/v1"}}}}'
+            )
         if expert not in dirs:
             raise BundleError(f"routing.json has no directory for expert {expert!r}; re-export")
         rel = dirs[expert]
@@ -414,6 +431,7 @@ class Bundle:
         category: str | None = None,
         lam: float | None = None,
         mean_budget: float | None = None,
+        remote: dict[str, Any] | None = None,
     ) -> Answer:
         """Answer ``prompt`` with the bundle.
 
@@ -431,6 +449,10 @@ class Bundle:
                 routing; default: the calibrated lambda).
             mean_budget: instead of ``lam``, an average cost per request, mapped to lambda
                 through the calibration curve.
+            remote: experts called at an OpenAI-compatible endpoint instead of in this process,
+                by name (a :class:`moe2.experts.openai.OpenAIExpert`: ``generate`` and
+                ``score_choices``); every expert that runs at an endpoint (:attr:`endpoints`)
+                and is routed to must be here.
         """
         import time
 
@@ -454,9 +476,16 @@ class Bundle:
         if agg == "top1":
             routed = routed[:1]
             routed = [(routed[0][0], 1.0)]
-        # every routed expert's context is checked before any expert runs
+        remote = dict(remote or {})
+        unplaced = [n for n, _w in routed if n in self.endpoints and n not in remote]
+        if unplaced:
+            self.expert_dir(unplaced[0])  # says how to give its endpoint
+        # every routed expert's context is checked before any expert runs (an endpoint expert's
+        # tokenizer is its server's: it checks there)
         prompts: dict[str, list[int]] = {}
         for name, _w in routed:
+            if name in self.endpoints:
+                continue
             tok, gen = self.tokens(name)
             ids = prompts[name] = prompt_ids(tok, prompt, bool(gen.get("chat_template")))
             if choices:
@@ -471,10 +500,21 @@ class Bundle:
                 )
         uses: list[ExpertUse] = []
         for name, w in routed:
-            lm, tok, gen = self._lm(name)
-            ids = prompts[name]
             t0 = time.perf_counter()
             logprobs = None
+            if name in remote:
+                text, n_tokens, logprobs = self._ask_remote(
+                    remote[name], name, prompt, choices, max_new_tokens
+                )
+                lat, en = self.estimate(name, category)
+                uses.append(
+                    ExpertUse(
+                        name, float(w), text, n_tokens, time.perf_counter() - t0, lat, en, logprobs
+                    )
+                )
+                continue
+            lm, tok, gen = self._lm(name)
+            ids = prompts[name]
             if choices:
                 logprobs = [lm.continuation_logprob(ids, option_ids(tok, c)) for c in choices]
                 text = choices[int(np.argmax(logprobs))]
@@ -514,6 +554,23 @@ class Bundle:
             else self.cost_routing.cost_of([u.name for u in uses], category, scores.lam),
             scores=scores.table(),
         )
+
+    def _ask_remote(
+        self,
+        client: Any,
+        name: str,
+        prompt: str,
+        choices: Sequence[str] | None,
+        max_new_tokens: int | None,
+    ) -> tuple[str, int, list[float] | None]:
+        """One expert's answer from its endpoint: the text, its tokens, option log-probs."""
+        if choices:
+            logprobs = [float(v) for v in client.score_choices([prompt], [list(choices)])[0]]
+            return choices[int(np.argmax(logprobs))], 0, logprobs
+        if max_new_tokens is None and name not in self.endpoints:
+            max_new_tokens = int(self.tokens(name)[1].get("max_new_tokens", 64))
+        g = client.generate([prompt], int(max_new_tokens or 64))[0]
+        return g.text.strip(), int(g.output_tokens), None
 
     @staticmethod
     def _aggregate(

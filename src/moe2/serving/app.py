@@ -430,7 +430,7 @@ def router_app(router: Any, server: ServerCfg) -> Any:
         devices = {
             e["name"]: e.get("placement") or e.get("device")
             for e in router.bundle.manifest.get("experts", [])
-        }
+        } | {e["name"]: "endpoint" for e in router.bundle.manifest.get("endpoints", [])}
         return {"object": "moe2.costs", "experts": router.costs.export(), "devices": devices,
                 "note": "latency_ms: seen by the router (network + expert); energy_j: measured on the expert's device"}  # fmt: skip
 

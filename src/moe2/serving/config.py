@@ -230,16 +230,22 @@ def to_plain(cfg: Any) -> Any:
     return cfg
 
 
-def load_deployment(cfg: Any, subset: list[str]) -> dict[str, Placement]:
+def load_deployment(
+    cfg: Any, subset: list[str], endpoints: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Placement]:
     """The placement of each expert of ``subset`` from the ``deployment`` config.
 
     Args:
         cfg: ``{default: {...}, experts: {name: {...}}, file: PATH | None}``; a ``file`` is read
             as the same mapping and overrides the group's entries.
         subset: the bundle's experts.
+        endpoints: the bundle's experts that run at an endpoint (``manifest.json["endpoints"]``
+            by name: ``url`` or ``None``, ``model``). The bundle holds no weights for them, so
+            their placement is ``openai``: the deployment's ``url``, else the manifest's.
 
     Raises:
-        ConfigError: an unknown expert, key or value, or an unreadable file.
+        ConfigError: an unknown expert, key or value, an unreadable file, or an endpoint expert
+            without a URL.
     """
     import yaml
 
@@ -272,7 +278,36 @@ def load_deployment(cfg: Any, subset: list[str]) -> dict[str, Placement]:
         raise ConfigError(
             f"deployment names expert(s) {stray} that are not in the bundle (its experts: {subset})"
         )
-    return {
-        name: build(Placement, {**default, **(experts.get(name) or {})}, f"deployment.{name}")
-        for name in subset
-    }
+    endpoints = endpoints or {}
+    placements: dict[str, Placement] = {}
+    no_url: list[str] = []
+    for name in subset:
+        spec = {**default, **(experts.get(name) or {})}
+        if name in endpoints:
+            own = experts.get(name) or {}
+            if own.get("kind", "openai") != "openai":
+                raise ConfigError(
+                    f"deployment.{name}.kind={own['kind']!r}: expert {name!r} runs at an endpoint "
+                    "(the bundle holds no weights for it), so its kind is openai"
+                )
+            url = (
+                own.get("url")
+                or endpoints[name].get("url")
+                or (default.get("url") if default.get("kind") == "openai" else None)
+            )
+            if not url:
+                no_url.append(name)
+                continue
+            model = own.get("model") or endpoints[name].get("model") or name
+            spec = {**spec, "kind": "openai", "url": url, "model": model}
+        placements[name] = build(Placement, spec, f"deployment.{name}")
+    if no_url:
+        example = "\n".join(
+            f'  "{n}": {{kind: openai, url: "http://HOST:PORT/v1", model: {n}}}' for n in no_url
+        )
+        raise ConfigError(
+            f"expert(s) {no_url} run at an endpoint (hosted: the bundle holds no weights for them) "
+            "and neither the deployment nor the bundle gives its URL; write a deployment file "
+            f"and pass deployment.file=FILE:\nexperts:\n{example}"
+        )
+    return placements

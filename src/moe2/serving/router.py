@@ -131,7 +131,8 @@ class Router:
             cost profile).
         backends: expert name -> :class:`~moe2.serving.backends.LocalBackend` or
             :class:`~moe2.serving.backends.RemoteBackend`, one per expert of the subset.
-        tokens: expert name -> :class:`~moe2.serving.local.ExpertTokens` (context checks).
+        tokens: expert name -> :class:`~moe2.serving.local.ExpertTokens` (context checks), or
+            ``None`` for an expert at an endpoint the bundle has no tokenizer for.
         routing: routing options.
         metrics: the app's metrics.
     """
@@ -341,18 +342,19 @@ class Router:
                 excluded[e] = f"circuit open ({self.breakers[e].last_error})"
                 continue
             tok = self.tokens[e]
-            ids = (
-                tok.encode_chat(req.messages)
-                if req.kind == "chat"
-                else tok.encode_text(req.prompt or "")
-            )
-            n_prompt[e] = len(ids)
-            try:
-                tok.check_context(len(ids), 1 if req.choices else req.max_tokens)
-            except APIError as exc:
-                excluded[e] = exc.message
-                too_long.append(e)
-                continue
+            if tok is not None:  # None: an endpoint expert, whose own server checks the context
+                ids = (
+                    tok.encode_chat(req.messages)
+                    if req.kind == "chat"
+                    else tok.encode_text(req.prompt or "")
+                )
+                n_prompt[e] = len(ids)
+                try:
+                    tok.check_context(len(ids), 1 if req.choices else req.max_tokens)
+                except APIError as exc:
+                    excluded[e] = exc.message
+                    too_long.append(e)
+                    continue
             b = req.budget
             if (
                 b.latency_ms is not None

@@ -375,7 +375,7 @@ def build_router(cfg: Any) -> Any:
 
     routing = build(RoutingCfg, to_plain(cfg.routing), "routing")
     bundle = load_bundle(str(cfg.bundle.path), backend=str(cfg.backend), threads=cfg.threads)
-    placements = load_deployment(cfg.deployment, bundle.subset)
+    placements = load_deployment(cfg.deployment, bundle.subset, bundle.endpoints)
     backends: dict[str, Any] = {}
     tokens: dict[str, Any] = {}
     for name, pl in placements.items():
@@ -384,7 +384,10 @@ def build_router(cfg: Any) -> Any:
             backends[name], tokens[name] = LocalBackend(model, pl), model
         else:
             backends[name] = RemoteBackend(name, pl)
-            tokens[name] = expert_tokens(bundle, name, pl.context_length)
+            # an endpoint expert has no tokenizer in the bundle: its server checks the context
+            tokens[name] = (
+                None if name in bundle.endpoints else expert_tokens(bundle, name, pl.context_length)
+            )
     log.info(
         "experts: %s",
         ", ".join(f"{n} ({b.kind}{' ' + b.url if b.url else ''})" for n, b in backends.items()),
