@@ -125,8 +125,9 @@ def test_export_writes_a_bundle_of_endpoints(run: Path) -> None:
 def test_ask_calls_the_routed_endpoint_and_reports_its_cost(
     run: Path, endpoints: dict[str, Any], tmp_path: Path
 ) -> None:
+    from moe2.pipelines.ask import main as ask
+
     from moe2.runtime import load_bundle
-    from pipelines.ask import main as ask
 
     bundle = load_bundle(run / "bundle", backend="onnxruntime")
     over = [f"paths.artifacts={run}", f"prompt={Q}", "max_new_tokens=4"]
