@@ -18,6 +18,7 @@ Commands (repository root, venv active):
     python benchmarks/bench_cost.py train --table llmrouter
     python benchmarks/bench_cost.py front --table llmrouter
     python benchmarks/bench_cost.py summary --table routerbench   # the RESULTS.md tables
+    python benchmarks/bench_cost.py knob --table routerbench  # the knob between calibration points
 
 ``--work`` (default /tmp/moe2-cost) holds the gates and results; ``--outcomes`` the imported tables
 (default /tmp/moe2-quality/<table>/outcomes); ``--cache`` the embedding cache (/tmp/moe2-cache).
@@ -125,6 +126,129 @@ def front(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def knob(args: argparse.Namespace) -> dict[str, Any]:
+    """The run-time knob of the selected bundle (``front``'s select at 30%), moved to average
+    budgets between its calibration points without re-exporting, realised on the calibration
+    split (OOF q, where the curve was measured) and on test: one λ (the smallest calibrated λ within
+    the budget, ``selection.cost_mix=false``), the two-λ mixture (the default), and the linear
+    interpolation of λ between the points that moe2 used before (for the record). Per budget: the
+    realised mean cost over the budget and the accuracy, with paired bootstrap intervals of
+    mixed − one λ on the same prompts."""
+    import dataclasses
+
+    import numpy as np
+
+    from moe2.format.cost_routing import CostRouting, Knob, request_shares
+    from moe2.gating.baselines import interval_text, paired_bootstrap
+    from moe2.selection import costsel
+    from moe2.selection.api import load_inputs
+    from moe2.selection.budgets import BudgetModel, applicable_budgets
+    from moe2.utils.stage import compose
+
+    work = Path(args.work) / args.table
+    block = json.loads((work / "selection" / "selection.json").read_text())["cost_routing"]
+    rule = CostRouting.from_dict(block, "selection.json")
+    rules = {
+        "one": dataclasses.replace(rule, mixing=False),
+        "mixed": dataclasses.replace(rule, mixing=True),
+    }
+    cfg = compose("select", [*_paths(args), "budget=none", "selection.split=oof"])
+    inp = load_inputs(cfg)
+    budgets, _ = applicable_budgets(cfg.budget, inp.profile)
+    bm = BudgetModel(inp.profile, budgets, k=inp.val.k)
+    cs = costsel.setup(inp, cfg, bm, "cost", None)
+    d = inp.data
+    cols = np.array([list(d.experts).index(e) for e in rule.experts])
+    u = request_shares(d.texts)
+
+    def realise(rows: np.ndarray, q: np.ndarray, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        v = q[rows][:, cols] - lam[rows, None] * cs.chat[rows][:, cols]
+        pick = cols[np.argmax(v, axis=1)]
+        idx = np.flatnonzero(rows)
+        return cs.cost[idx, pick], np.nan_to_num(d.scores[idx, pick])
+
+    def interpolated(b: float) -> float:  # the linear λ interpolation of moe2 before this change
+        pts = rule.calibration
+        for prev, cur in zip(pts, pts[1:], strict=False):
+            if cur.mean_cost <= b:
+                t = (prev.mean_cost - b) / (prev.mean_cost - cur.mean_cost)
+                return prev.lam + t * (cur.lam - prev.lam)
+        raise ValueError(b)
+
+    pts = rule.calibration
+    values = []
+    for prev, cur in zip(pts, pts[1:], strict=False):
+        if prev.mean_cost > cur.mean_cost * (1 + 1e-3):  # a gap: its midpoint in cost
+            values.append(0.5 * (prev.mean_cost + cur.mean_cost))
+    splits = {"calibration": (cs.sel_rows, cs.q_sel), "test": (cs.rep_rows, cs.q_rep)}
+    rows_out = []
+    for b in values:
+        knobs = {name: r.lambda_for_budget(b) for name, r in rules.items()}
+        knobs["interpolated"] = Knob(interpolated(b))
+        row: dict[str, Any] = {
+            "budget": b,
+            "knobs": {k: {"lambda": v.lam, "mix": v.mix_dict()} for k, v in knobs.items()},
+        }
+        for split, (rows, q) in splits.items():
+            per = {
+                k: realise(rows, q, np.where(u < v.share, v.alt, v.lam) if v.mixed else
+                           np.full(len(u), v.lam))
+                for k, v in knobs.items()
+            }  # fmt: skip
+            row[split] = {
+                k: {"mean_cost": float(c.mean()), "accuracy": float(s.mean())}
+                for k, (c, s) in per.items()
+            }
+            row[split]["mixed_minus_one"] = {
+                "accuracy": paired_bootstrap(
+                    per["mixed"][1], per["one"][1], n_boot=args.n_boot, seed=0
+                ).to_dict(),
+                "mean_cost": paired_bootstrap(
+                    per["mixed"][0], per["one"][0], n_boot=args.n_boot, seed=0
+                ).to_dict(),
+            }
+        rows_out.append(row)
+    res: dict[str, Any] = {"table": args.table, "subset": list(rule.experts), "points": rows_out}
+    lines = []
+    for split in splits:
+        over = {
+            k: sum(r[split][k]["mean_cost"] > r["budget"] for r in rows_out)
+            for k in ("one", "mixed", "interpolated")
+        }
+        spent = {
+            k: float(np.median([r[split][k]["mean_cost"] / r["budget"] for r in rows_out]))
+            for k in ("one", "mixed", "interpolated")
+        }
+        res[f"{split}_over_budget"], res[f"{split}_median_spent"] = over, spent
+        lines += [
+            "",
+            f"{split} split ({int(splits[split][0].sum())} prompts): realised mean cost / budget and "
+            "accuracy",
+            "",
+            "| budget (USD) | one λ: cost/B | acc | mixed (share): cost/B | acc | interpolated λ: "
+            "cost/B | acc | mixed − one λ (pt) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows_out:
+            x, b = r[split], r["budget"]
+            mx = r["knobs"]["mixed"]["mix"]
+            lines.append(
+                f"| {b:.3g} | {x['one']['mean_cost'] / b:.3f} | {x['one']['accuracy']:.4f} | "
+                f"{x['mixed']['mean_cost'] / b:.3f} ({mx['share'] if mx else 0:.2f}) | "
+                f"{x['mixed']['accuracy']:.4f} | {x['interpolated']['mean_cost'] / b:.3f} | "
+                f"{x['interpolated']['accuracy']:.4f} | "
+                f"{interval_text(x['mixed_minus_one']['accuracy'])} |"
+            )
+        lines.append(
+            f"\nOver the budget: one λ {over['one']}, mixed {over['mixed']}, interpolated "
+            f"{over['interpolated']} of {len(rows_out)}; median cost/budget: one λ "
+            f"{spent['one']:.3f}, mixed {spent['mixed']:.3f}, interpolated {spent['interpolated']:.3f}."
+        )
+    (work / "cost_knob.json").write_text(json.dumps(res, indent=1))
+    print("\n".join(lines))
+    return res
+
+
 def summary(args: argparse.Namespace) -> str:
     """The RESULTS.md table of one table's front (test split) from ``cost_bench.json``/``cost_front.json``."""
     from moe2.gating.baselines import interval_text
@@ -174,7 +298,7 @@ def summary(args: argparse.Namespace) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("stage", choices=["train", "front", "summary"])
+    ap.add_argument("stage", choices=["train", "front", "knob", "summary"])
     ap.add_argument("--table", required=True, choices=["routerbench", "llmrouter"])
     ap.add_argument("--work", default="/tmp/moe2-cost")
     ap.add_argument("--outcomes", default=None)
@@ -186,6 +310,8 @@ def main() -> None:
         train(args)
     elif args.stage == "front":
         front(args)
+    elif args.stage == "knob":
+        knob(args)
     else:
         summary(args)
 

@@ -182,11 +182,14 @@ def tiny_correctness_gate(
 
 
 def cost_routing_doc(
-    subset: list[str], quality: str = "correctness", lam: float = 50.0
+    subset: list[str], quality: str = "correctness", lam: float = 50.0, mixing: bool = False
 ) -> dict[str, Any]:
-    """A ``cost_routing`` block as ``moe2 select`` writes it (``moe2.format.cost_routing``), by hand."""
+    """A ``cost_routing`` block as ``moe2 select`` writes it (``moe2.format.cost_routing``), by hand;
+    ``mixing``: selected with ``selection.cost_mix=true`` (a budget between two calibration points
+    maps to a mixture of their lambdas)."""
     scale = [1.0, 1.2, 0.8]
     return {
+        "mixing": mixing,
         "metric": "cost",
         "unit": "USD",
         "quality": quality,
@@ -380,7 +383,7 @@ def build_tiny_bundle(
     return Path(out)
 
 
-def build_cost_bundle(path: Path, quantize: bool = False) -> Path:
+def build_cost_bundle(path: Path, quantize: bool = False, mixing: bool = False) -> Path:
     """A tiny bundle with cost routing: all three experts, k=2 (top1), a ``GatingNet`` with
     correctness heads and :func:`cost_routing_doc`'s block; no engine plans."""
     return build_tiny_bundle(
@@ -391,5 +394,5 @@ def build_cost_bundle(path: Path, quantize: bool = False) -> Path:
         targets=(),
         quantize=quantize,
         correctness=True,
-        cost_routing=cost_routing_doc(list(EXPERTS)),
+        cost_routing=cost_routing_doc(list(EXPERTS), mixing=mixing),
     )

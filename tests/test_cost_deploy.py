@@ -31,7 +31,7 @@ from bundle_fixtures import (  # noqa: E402
 )
 
 from moe2.errors import BundleError, ConfigError  # noqa: E402
-from moe2.format.cost_routing import CostRouting  # noqa: E402
+from moe2.format.cost_routing import CostRouting, Knob, request_shares  # noqa: E402
 
 SUBSET = list(EXPERTS)  # alpha (dear, most often right), beta, gamma (cheap)
 PROMPTS = [*PARITY_PROMPTS, "how many legs does a spider have", "explain gravity in one sentence"]
@@ -157,8 +157,9 @@ def test_ask_reports_the_cost_and_moves_with_the_knob(
     assert [u.name for u in free.experts] == [best]
     assert free.cost["value"] == pytest.approx(PRICE[best] * 1.2)  # geo column of the table
     assert free.cost["category"] == "geo" and free.cost["lambda"] == 0.0
-    tight = b.ask(prompt, max_new_tokens=2, mean_budget=0.003)  # between (50, .004), (200, .001)
-    assert tight.cost["lambda"] == pytest.approx(100.0)
+    # between (50, .004) and (200, .001), without mixing: the smallest calibrated lambda within it
+    tight = b.ask(prompt, max_new_tokens=2, mean_budget=0.003)
+    assert tight.cost["lambda"] == 200.0
     # top-k: the cost is summed over the routed experts
     two = b.ask(prompt, max_new_tokens=2, k=2, aggregation="vote", lam=0.0)
     names = [u.name for u in two.experts]
@@ -186,7 +187,7 @@ def test_ask_stage_takes_the_knob_and_prints_the_cost(
     assert f"{result['cost']['value']:.6g} USD" in out and "cost-aware scores" in out
     assert "lambda = 0)" in out and " - lambda x " in out  # the knob shown, not folded in
     result = main(compose("ask", [*base, "routing.mean_budget=0.003"]))
-    assert result["cost"]["lambda"] == pytest.approx(100.0)
+    assert result["cost"]["lambda"] == 200.0
     with pytest.raises(ConfigError, match=r"routing.lambda=1000 is outside the calibrated range"):
         main(compose("ask", [*base, "routing.lambda=1000"]))
 
@@ -195,13 +196,17 @@ def test_ask_stage_takes_the_knob_and_prints_the_cost(
 def test_budget_maps_through_the_calibration_curve() -> None:
     cr = CostRouting.from_dict(cost_routing_doc(SUBSET), "test")
     assert cr.lambda_range == (0.0, 200.0)
-    assert cr.resolve() == 50.0  # the calibrated value
-    assert cr.resolve(lam=120.0) == 120.0
-    assert cr.resolve(mean_budget=0.009) == 0.0  # met at the smallest lambda
-    assert cr.resolve(mean_budget=0.05) == 0.0  # a loose budget does not bind
-    assert cr.resolve(mean_budget=0.0065) == pytest.approx(25.0)  # halfway on the first segment
-    assert cr.resolve(mean_budget=0.004) == pytest.approx(50.0)
-    assert cr.resolve(mean_budget=0.001) == pytest.approx(200.0)
+    assert not cr.mixing
+    assert cr.resolve() == Knob(50.0)  # the calibrated value
+    assert cr.resolve(lam=120.0) == Knob(120.0)
+    assert cr.resolve(mean_budget=0.009) == Knob(0.0)  # met at the smallest lambda
+    assert cr.resolve(mean_budget=0.05) == Knob(0.0)  # a loose budget does not bind
+    # between two points: the smallest calibrated lambda within the budget (the cost is a step
+    # function of lambda; a lambda between the points is not known to meet it)
+    assert cr.resolve(mean_budget=0.0065) == Knob(50.0)
+    assert cr.resolve(mean_budget=0.004) == Knob(50.0)
+    assert cr.resolve(mean_budget=0.003) == Knob(200.0)
+    assert cr.resolve(mean_budget=0.001) == Knob(200.0)
     for kw, match in [
         ({"lam": -1.0}, "must be a finite number >= 0"),
         ({"lam": float("nan")}, "must be a finite number >= 0"),
@@ -214,6 +219,32 @@ def test_budget_maps_through_the_calibration_curve() -> None:
             cr.resolve(**kw)
     with pytest.raises(ConfigError, match="moe2.lambda=300"):  # a request body's names
         cr.resolve(lam=300.0, prefix="moe2")
+
+
+def test_a_mixing_bundle_meets_a_budget_between_points_with_two_lambdas() -> None:
+    cr = CostRouting.from_dict(cost_routing_doc(SUBSET, mixing=True), "test")
+    assert cr.mixing and cr.to_dict()["mixing"] is True
+    assert cr.resolve() == Knob(50.0)  # the calibrated lambda
+    # the chord of the two points around the budget: its calibrated mean cost is the budget
+    half = cr.resolve(mean_budget=0.0065)
+    assert (half.lam, half.alt) == (50.0, 0.0) and half.share == pytest.approx(0.5)
+    tight = cr.resolve(mean_budget=0.003)
+    assert (tight.lam, tight.alt) == (200.0, 50.0) and tight.share == pytest.approx(2 / 3)
+    assert tight.share * 0.004 + (1 - tight.share) * 0.001 == pytest.approx(0.003)
+    # on a point, or at a loose budget, one lambda; a lambda asked for is never mixed
+    assert cr.resolve(mean_budget=0.004) == Knob(50.0)
+    assert cr.resolve(mean_budget=0.05) == Knob(0.0)
+    assert cr.resolve(lam=120.0) == Knob(120.0)
+    # each request takes one side by the hash of its text, the same every time
+    texts = [f"prompt {i}" for i in range(3000)]
+    lams = tight.lambdas(texts)
+    assert abs((lams == 50.0).mean() - 2 / 3) < 0.03
+    assert [tight.at(t) for t in texts[:20]] == lams[:20].tolist()
+    assert np.array_equal(lams == 50.0, request_shares(texts) < tight.share)
+    # no gain in quality at the costlier point: nothing to mix for
+    flat = cost_routing_doc(SUBSET, mixing=True)
+    flat["calibration"][1]["quality"] = 0.5
+    assert CostRouting.from_dict(flat, "test").resolve(mean_budget=0.003) == Knob(200.0)
 
 
 def _bad(**changes: object) -> dict:
@@ -247,6 +278,7 @@ def _bad(**changes: object) -> dict:
         ),
         (_bad(**{"lambda": 500.0}), r"outside the calibrated range \[0, 200\]"),
         (_bad(experts=["alpha", "alpha", "beta"]), "repeats a name"),
+        (_bad(mixing="yes"), "mixing is 'yes', not true or false"),
     ],
 )
 def test_bad_cost_routing_block_is_one_bundle_error(doc: object, match: str) -> None:

@@ -21,6 +21,7 @@ from bundle_fixtures import EXPERTS, PRICE, build_cost_bundle  # noqa: E402
 from serve_helpers import chat, metric, post  # noqa: E402
 
 from moe2.errors import ExpertError  # noqa: E402
+from moe2.format.cost_routing import Knob  # noqa: E402
 from moe2.serving.process import ServerProcess  # noqa: E402
 
 SUBSET = list(EXPERTS)
@@ -30,7 +31,8 @@ COST = {"metric": "cost", "unit": "USD"}
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_cost_bundle(tmp_path_factory.mktemp("cost_serve") / "bundle")
+    # selected with mixing: a budget between two calibration points mixes their lambdas
+    return build_cost_bundle(tmp_path_factory.mktemp("cost_serve") / "bundle", mixing=True)
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +44,17 @@ def local(bundle: Path) -> Any:
 
 @pytest.fixture(scope="module")
 def router(bundle: Path) -> Any:
-    # the server's knob: an average budget of 0.003 USD, lambda 100 on the calibration curve
+    # the server's knob: an average budget of 0.003 USD, between the calibration points
+    # (50, 0.004) and (200, 0.001): lambda 200 for a third of the requests, 50 for the rest
+    # (by the hash of the text the gate reads)
     with ServerProcess("serve", bundle, ["routing.mean_budget=0.003", "threads=1"]) as p:
         yield p
+
+
+KNOB = Knob(200.0, 50.0, 2 / 3)
+assert KNOB.at(Q) == 200.0  # request_share(Q) = 0.83
+X = "x"  # request_share 0.18: the costlier lambda
+assert KNOB.at(X) == 50.0
 
 
 def first(local: Any, prompt: str, lam: float, category: str | None = None) -> str:
@@ -56,26 +66,44 @@ def test_server_knob_routes_and_every_answer_carries_its_cost(router: Any, local
     r = post(router.url, "/v1/chat/completions", chat(Q, max_tokens=3))
     assert r.status_code == 200, r.text
     info = r.json()["moe2"]
-    chosen = first(local, Q, 100.0)
+    chosen = first(local, Q, 200.0)
     assert [e["name"] for e in info["experts"]] == [chosen]
     assert info["cost"] == {**COST, "value": pytest.approx(PRICE[chosen]), "source": "predicted",
-                            "lambda": pytest.approx(100.0), "category": None}  # fmt: skip
+                            "lambda": 200.0, "category": None}  # fmt: skip
     assert set(info["scores"]) == set(SUBSET)
     assert float(r.headers["x-moe2-cost"]) == pytest.approx(PRICE[chosen], rel=1e-5)
     assert r.headers["x-moe2-cost-metric"] == "cost" and r.headers["x-moe2-cost-unit"] == "USD"
-    assert float(r.headers["x-moe2-lambda"]) == pytest.approx(100.0)
+    assert float(r.headers["x-moe2-lambda"]) == pytest.approx(200.0)
     # a completion, with a category: that category's column of the cost table
     r = post(
         router.url, "/v1/completions", {"prompt": Q, "max_tokens": 2, "moe2": {"category": "geo"}}
     )
     assert r.status_code == 200, r.text
-    geo = first(local, Q, 100.0, "geo")
+    geo = first(local, Q, 200.0, "geo")
     assert r.json()["moe2"]["cost"]["value"] == pytest.approx(PRICE[geo] * 1.2)
     after = metric(httpx.get(router.url + "/metrics").text, "moe2_cost_total", **COST)
     assert after - before == pytest.approx(PRICE[chosen] + PRICE[geo] * 1.2)
     m = httpx.get(router.url + "/v1/models").json()["data"][0]["moe2"]["cost_routing"]
-    assert m == {**COST, "quality": "correctness", "lambda": pytest.approx(100.0),
+    assert m == {**COST, "quality": "correctness", "lambda": 200.0,
+                 "mix": {"lambda": 50.0, "share": pytest.approx(2 / 3)},
                  "calibrated_lambda": 50.0, "lambda_range": [0.0, 200.0]}  # fmt: skip
+
+
+def test_a_mixed_knob_routes_each_prompt_with_its_own_lambda(router: Any, local: Any) -> None:
+    """The server's mixed knob gives each request the lambda of its text's share, as the bundle
+    (and so ``moe2 ask``) does."""
+    for prompt in (Q, X, "write a loop", "name a prime"):
+        lam = KNOB.at(prompt)
+        r = post(router.url, "/v1/route", chat(prompt))
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["cost"]["lambda"] == pytest.approx(lam)
+        assert out["chosen"] == [first(local, prompt, lam)]
+        assert out["chosen"] == [local.route(prompt, k=1, lam=KNOB)[0][0]]
+    r = post(router.url, "/v1/route", chat(Q, moe2={"mean_budget": 0.0065}))
+    half = local.knob(mean_budget=0.0065)
+    assert half == Knob(50.0, 0.0, pytest.approx(0.5))
+    assert r.json()["cost"]["lambda"] == pytest.approx(half.at(Q))
 
 
 def test_a_request_moves_the_knob_within_the_calibrated_range(router: Any, local: Any) -> None:
@@ -146,7 +174,7 @@ def test_stream_and_direct_calls_report_their_cost(router: Any, local: Any) -> N
         )
         events = [ev.data for ev in source.iter_sse()]
     final = [json.loads(d) for d in events[:-1] if "moe2" in json.loads(d)][-1]
-    assert chosen == first(local, Q, 100.0)
+    assert chosen == first(local, Q, 200.0)
     assert final["moe2"]["cost"]["value"] == pytest.approx(PRICE[chosen])
     r = post(router.url, "/v1/completions", {"model": "gamma", "prompt": Q, "max_tokens": 2})
     assert r.status_code == 200, r.text

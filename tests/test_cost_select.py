@@ -11,6 +11,7 @@ from conftest import make_tables
 
 from moe2.data.tables import load_outcomes, write_tables
 from moe2.errors import BudgetInfeasibleError, ConfigError, DataError
+from moe2.format.cost_routing import Knob, request_share, request_shares
 from moe2.gating.logits import CORRECT_FILE, GateLogits, write_logits
 from moe2.selection.costroute import Router, all_masks, build_front, mean_budget
 
@@ -109,6 +110,22 @@ def test_calibrated_lambda_is_the_smallest_meeting_the_budget() -> None:
     assert front.best(lo_cost * 0.5) is None
 
 
+def test_request_shares_are_a_deterministic_uniform_hash() -> None:
+    texts = [f"question number {i}" for i in range(4000)]
+    u = request_shares(texts)
+    assert np.array_equal(u, request_shares(texts))  # the same text routes alike every time
+    assert request_share(texts[7]) == u[7] and u.min() >= 0 and u.max() < 1
+    # close to uniform: each decile holds about a tenth (binomial sd ~ 19 of 400)
+    counts = np.histogram(u, bins=10, range=(0, 1))[0]
+    assert np.all(np.abs(counts - 400) < 100)
+    knob = Knob(2.0, 1.0, 0.3)
+    lams = knob.lambdas(texts)
+    assert set(np.unique(lams)) == {1.0, 2.0}
+    assert abs((lams == 1.0).mean() - 0.3) < 0.03
+    assert [knob.at(t) for t in texts[:50]] == lams[:50].tolist()
+    assert Knob(2.0).lambdas(texts[:3]).tolist() == [2.0, 2.0, 2.0]
+
+
 def test_mean_budget_parsing() -> None:
     assert mean_budget({"energy_j": 5.0}) is None
     assert mean_budget({"mean": {"cost": None, "energy_j": None}}) is None
@@ -130,7 +147,7 @@ def test_select_mean_budget_writes_the_contract_block(hosted: Path) -> None:
     cr = on_disk["cost_routing"]
     assert set(cr) == {
         "metric", "unit", "quality", "lambda", "budget_mean", "experts", "categories",
-        "cost_table", "cost_default", "calibration", "split",
+        "cost_table", "cost_default", "calibration", "split", "mixing",
     }  # fmt: skip
     assert cr["metric"] == "cost" and cr["unit"] == "USD" and cr["quality"] == "correctness"
     assert cr["budget_mean"] == 0.0008 and cr["lambda"] >= 0 and cr["split"] == "val"
@@ -142,6 +159,7 @@ def test_select_mean_budget_writes_the_contract_block(hosted: Path) -> None:
     assert cr["calibration"][0]["lambda"] <= cr["lambda"] <= cr["calibration"][-1]["lambda"]
     at = [c for c in cr["calibration"] if c["lambda"] == cr["lambda"]]  # the chosen point is one
     assert len(at) == 1 and at[0]["mean_cost"] <= 0.0008
+    assert cr["mixing"] is True  # selection.cost_mix defaults to true
     costs = [c["mean_cost"] for c in cr["calibration"]]
     assert costs[-1] < costs[0]  # the knob's range spans the curve
     # predicted cost = the mean realised cost of the category over train+val prompts

@@ -10,11 +10,23 @@ correctness heads' ``sigmoid`` (``quality: correctness``) or the gate's softmax 
 default, any value within the calibration's range, or the one an average budget maps to through
 the calibration curve (:meth:`CostRouting.lambda_for_budget`).
 
+Mixing. The curve is known only at its calibration points (at most 40 of the selection's grid),
+and the mean cost is a step function of lambda, so a run-time budget between two points is not
+known to be met by any lambda between them (interpolating lambda can overspend). A bundle selected
+with ``selection.cost_mix=true`` (the default) carries ``mixing: true``: such a budget routes a
+share ``p`` of the requests with the costlier point's lambda and the rest with the cheaper one's,
+``p`` chosen so that the calibrated mean cost is the budget (the chord between the two points).
+Which requests take the costlier lambda is decided by a hash of the text the gate reads
+(:func:`request_share`), so a prompt always routes the same way, in ``ask`` and ``serve`` alike.
+Without mixing the budget maps to the cheaper point's lambda (always within the budget, but it may
+leave budget unspent).
+
 Numpy only: the exporter and the edge runtime both import this.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +50,60 @@ class CalibrationPoint:
     quality: float | None
 
 
+def request_share(text: str) -> float:
+    """Where a request falls in ``[0, 1)``: the first 8 bytes of the SHA-256 of its UTF-8 text.
+
+    A mixed knob sends the requests below its share to its costlier lambda; a hash, not a random
+    draw, so that the same prompt always routes alike and a table's figures can be reproduced.
+    """
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def request_shares(texts: Sequence[str]) -> np.ndarray:
+    """:func:`request_share` of each text ``[P]``."""
+    return np.fromiter((request_share(t) for t in texts), dtype=np.float64, count=len(texts))
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A setting of the run-time knob: ``lam``, and for a share of the requests ``alt``
+    (:meth:`CostRouting.lambda_for_budget` with mixing).
+
+    Attributes:
+        lam: the lambda of the requests at or above ``share`` (the cheaper side of a mixture).
+        alt: the smaller lambda (costlier routing) of the requests whose :func:`request_share` is
+            below ``share``; ``None`` for one lambda.
+        share: the fraction of requests that take ``alt``, in ``[0, 1)``.
+    """
+
+    lam: float
+    alt: float | None = None
+    share: float = 0.0
+
+    @property
+    def mixed(self) -> bool:
+        return self.alt is not None and self.share > 0.0
+
+    def at(self, text: str) -> float:
+        """The lambda a request with this text routes with."""
+        if not self.mixed:
+            return self.lam
+        return float(self.alt) if request_share(text) < self.share else self.lam  # type: ignore[arg-type]
+
+    def lambdas(self, texts: Sequence[str]) -> np.ndarray:
+        """The lambda of each text ``[P]``."""
+        if not self.mixed:
+            return np.full(len(texts), self.lam)
+        return np.where(request_shares(texts) < self.share, float(self.alt), self.lam)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lambda": self.lam, "mix": self.mix_dict()}
+
+    def mix_dict(self) -> dict[str, float] | None:
+        return {"lambda": float(self.alt), "share": self.share} if self.mixed else None  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
 class CostRouting:
     """A checked ``cost_routing`` block (see the module docstring).
@@ -54,6 +120,8 @@ class CostRouting:
         cost_default: ``[|S|]`` predicted cost when the category is unknown.
         calibration: the curve, lambda strictly ascending, at least 2 points.
         split: the split it was calibrated on.
+        mixing: whether an average budget maps to a mixture of two calibration points (else to
+            the smallest calibrated lambda that meets it).
     """
 
     metric: str
@@ -67,6 +135,7 @@ class CostRouting:
     cost_default: np.ndarray
     calibration: tuple[CalibrationPoint, ...]
     split: str | None
+    mixing: bool = False
 
     # ------------------------------------------------------------------ reading
     @classmethod
@@ -147,6 +216,9 @@ class CostRouting:
         split = d.get("split")
         if split is not None and not isinstance(split, str):
             raise bad("split", "must be a string or null")
+        mixing = d.get("mixing", False)
+        if not isinstance(mixing, bool):
+            raise bad("mixing", f"is {mixing!r}, not true or false")
         return cls(
             str(d["metric"]),
             str(d["unit"]),
@@ -159,6 +231,7 @@ class CostRouting:
             default,
             tuple(points),
             split,
+            mixing,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,6 +251,7 @@ class CostRouting:
                 for p in self.calibration
             ],
             "split": self.split,
+            "mixing": self.mixing,
         }
 
     def check_subset(self, subset: list[str], where: str) -> None:
@@ -203,11 +277,16 @@ class CostRouting:
             f"{last.lam:g} gives {last.mean_cost:g} {self.unit}"
         )
 
-    def lambda_for_budget(self, budget: float, prefix: str = "routing") -> float:
-        """The smallest lambda whose calibrated mean cost is at most ``budget``.
+    def lambda_for_budget(self, budget: float, prefix: str = "routing") -> Knob:
+        """The knob that meets an average ``budget`` on the calibration split.
 
-        Between two calibration points the curve is linear; a budget at or above the mean cost at
-        the smallest lambda gives that lambda (the budget does not bind).
+        A budget at or above the mean cost at the smallest lambda gives that lambda (the budget
+        does not bind). Otherwise, between the two calibration points around it, with
+        :attr:`mixing`: the mixture whose mean cost is the budget (the costlier point's lambda for
+        a share of the requests) where the costlier point's quality is higher; otherwise the
+        cheaper point's lambda, the smallest calibrated one whose mean cost is at most the budget
+        (the cost is a step function of lambda: a lambda between the two points is not known to
+        meet the budget).
 
         Raises:
             ConfigError: a budget below every calibrated mean cost (or not a number >= 0).
@@ -215,12 +294,15 @@ class CostRouting:
         b = _knob_value(budget, f"{prefix}.mean_budget")
         pts = self.calibration
         if pts[0].mean_cost <= b:
-            return pts[0].lam
+            return Knob(pts[0].lam)
         for prev, cur in zip(pts, pts[1:], strict=False):
             if cur.mean_cost <= b:
-                # prev.mean_cost > b >= cur.mean_cost: the crossing of the segment
-                t = (prev.mean_cost - b) / (prev.mean_cost - cur.mean_cost)
-                return prev.lam + t * (cur.lam - prev.lam)
+                # prev.mean_cost > b >= cur.mean_cost
+                gain = prev.quality is None or cur.quality is None or prev.quality > cur.quality
+                if not self.mixing or cur.mean_cost == b or not gain:
+                    return Knob(cur.lam)
+                share = (b - cur.mean_cost) / (prev.mean_cost - cur.mean_cost)
+                return Knob(cur.lam, prev.lam, min(share, math.nextafter(1.0, 0.0)))
         raise ConfigError(
             f"{prefix}.mean_budget={b:g} {self.unit} is below every calibrated mean cost "
             f"({self.describe_range()}); give a budget of at least "
@@ -229,8 +311,9 @@ class CostRouting:
 
     def resolve(
         self, lam: float | None = None, mean_budget: float | None = None, prefix: str = "routing"
-    ) -> float:
-        """The lambda of a knob setting: ``lam``, ``mean_budget`` mapped, or the calibrated one.
+    ) -> Knob:
+        """The knob of a setting: ``lam`` (one lambda), ``mean_budget`` mapped
+        (:meth:`lambda_for_budget`), or the calibrated lambda.
 
         ``prefix`` names the knob's keys in the messages (``routing``: the config; ``moe2``: a
         request body).
@@ -247,7 +330,7 @@ class CostRouting:
         if mean_budget is not None:
             return self.lambda_for_budget(mean_budget, prefix)
         if lam is None:
-            return self.lam
+            return Knob(self.lam)
         x = _knob_value(lam, f"{prefix}.lambda")
         lo, hi = self.lambda_range
         if not lo <= x <= hi:
@@ -255,7 +338,7 @@ class CostRouting:
                 f"{prefix}.lambda={x:g} is outside the calibrated range [{lo:g}, {hi:g}] "
                 f"({self.describe_range()}); choose a value in it, or re-select with a wider sweep"
             )
-        return x
+        return Knob(x)
 
     # ------------------------------------------------------------------ the rule
     @cached_property

@@ -16,7 +16,7 @@ import numpy as np
 
 from moe2.data.validate import check_prompt
 from moe2.errors import BundleError, ConfigError, DataError
-from moe2.format.cost_routing import CostRouting
+from moe2.format.cost_routing import CostRouting, Knob
 from moe2.utils.io import read_json
 
 log = logging.getLogger(__name__)
@@ -183,13 +183,14 @@ class Bundle:
 
     def knob(
         self, lam: float | None = None, mean_budget: float | None = None, prefix: str = "routing"
-    ) -> float | None:
-        """The lambda of the cost-aware rule for a knob setting (``None``: no cost routing).
+    ) -> Knob | None:
+        """The cost-aware rule's knob for a setting (``None``: no cost routing).
 
         Args:
             lam: lambda itself, within the calibrated range.
-            mean_budget: an average cost per request, mapped through the calibration curve.
-                (Neither: the calibrated lambda.)
+            mean_budget: an average cost per request, mapped through the calibration curve (to
+                a mixture of two lambdas when the bundle was selected with mixing).
+                (Neither: the calibrated knob.)
             prefix: how the messages name the keys (``routing`` config, ``moe2`` request body).
 
         Raises:
@@ -204,7 +205,7 @@ class Bundle:
                     "selection made with budget.mean.<metric>=..."
                 )
             return None
-        return float(self.cost_routing.resolve(lam, mean_budget, prefix))
+        return self.cost_routing.resolve(lam, mean_budget, prefix)
 
     # ------------------------------------------------------------------ files
     def _file(self, rel: str, what: str) -> Path:
@@ -351,11 +352,13 @@ class Bundle:
         w = _softmax(logits[self.subset_index].astype(np.float64))
         return dict(zip(self.subset, w.tolist(), strict=True))
 
-    def scores(self, prompt: str, category: str | None = None, lam: float | None = None) -> Scores:
+    def scores(
+        self, prompt: str, category: str | None = None, lam: float | Knob | None = None
+    ) -> Scores:
         """The gate's weights over the subset and, with cost routing, the rule's scores
-        ``q_e - lam * c_e(category)`` (``lam``: a value :meth:`knob` returned; ``None``: the
-        calibrated one), from one run of the gate; ``category`` also goes to a gate with a
-        category input (see :meth:`gate_weights`)."""
+        ``q_e - lam * c_e(category)`` (``lam``: a number, or a :meth:`knob`, whose lambda for
+        this prompt is used; ``None``: the calibrated lambda), from one run of the gate;
+        ``category`` also goes to a gate with a category input (see :meth:`gate_weights`)."""
         cr = self.cost_routing
         if cr is None or cr.quality != "correctness":
             weights = self.gate_weights(prompt, category)
@@ -365,7 +368,9 @@ class Bundle:
         else:
             logits, correct = self.gate.outputs([prompt], [category])  # [1, E_all] each
             weights = self._weights(logits[0])
-        lam = cr.lam if lam is None else float(lam)
+        if lam is None:
+            lam = cr.lam
+        lam = lam.at(prompt) if isinstance(lam, Knob) else float(lam)
         if correct is not None:
             q = 1.0 / (1.0 + np.exp(-correct[0][self.subset_index].astype(np.float64)))
             quality = dict(zip(self.subset, q.tolist(), strict=True))
@@ -380,7 +385,7 @@ class Bundle:
         prompt: str,
         k: int | None = None,
         category: str | None = None,
-        lam: float | None = None,
+        lam: float | Knob | None = None,
         scores: Scores | None = None,
     ) -> list[tuple[str, float]]:
         """Top-k experts of the subset with gate weights renormalised over those k.

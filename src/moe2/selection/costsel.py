@@ -211,6 +211,13 @@ def score_on(
 ) -> dict[str, Any]:
     """Each answer of :func:`choose` scored on ``rows`` (realised mean cost and accuracy), with
     paired bootstrap intervals of MoE² − each baseline (accuracy and cost) on the same prompts."""
+    return paired_figures(per_prompt(cs, inp, picks, rows, q), n_boot, seed)
+
+
+def per_prompt(
+    cs: CostSetup, inp: Any, picks: dict[str, Any], rows: np.ndarray, q: np.ndarray
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{rule: (realised cost [P], score [P])}`` of each answer of :func:`choose` on ``rows``."""
     d = inp.data
     s = np.nan_to_num(d.scores[rows])
     c = cs.cost[rows]
@@ -230,7 +237,7 @@ def score_on(
         if j is not None:
             per[name] = (c[:, j], s[:, j])
     per["oracle"] = oracle(cs, inp, rows)
-    return paired_figures(per, n_boot, seed)
+    return per
 
 
 def paired_figures(
@@ -330,6 +337,8 @@ def cost_select(inp: Any, cfg: DictConfig, bm: Any, metric: str, budget: float) 
         "cost_default": cs.cost_default[cols].tolist(),
         "calibration": curve,
         "split": inp.split,
+        # how the run-time knob maps an average budget between two calibration points
+        "mixing": bool(_sel(cfg, "cost_mix", True)),
     }
     n_boot = int(_sel(cfg, "n_boot", 2000))
     seed = int(cfg.get("seed", 0))

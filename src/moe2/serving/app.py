@@ -413,7 +413,8 @@ def router_app(router: Any, server: ServerCfg) -> Any:
     async def models() -> Any:
         cr = router.cost_routing
         knob = None if cr is None else {
-            "metric": cr.metric, "unit": cr.unit, "quality": cr.quality, "lambda": router.lam,
+            "metric": cr.metric, "unit": cr.unit, "quality": cr.quality,
+            **router.knob.to_dict(),  # type: ignore[union-attr]
             "calibrated_lambda": cr.lam, "lambda_range": list(cr.lambda_range),
         }  # fmt: skip
         data = [{"id": "moe2", "object": "model", "created": created, "owned_by": "moe2",

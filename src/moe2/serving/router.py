@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moe2.errors import ConfigError
+from moe2.format.cost_routing import Knob
 from moe2.serving.backends import FAILURE_STATUS, Call, ExpertFailure, Reply
 from moe2.serving.config import BudgetCfg, RoutingCfg
 from moe2.serving.health import Breaker, CostBook
@@ -162,8 +163,9 @@ class Router:
         cats = (bundle.cost or {}).get("categories") or []
         self.costs = CostBook(min_samples=routing.min_samples, categories=frozenset(map(str, cats)))
         self._bundle_estimates: dict[tuple[str, str | None], tuple[float | None, float | None]] = {}
-        # the server's knob (ConfigError at startup when outside the calibrated range)
-        self.lam: float | None = bundle.knob(routing.lambda_, routing.mean_budget)
+        # the server's knob (ConfigError at startup when outside the calibrated range); a mixed
+        # knob gives each request the lambda of its text's hash share
+        self.knob: Knob | None = bundle.knob(routing.lambda_, routing.mean_budget)
         self.cost_routing = bundle.cost_routing
         self.batcher = GateBatcher(bundle, routing.gate_batch, metrics)
         for e in self.subset:
@@ -206,13 +208,14 @@ class Router:
         req.stream = bool(body.stream)
         req.budget = budget
         req.session = session
-        req.lam = self.lam
+        knob = self.knob
         if opts is not None and (opts.lambda_ is not None or opts.mean_budget is not None):
             try:
-                req.lam = self.bundle.knob(opts.lambda_, opts.mean_budget, prefix="moe2")
+                knob = self.bundle.knob(opts.lambda_, opts.mean_budget, prefix="moe2")
             except ConfigError as exc:
                 param = "moe2.lambda" if opts.lambda_ is not None else "moe2.mean_budget"
                 raise APIError(400, str(exc), param=param, code="invalid_cost_knob") from exc
+        req.lam = None if knob is None else knob.at(req.route_text())
         if opts is not None:
             req.k, req.aggregation, req.category = opts.k, opts.aggregation, opts.category
             req.choices = [str(c) for c in opts.choices] if opts.choices else None
