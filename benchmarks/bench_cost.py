@@ -126,14 +126,21 @@ def front(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+KNOB_RULES = {
+    "interpolated": "40-point grid curve, λ interpolated linearly (moe2 before 2026-12-03)",
+    "grid": "40-point grid curve, the cheaper point's λ",
+    "dense": "gap-filled curve (the bundle's), the cheaper point's λ (the default)",
+    "mixed": "gap-filled curve, the two points' λ mixed by request hash (selection.cost_mix=true)",
+}
+
+
 def knob(args: argparse.Namespace) -> dict[str, Any]:
     """The run-time knob of the selected bundle (``front``'s select at 30%), moved to average
-    budgets between its calibration points without re-exporting, realised on the calibration
-    split (OOF q, where the curve was measured) and on test: one λ (the smallest calibrated λ within
-    the budget, ``selection.cost_mix=false``), the two-λ mixture (the default), and the linear
-    interpolation of λ between the points that moe2 used before (for the record). Per budget: the
-    realised mean cost over the budget and the accuracy, with paired bootstrap intervals of
-    mixed − one λ on the same prompts."""
+    budgets between the points of the selection grid's curve without re-exporting, realised on the
+    calibration split (OOF q, where the curves are measured) and on test, by the rules of
+    :data:`KNOB_RULES`. Budgets: the midpoint in cost of every gap of the grid curve. Per budget:
+    realised mean cost over the budget and accuracy, and paired bootstrap intervals of
+    dense − grid and mixed − dense on the same prompts."""
     import dataclasses
 
     import numpy as np
@@ -147,18 +154,25 @@ def knob(args: argparse.Namespace) -> dict[str, Any]:
 
     work = Path(args.work) / args.table
     block = json.loads((work / "selection" / "selection.json").read_text())["cost_routing"]
-    rule = CostRouting.from_dict(block, "selection.json")
-    rules = {
-        "one": dataclasses.replace(rule, mixing=False),
-        "mixed": dataclasses.replace(rule, mixing=True),
-    }
+    dense = CostRouting.from_dict(block, "selection.json")
     cfg = compose("select", [*_paths(args), "budget=none", "selection.split=oof"])
     inp = load_inputs(cfg)
     budgets, _ = applicable_budgets(cfg.budget, inp.profile)
     bm = BudgetModel(inp.profile, budgets, k=inp.val.k)
     cs = costsel.setup(inp, cfg, bm, "cost", None)
     d = inp.data
-    cols = np.array([list(d.experts).index(e) for e in rule.experts])
+    experts = list(d.experts)
+    cols = np.array([experts.index(e) for e in dense.experts])
+    mask = np.isin(np.arange(len(experts)), cols)
+    # the curve as select wrote it before gaps were filled: the same grid points and chosen point
+    at = next(p for p in block["calibration"] if p["lambda"] == block["lambda"])
+    coarse = cs.fronts["moe2"].curve_of(mask, at, gap=float("inf"))
+    grid = CostRouting.from_dict({**block, "calibration": coarse}, "grid curve")
+    rules = {
+        "grid": dataclasses.replace(grid, mixing=False),
+        "dense": dataclasses.replace(dense, mixing=False),
+        "mixed": dataclasses.replace(dense, mixing=True),
+    }
     u = request_shares(d.texts)
 
     def realise(rows: np.ndarray, q: np.ndarray, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -167,20 +181,21 @@ def knob(args: argparse.Namespace) -> dict[str, Any]:
         idx = np.flatnonzero(rows)
         return cs.cost[idx, pick], np.nan_to_num(d.scores[idx, pick])
 
-    def interpolated(b: float) -> float:  # the linear λ interpolation of moe2 before this change
-        pts = rule.calibration
+    def interpolated(b: float) -> float:  # the linear λ interpolation of moe2 before
+        pts = grid.calibration
         for prev, cur in zip(pts, pts[1:], strict=False):
             if cur.mean_cost <= b:
                 t = (prev.mean_cost - b) / (prev.mean_cost - cur.mean_cost)
                 return prev.lam + t * (cur.lam - prev.lam)
         raise ValueError(b)
 
-    pts = rule.calibration
-    values = []
-    for prev, cur in zip(pts, pts[1:], strict=False):
-        if prev.mean_cost > cur.mean_cost * (1 + 1e-3):  # a gap: its midpoint in cost
-            values.append(0.5 * (prev.mean_cost + cur.mean_cost))
+    values = [
+        0.5 * (a.mean_cost + b.mean_cost)
+        for a, b in zip(grid.calibration, grid.calibration[1:], strict=False)
+        if a.mean_cost > b.mean_cost * (1 + 1e-3)
+    ]
     splits = {"calibration": (cs.sel_rows, cs.q_sel), "test": (cs.rep_rows, cs.q_rep)}
+    pairs = {"dense_minus_grid": ("dense", "grid"), "mixed_minus_dense": ("mixed", "dense")}
     rows_out = []
     for b in values:
         knobs = {name: r.lambda_for_budget(b) for name, r in rules.items()}
@@ -191,58 +206,77 @@ def knob(args: argparse.Namespace) -> dict[str, Any]:
         }
         for split, (rows, q) in splits.items():
             per = {
-                k: realise(rows, q, np.where(u < v.share, v.alt, v.lam) if v.mixed else
-                           np.full(len(u), v.lam))
+                k: realise(rows, q, v.lambdas(d.texts) if v.mixed else np.full(len(u), v.lam))
                 for k, v in knobs.items()
-            }  # fmt: skip
+            }
             row[split] = {
                 k: {"mean_cost": float(c.mean()), "accuracy": float(s.mean())}
                 for k, (c, s) in per.items()
             }
-            row[split]["mixed_minus_one"] = {
-                "accuracy": paired_bootstrap(
-                    per["mixed"][1], per["one"][1], n_boot=args.n_boot, seed=0
-                ).to_dict(),
-                "mean_cost": paired_bootstrap(
-                    per["mixed"][0], per["one"][0], n_boot=args.n_boot, seed=0
-                ).to_dict(),
-            }
+            for key, (x, y) in pairs.items():
+                row[split][key] = paired_bootstrap(
+                    per[x][1], per[y][1], n_boot=args.n_boot, seed=0
+                ).to_dict()
         rows_out.append(row)
-    res: dict[str, Any] = {"table": args.table, "subset": list(rule.experts), "points": rows_out}
-    lines = []
+    res: dict[str, Any] = {
+        "table": args.table,
+        "subset": list(dense.experts),
+        "curve_points": {"grid": len(grid.calibration), "dense": len(dense.calibration)},
+        "rules": KNOB_RULES,
+        "points": rows_out,
+    }
+    names = list(KNOB_RULES)
+    lines = [
+        f"{args.table}: curve points grid {len(grid.calibration)}, gap-filled "
+        f"{len(dense.calibration)}; {len(rows_out)} budgets (midpoints of the grid curve's gaps)"
+    ]
     for split in splits:
-        over = {
-            k: sum(r[split][k]["mean_cost"] > r["budget"] for r in rows_out)
-            for k in ("one", "mixed", "interpolated")
+        over = {k: sum(r[split][k]["mean_cost"] > r["budget"] for r in rows_out) for k in names}
+        ratio = {k: [r[split][k]["mean_cost"] / r["budget"] for r in rows_out] for k in names}
+        sig = {
+            key: [
+                r[split][key]["mean"]
+                for r in rows_out
+                if r[split][key]["significant"]
+            ]
+            for key in pairs
+        }  # fmt: skip
+        res[split] = {
+            "over_budget": over,
+            "median_spent": {k: float(np.median(v)) for k, v in ratio.items()},
+            "min_spent": {k: float(np.min(v)) for k, v in ratio.items()},
+            "max_spent": {k: float(np.max(v)) for k, v in ratio.items()},
+            "significant": sig,
         }
-        spent = {
-            k: float(np.median([r[split][k]["mean_cost"] / r["budget"] for r in rows_out]))
-            for k in ("one", "mixed", "interpolated")
-        }
-        res[f"{split}_over_budget"], res[f"{split}_median_spent"] = over, spent
         lines += [
             "",
-            f"{split} split ({int(splits[split][0].sum())} prompts): realised mean cost / budget and "
+            f"{split} split ({int(splits[split][0].sum())} prompts): realised mean cost / budget, "
             "accuracy",
             "",
-            "| budget (USD) | one λ: cost/B | acc | mixed (share): cost/B | acc | interpolated λ: "
-            "cost/B | acc | mixed − one λ (pt) |",
-            "|---|---|---|---|---|---|---|---|",
+            "| budget (USD) | "
+            + " | ".join(f"{k}: cost/B | acc" for k in names)
+            + " | dense − grid (pt) | mixed − dense (pt) |",
+            "|---|" + "---|---|" * len(names) + "---|---|",
         ]
         for r in rows_out:
             x, b = r[split], r["budget"]
-            mx = r["knobs"]["mixed"]["mix"]
             lines.append(
-                f"| {b:.3g} | {x['one']['mean_cost'] / b:.3f} | {x['one']['accuracy']:.4f} | "
-                f"{x['mixed']['mean_cost'] / b:.3f} ({mx['share'] if mx else 0:.2f}) | "
-                f"{x['mixed']['accuracy']:.4f} | {x['interpolated']['mean_cost'] / b:.3f} | "
-                f"{x['interpolated']['accuracy']:.4f} | "
-                f"{interval_text(x['mixed_minus_one']['accuracy'])} |"
+                f"| {b:.3g} | "
+                + " | ".join(f"{x[k]['mean_cost'] / b:.3f} | {x[k]['accuracy']:.4f}" for k in names)
+                + f" | {interval_text(x['dense_minus_grid'])} | {interval_text(x['mixed_minus_dense'])} |"
             )
         lines.append(
-            f"\nOver the budget: one λ {over['one']}, mixed {over['mixed']}, interpolated "
-            f"{over['interpolated']} of {len(rows_out)}; median cost/budget: one λ "
-            f"{spent['one']:.3f}, mixed {spent['mixed']:.3f}, interpolated {spent['interpolated']:.3f}."
+            "\n"
+            + "; ".join(
+                f"{k}: over {over[k]}, cost/B median {np.median(ratio[k]):.3f} "
+                f"[{np.min(ratio[k]):.3f}, {np.max(ratio[k]):.3f}]"
+                for k in names
+            )
+            + "; significant: "
+            + ", ".join(
+                f"{key} {sum(v > 0 for v in vals)} above / {sum(v < 0 for v in vals)} below"
+                for key, vals in sig.items()
+            )
         )
     (work / "cost_knob.json").write_text(json.dumps(res, indent=1))
     print("\n".join(lines))

@@ -13,7 +13,9 @@ from moe2.data.tables import write_tables
 from moe2.format.cost_routing import CostRouting, Knob
 
 
-@pytest.mark.parametrize(("budget", "mix"), [(0.0004, True), (0.0008, True), (0.0004, False)])
+@pytest.mark.parametrize(
+    ("budget", "mix"), [(0.0004, False), (0.0008, False), (0.0004, True), (0.0008, True)]
+)
 def test_the_selected_block_is_a_valid_bundle_block(
     tmp_path: Path, budget: float, mix: bool
 ) -> None:
@@ -29,7 +31,7 @@ def test_the_selected_block_is_a_valid_bundle_block(
     lo, hi = cr.lambda_range
     assert lo <= block["lambda"] <= hi
     # the budget it was calibrated for maps back to the selected lambda (the smallest calibrated
-    # one within the budget); with mixing (the default) a share of the requests also takes the
+    # one within the budget); with selection.cost_mix=true a share of the requests also takes the
     # point just below it, so that the chord of the two meets the budget exactly
     b = block["budget_mean"]
     knob = cr.resolve(mean_budget=b)
@@ -37,7 +39,7 @@ def test_the_selected_block_is_a_valid_bundle_block(
     over = [p["lambda"] for p in block["calibration"] if p["mean_cost"] > b]
     assert all(knob.lam > x for x in over)
     points = {p["lambda"]: p["mean_cost"] for p in block["calibration"]}
-    if knob.mixed:  # selected with mixing (the default): a share at the point just below
+    if knob.mixed:  # selected with cost_mix: a share at the point just below
         assert block["mixing"] and knob.alt == max(over)
         chord = knob.share * points[knob.alt] + (1 - knob.share) * points[knob.lam]
         assert chord == pytest.approx(b, rel=1e-9)

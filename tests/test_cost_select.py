@@ -110,6 +110,34 @@ def test_calibrated_lambda_is_the_smallest_meeting_the_budget() -> None:
     assert front.best(lo_cost * 0.5) is None
 
 
+def test_the_calibration_curve_has_no_gap_wider_than_a_step() -> None:
+    """On a coarse grid the curve's neighbours can be far apart in cost; the curve a bundle gets
+    fills every gap wider than 2% with bisected points, unless no λ between gives another cost."""
+    rng = np.random.default_rng(3)
+    p, n = 600, 4
+    q = rng.uniform(size=(p, n))
+    chat = np.tile(np.array([[1e-4, 1e-3, 5e-3, 1e-2]]), (p, 1))
+    r = Router(q, chat, chat.copy(), (rng.uniform(size=(p, n)) < q).astype(float))
+    front = build_front(r, all_masks(n)[1:], grid=6)
+    mask = np.ones(n, dtype=bool)
+    coarse = front.curve_of(mask, gap=np.inf)  # the grid's points only
+    curve = front.curve_of(mask, max_points=10_000)
+    assert len(front.curve_of(mask)) == 200  # capped, the widest gaps filled first
+    assert len(curve) > len(coarse) + 10
+    lams = [pt["lambda"] for pt in curve]
+    assert lams == sorted(set(lams))  # strictly ascending, as a bundle requires
+    assert {pt["lambda"] for pt in coarse} <= set(lams)
+    for a, b in zip(curve, curve[1:], strict=False):
+        # each point is what the rule costs at its λ
+        c, s = r.route(mask[None], b["lambda"])
+        assert c.mean() == pytest.approx(b["mean_cost"]) and s.mean() == pytest.approx(b["quality"])
+        if a["mean_cost"] > b["mean_cost"] * 1.02:  # a wide gap left: one step of the cost
+            between = np.geomspace(max(a["lambda"], 1e-12), b["lambda"], 9)[1:-1]
+            for lam in between:
+                c, _ = r.route(mask[None], lam)
+                assert c.mean() in (pytest.approx(a["mean_cost"]), pytest.approx(b["mean_cost"]))
+
+
 def test_request_shares_are_a_deterministic_uniform_hash() -> None:
     texts = [f"question number {i}" for i in range(4000)]
     u = request_shares(texts)
@@ -159,7 +187,7 @@ def test_select_mean_budget_writes_the_contract_block(hosted: Path) -> None:
     assert cr["calibration"][0]["lambda"] <= cr["lambda"] <= cr["calibration"][-1]["lambda"]
     at = [c for c in cr["calibration"] if c["lambda"] == cr["lambda"]]  # the chosen point is one
     assert len(at) == 1 and at[0]["mean_cost"] <= 0.0008
-    assert cr["mixing"] is True  # selection.cost_mix defaults to true
+    assert cr["mixing"] is False  # selection.cost_mix defaults to false
     costs = [c["mean_cost"] for c in cr["calibration"]]
     assert costs[-1] < costs[0]  # the knob's range spans the curve
     # predicted cost = the mean realised cost of the category over train+val prompts

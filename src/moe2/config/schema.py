@@ -79,7 +79,7 @@ class SelectionCfg:
     cost_grid: int = 200
     cost_grid_direct: int = 40
     cost_refine: int = 8
-    cost_mix: bool = True
+    cost_mix: bool = False
 
     def __post_init__(self) -> None:
         _choice("selection", "method", self.method, SELECTION_METHODS)

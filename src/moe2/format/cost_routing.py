@@ -10,16 +10,17 @@ correctness heads' ``sigmoid`` (``quality: correctness``) or the gate's softmax 
 default, any value within the calibration's range, or the one an average budget maps to through
 the calibration curve (:meth:`CostRouting.lambda_for_budget`).
 
-Mixing. The curve is known only at its calibration points (at most 40 of the selection's grid),
-and the mean cost is a step function of lambda, so a run-time budget between two points is not
-known to be met by any lambda between them (interpolating lambda can overspend). A bundle selected
-with ``selection.cost_mix=true`` (the default) carries ``mixing: true``: such a budget routes a
-share ``p`` of the requests with the costlier point's lambda and the rest with the cheaper one's,
-``p`` chosen so that the calibrated mean cost is the budget (the chord between the two points).
-Which requests take the costlier lambda is decided by a hash of the text the gate reads
-(:func:`request_share`), so a prompt always routes the same way, in ``ask`` and ``serve`` alike.
-Without mixing the budget maps to the cheaper point's lambda (always within the budget, but it may
-leave budget unspent).
+A budget between two calibration points. The curve is known only at its points (the selection
+grid's, plus points bisected into every gap wider than 2% of the cost), and the mean cost is a
+step function of lambda, so a run-time budget between two points is not known to be met by any
+lambda between them (interpolating lambda can overspend). By default it maps to the cheaper
+point's lambda: within the budget on the calibration split, leaving at most the gap unspent. A
+bundle selected with ``selection.cost_mix=true`` carries ``mixing: true``: such a budget then
+routes a share ``p`` of the requests with the costlier point's lambda and the rest with the
+cheaper one's, ``p`` chosen so that the calibrated mean cost is the budget (the chord between the
+two points: met in expectation, not on every sample). Which requests take the costlier lambda is
+decided by a hash of the text the gate reads (:func:`request_share`), so a prompt always routes
+the same way, in ``ask`` and ``serve`` alike.
 
 Numpy only: the exporter and the edge runtime both import this.
 """

@@ -384,12 +384,19 @@ class Front:
         return best
 
     def curve_of(
-        self, mask: np.ndarray, chosen: dict[str, Any] | None = None, points: int = 40
+        self,
+        mask: np.ndarray,
+        chosen: dict[str, Any] | None = None,
+        points: int = 40,
+        gap: float = 0.02,
+        max_points: int = 200,
     ) -> list[dict[str, float]]:
         """The calibration points of one subset, λ ascending: λ = 0, then every grid λ where the
-        mean cost changes (the first λ of each new value, at most ``points``; the run-time knob
-        interpolates between them), from where the cost starts falling to where it stops; plus
-        the ``chosen`` calibrated point (``{"lambda", "mean_cost", "quality"}``)."""
+        mean cost changes (the first λ of each new value, at most ``points``), from where the cost
+        starts falling to where it stops; plus the ``chosen`` calibrated point (``{"lambda",
+        "mean_cost", "quality"}``); then, where two neighbours' mean costs differ by more than
+        ``gap`` (relative), points found by bisection in between (:meth:`_fill_gaps`, at most
+        ``max_points`` in all), so that the run-time knob can meet a budget between grid points."""
         m = np.flatnonzero((self.masks == np.asarray(mask, dtype=bool)[None]).all(axis=1))
         if len(m):
             c, s = self.cost[:, m[0]], self.score[:, m[0]]
@@ -409,7 +416,52 @@ class Front:
             rows = sorted([*rows, (chosen["lambda"], chosen["mean_cost"], chosen["quality"])])
         if len(rows) < 2:  # a flat curve (one expert, or equal costs): its end is the same point
             rows.append((float(self.lams[-1]), float(c[-1]), float(s[-1])))
+        rows = self._fill_gaps(np.asarray(mask, dtype=bool), rows, gap, max_points)
         return [{"lambda": a, "mean_cost": b, "quality": q} for a, b, q in rows]
+
+    def _fill_gaps(
+        self,
+        mask: np.ndarray,
+        rows: list[tuple[float, float, float]],
+        gap: float,
+        max_points: int,
+        iters: int = 40,
+    ) -> list[tuple[float, float, float]]:
+        """``rows`` with points of new mean costs inserted, the widest gap first, into every gap
+        wider than ``gap`` (relative), found by bisection on λ, until no gap is wider, the gaps
+        left are one step of the cost (no λ between the two gives another cost), or there are
+        ``max_points``."""
+        rows = list(rows)
+        steps: set[float] = set()  # the λ of a gap's left end where the gap is one step
+        while len(rows) < max_points:
+            wide = [
+                (rows[k][1] / max(rows[k + 1][1], 1e-300), k)
+                for k in range(len(rows) - 1)
+                if rows[k][1] > rows[k + 1][1] * (1 + gap) and rows[k][0] not in steps
+            ]
+            if not wide:
+                break
+            _, k = max(wide)
+            (la, ca, _), (lb, cb, _) = rows[k], rows[k + 1]
+            lo, hi, new = la, lb, None
+            for _ in range(iters):
+                if hi - lo <= 1e-9 * hi:
+                    break
+                mid = math.sqrt(lo * hi) if lo > 0 else 0.5 * hi
+                cm, sm = self.router.route(mask[None], mid)
+                c_mid = float(cm.mean())
+                if c_mid >= ca * (1 - 1e-12):
+                    lo = mid  # still on the left end's step
+                elif c_mid <= cb * (1 + 1e-12):
+                    hi = mid  # already on the right end's step
+                else:
+                    new = (mid, c_mid, float(sm.mean()))
+                    break
+            if new is None:
+                steps.add(la)
+            else:
+                rows.insert(k + 1, new)
+        return rows
 
 
 def build_front(

@@ -338,7 +338,7 @@ def cost_select(inp: Any, cfg: DictConfig, bm: Any, metric: str, budget: float) 
         "calibration": curve,
         "split": inp.split,
         # how the run-time knob maps an average budget between two calibration points
-        "mixing": bool(_sel(cfg, "cost_mix", True)),
+        "mixing": bool(_sel(cfg, "cost_mix", False)),
     }
     n_boot = int(_sel(cfg, "n_boot", 2000))
     seed = int(cfg.get("seed", 0))
