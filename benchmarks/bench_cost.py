@@ -145,7 +145,7 @@ def knob(args: argparse.Namespace) -> dict[str, Any]:
 
     import numpy as np
 
-    from moe2.format.cost_routing import CostRouting, Knob, request_shares
+    from moe2.format.cost_routing import CostRouting, Knob
     from moe2.gating.baselines import interval_text, paired_bootstrap
     from moe2.selection import costsel
     from moe2.selection.api import load_inputs
@@ -173,7 +173,6 @@ def knob(args: argparse.Namespace) -> dict[str, Any]:
         "dense": dataclasses.replace(dense, mixing=False),
         "mixed": dataclasses.replace(dense, mixing=True),
     }
-    u = request_shares(d.texts)
 
     def realise(rows: np.ndarray, q: np.ndarray, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         v = q[rows][:, cols] - lam[rows, None] * cs.chat[rows][:, cols]
@@ -204,11 +203,9 @@ def knob(args: argparse.Namespace) -> dict[str, Any]:
             "budget": b,
             "knobs": {k: {"lambda": v.lam, "mix": v.mix_dict()} for k, v in knobs.items()},
         }
+        lams = {k: v.lambdas(d.texts) for k, v in knobs.items()}  # [P] per knob
         for split, (rows, q) in splits.items():
-            per = {
-                k: realise(rows, q, v.lambdas(d.texts) if v.mixed else np.full(len(u), v.lam))
-                for k, v in knobs.items()
-            }
+            per = {k: realise(rows, q, lam) for k, lam in lams.items()}
             row[split] = {
                 k: {"mean_cost": float(c.mean()), "accuracy": float(s.mean())}
                 for k, (c, s) in per.items()

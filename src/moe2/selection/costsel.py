@@ -211,13 +211,6 @@ def score_on(
 ) -> dict[str, Any]:
     """Each answer of :func:`choose` scored on ``rows`` (realised mean cost and accuracy), with
     paired bootstrap intervals of MoE² − each baseline (accuracy and cost) on the same prompts."""
-    return paired_figures(per_prompt(cs, inp, picks, rows, q), n_boot, seed)
-
-
-def per_prompt(
-    cs: CostSetup, inp: Any, picks: dict[str, Any], rows: np.ndarray, q: np.ndarray
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{rule: (realised cost [P], score [P])}`` of each answer of :func:`choose` on ``rows``."""
     d = inp.data
     s = np.nan_to_num(d.scores[rows])
     c = cs.cost[rows]
@@ -237,7 +230,7 @@ def per_prompt(
         if j is not None:
             per[name] = (c[:, j], s[:, j])
     per["oracle"] = oracle(cs, inp, rows)
-    return per
+    return paired_figures(per, n_boot, seed)
 
 
 def paired_figures(
