@@ -68,16 +68,17 @@ def render(answer: Any) -> None:
 
 
 def remote_experts(bundle: Any, deployment: Any) -> dict[str, Any]:
-    """The bundle's experts that the deployment puts at an OpenAI-compatible endpoint (every
-    expert the bundle has no weights for needs one), as clients; none connects before it is
-    called."""
+    """The bundle's experts that the deployment (or the bundle) puts at an OpenAI-compatible
+    endpoint, as clients; none connects before it is called. An expert the bundle holds no
+    weights for and that has no URL is left out: it is an error only if the prompt is routed to
+    it (:meth:`moe2.runtime.bundle.Bundle.ask` names it)."""
     import os
 
     from moe2.experts.base import Template
     from moe2.experts.openai import OpenAIExpert
     from moe2.serving.config import load_deployment
 
-    placements = load_deployment(deployment or {}, bundle.subset, bundle.endpoints)
+    placements = load_deployment(deployment or {}, bundle.subset, bundle.endpoints, strict=False)
     out = {}
     for name, pl in placements.items():
         if pl.kind != "openai":

@@ -131,12 +131,25 @@ def test_ask_calls_the_routed_endpoint_and_reports_its_cost(
 
     bundle = load_bundle(run / "bundle", backend="onnxruntime")
     over = [f"paths.artifacts={run}", f"prompt={Q}", "max_new_tokens=4"]
-    # no endpoint given: one error that names the expert and the deployment to write
+    chosen = bundle.route(Q, k=1)[0][0]
+    others = [e for e in bundle.subset if e != chosen]
+    assert others, "the selection should hold more than the routed expert"
+    # no endpoint given: one error that names the routed expert (only it) and the file to write
     with pytest.raises(
         ConfigError, match=r"(?s)run at an endpoint.*deployment\.file=FILE:\nexperts:\n"
     ) as ei:
         ask(compose("ask", over))
-    assert all(f'"{e}": {{kind: openai, url: ' in str(ei.value) for e in bundle.subset)
+    named = [e for e in bundle.subset if f'"{e}": {{kind: openai, url: ' in str(ei.value)]
+    assert named == [chosen]
+    # only the routed expert needs a URL: a deployment of the others alone still names it...
+    rest = _deployment(tmp_path / "rest.yaml", endpoints, others)
+    with pytest.raises(ConfigError, match="run at an endpoint") as ei:
+        ask(compose("ask", [*over, f"deployment.file={rest}"]))
+    named = [e for e in bundle.subset if f'"{e}": {{kind: openai, url: ' in str(ei.value)]
+    assert named == [chosen]
+    # ...and a deployment of that one alone answers from its endpoint
+    one = _deployment(tmp_path / "one.yaml", endpoints, [chosen])
+    assert ask(compose("ask", [*over, f"deployment.file={one}"]))["answer"] == WORD[chosen]
     dep = _deployment(tmp_path / "dep.yaml", endpoints, bundle.subset)
     for lam in bundle.cost_routing.lambda_range:
         out = ask(compose("ask", [*over, f"deployment.file={dep}", f"routing.lambda={lam}"]))

@@ -30,7 +30,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from moe2.errors import BundleError, DataError
+from moe2.errors import BundleError, ConfigError, DataError
 from moe2.format.parity import describe, failed
 from moe2.utils.io import dumps_json, read_json, sha256_file, write_json, write_text_atomic
 
@@ -42,6 +42,19 @@ MANIFEST = "manifest.json"
 #: the detached digest of manifest.json (``sha256sum`` format), written last by :func:`seal`
 DIGEST = "manifest.sha256"
 AGGREGATIONS = ("top1", "mixture", "vote")
+
+
+def no_endpoint_url(names: list[str]) -> ConfigError:
+    """The error for experts that run at an endpoint (the bundle holds no weights for them) but
+    were given no URL: it names them and shows the deployment file that places them."""
+    example = "\n".join(
+        f'  "{n}": {{kind: openai, url: "http://HOST:PORT/v1", model: {n}}}' for n in names
+    )
+    return ConfigError(
+        f"expert(s) {names} run at an endpoint (hosted: the bundle holds no weights for them) "
+        "and neither the deployment nor the bundle gives its URL; write a deployment file "
+        f"and pass deployment.file=FILE:\nexperts:\n{example}"
+    )
 
 
 def slug(name: str) -> str:

@@ -457,7 +457,7 @@ class Bundle:
             remote: experts called at an OpenAI-compatible endpoint instead of in this process,
                 by name (a :class:`moe2.experts.openai.OpenAIExpert`: ``generate`` and
                 ``score_choices``); every expert that runs at an endpoint (:attr:`endpoints`)
-                and is routed to must be here.
+                and is routed to must be here (the others need not be).
         """
         import time
 
@@ -483,8 +483,10 @@ class Bundle:
             routed = [(routed[0][0], 1.0)]
         remote = dict(remote or {})
         unplaced = [n for n, _w in routed if n in self.endpoints and n not in remote]
-        if unplaced:
-            self.expert_dir(unplaced[0])  # says how to give its endpoint
+        if unplaced:  # only the routed ones need a URL; the error shows the deployment to write
+            from moe2.format.manifest import no_endpoint_url
+
+            raise no_endpoint_url(unplaced)
         # every routed expert's context is checked before any expert runs (an endpoint expert's
         # tokenizer is its server's: it checks there)
         prompts: dict[str, list[int]] = {}

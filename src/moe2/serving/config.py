@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from moe2.errors import ConfigError
-from moe2.format.manifest import AGGREGATIONS
+from moe2.format.manifest import AGGREGATIONS, no_endpoint_url
 
 
 @dataclass
@@ -231,7 +231,11 @@ def to_plain(cfg: Any) -> Any:
 
 
 def load_deployment(
-    cfg: Any, subset: list[str], endpoints: dict[str, dict[str, Any]] | None = None
+    cfg: Any,
+    subset: list[str],
+    endpoints: dict[str, dict[str, Any]] | None = None,
+    *,
+    strict: bool = True,
 ) -> dict[str, Placement]:
     """The placement of each expert of ``subset`` from the ``deployment`` config.
 
@@ -242,6 +246,9 @@ def load_deployment(
         endpoints: the bundle's experts that run at an endpoint (``manifest.json["endpoints"]``
             by name: ``url`` or ``None``, ``model``). The bundle holds no weights for them, so
             their placement is ``openai``: the deployment's ``url``, else the manifest's.
+        strict: an endpoint expert without a URL is an error (``serve``: any request may route
+            to it); ``False`` leaves it out of the placements (``ask``: only the experts a
+            prompt is routed to need one, and the bundle says which lacks it).
 
     Raises:
         ConfigError: an unknown expert, key or value, an unreadable file, or an endpoint expert
@@ -301,13 +308,6 @@ def load_deployment(
             model = own.get("model") or endpoints[name].get("model") or name
             spec = {**spec, "kind": "openai", "url": url, "model": model}
         placements[name] = build(Placement, spec, f"deployment.{name}")
-    if no_url:
-        example = "\n".join(
-            f'  "{n}": {{kind: openai, url: "http://HOST:PORT/v1", model: {n}}}' for n in no_url
-        )
-        raise ConfigError(
-            f"expert(s) {no_url} run at an endpoint (hosted: the bundle holds no weights for them) "
-            "and neither the deployment nor the bundle gives its URL; write a deployment file "
-            f"and pass deployment.file=FILE:\nexperts:\n{example}"
-        )
+    if no_url and strict:
+        raise no_endpoint_url(no_url)
     return placements
