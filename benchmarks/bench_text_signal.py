@@ -18,6 +18,18 @@ row is asserted to be a train or val prompt), 5 folds of a seeded hash of the pr
   prompts (mbpp) go to GPT-3.5. A post-hoc signal no pre-call router has, as a ceiling of what
   answer agreement buys: accuracy and mean cost relative to GPT-4.
 
+- ``vote``: the lookup's own aggregation question: instead of the best expert of each category,
+  the top-k (k = 3, 5) experts of each category on the fitting folds vote, scored with moe2's
+  score-based vote (``moe2.selection.objective``: more than half right wins, a tie goes to the
+  best-ranked voter); on RouterBench also a plurality of the option letters the experts answered
+  (``--data``; mbpp, which has no letters, keeps the score-based vote). If the experts' errors
+  were independent enough, a vote of a category's best few would beat its best one.
+- ``costlen`` (issue 11, reads ``bench_cost.py train``'s out-of-fold correctness heads): does a
+  per-prompt predicted cost (a per-category, per-expert linear fit on the prompt's length), or
+  even the realised cost itself, move the cost front of the category-mean cost that moe2 routes
+  by? All experts deployed, λ swept; predicted costs fitted on one seeded half of train+val and
+  the front scored on the other.
+
 Commands (repository root, venv active; tables from ``bench_quality.py import``, embeddings
 through the cache of ``bench_quality.py``):
 
@@ -26,6 +38,9 @@ through the cache of ``bench_quality.py``):
     python benchmarks/bench_text_signal.py auc --table llmrouter
     python benchmarks/bench_text_signal.py sublookup --table llmrouter
     python benchmarks/bench_text_signal.py cascade --data ../shared/data
+    python benchmarks/bench_text_signal.py vote --table llmrouter
+    python benchmarks/bench_text_signal.py vote --table routerbench --data ../shared/data
+    python benchmarks/bench_text_signal.py costlen --table llmrouter --cost-work /tmp/moe2-cost
 """
 
 from __future__ import annotations
@@ -191,18 +206,7 @@ def _letter(response: str) -> str | None:
 
 def cascade(args: argparse.Namespace) -> dict[str, Any]:
     data, rows, sub = _trainval(args.work, "routerbench")
-    csv.field_size_limit(1 << 30)
-    answers: dict[str, dict[str, str | None] | None] = {}
-    for f in sorted((args.data / "routerbench").glob("*.csv")):
-        with open(f, newline="") as fh:
-            for row in csv.DictReader(fh):
-                sid = row["sample_id"]
-                # a repeated id (the importer renames the second copy): ambiguous, left out
-                answers[sid] = (
-                    None
-                    if sid in answers
-                    else {e: _letter(row.get(f"{e}|model_response", "")) for e in sub.experts}
-                )
+    answers = _routerbench_letters(args.data, list(sub.experts))
     E = {e: j for j, e in enumerate(sub.experts)}
     cats = np.asarray(sub.categories)[sub.category_idx]
     keep = [
@@ -246,19 +250,213 @@ def cascade(args: argparse.Namespace) -> dict[str, Any]:
     return {"n": len(keep), "gpt4": [ref_acc, ref_cost], "cascades": res}
 
 
+def _routerbench_letters(data_dir: Path, experts: list[str]) -> dict[str, Any]:
+    """Each RouterBench prompt's option letter per expert (``None``: no letter in its response);
+    a repeated ``sample_id`` (the importer renames the second copy) is ambiguous: ``None``."""
+    csv.field_size_limit(1 << 30)
+    answers: dict[str, dict[str, str | None] | None] = {}
+    for f in sorted((data_dir / "routerbench").glob("*.csv")):
+        with open(f, newline="") as fh:
+            for row in csv.DictReader(fh):
+                sid = row["sample_id"]
+                answers[sid] = (
+                    None
+                    if sid in answers
+                    else {e: _letter(row.get(f"{e}|model_response", "")) for e in experts}
+                )
+    return answers
+
+
+def _score_vote(Y: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """moe2's score-based vote of the experts ``order`` (best first) on each row of ``Y``."""
+    right = Y[:, order] >= 0.5
+    n_right, n = right.sum(1), len(order)
+    return np.where(2 * n_right > n, 1.0, np.where(2 * n_right == n, right[:, 0], 0.0))
+
+
+def _letter_vote(Y: np.ndarray, L: list[list[str | None]], order: np.ndarray) -> np.ndarray:
+    """Plurality of the option letters of the experts ``order``; a tie (or no letter) goes to the
+    best-ranked voter among the tied; the winner's score is the vote's."""
+    got = np.zeros(len(Y))
+    for i, letters in enumerate(L):
+        votes = [(letters[j], r, j) for r, j in enumerate(order) if letters[j] is not None]
+        if not votes:
+            got[i] = Y[i, order[0]]
+            continue
+        counts: dict[str, int] = {}
+        for a, _r, _j in votes:
+            counts[a] = counts.get(a, 0) + 1
+        top = max(counts.values())
+        winner = min((r, j) for a, r, j in votes if counts[a] == top)[1]
+        got[i] = Y[i, winner]
+    return got
+
+
+def vote(args: argparse.Namespace) -> dict[str, Any]:
+    from moe2.gating.baselines import paired_bootstrap
+
+    _data, _rows, sub = _trainval(args.work, args.table)
+    Y = np.nan_to_num(sub.scores, nan=0.0)
+    folds, cats = _folds(sub, args.folds), sub.category_idx
+    names = np.asarray(sub.categories)
+    letters = None
+    if args.table == "routerbench":
+        ans = _routerbench_letters(args.data, list(sub.experts))
+        letters = [
+            [(ans.get(str(pid)) or {}).get(e) for e in sub.experts] for pid in sub.prompt_ids
+        ]
+    rules = {"lookup": (1, "score")}
+    for k in (3, 5):
+        rules[f"vote{k}"] = (k, "score")
+        if letters is not None:
+            rules[f"vote{k}-letters"] = (k, "letters")
+    got = {r: np.zeros(len(Y)) for r in rules}
+    for f in range(args.folds):
+        te = folds == f
+        for c in np.unique(cats):
+            fit, ev = ~te & (cats == c), te & (cats == c)
+            order = np.argsort(-Y[fit].mean(0), kind="stable")
+            idx = np.flatnonzero(ev)
+            for r, (k, how) in rules.items():
+                if how == "letters" and names[c] != "mbpp":
+                    got[r][idx] = _letter_vote(Y[idx], [letters[i] for i in idx], order[:k])
+                else:
+                    got[r][idx] = _score_vote(Y[idx], order[:k])
+    lookup = got["lookup"]
+    per_lookup = {str(names[c]): float(lookup[cats == c].mean()) for c in np.unique(cats)}
+    out: dict[str, Any] = {"table": args.table, "n": len(Y), "lookup": per_lookup, "rows": []}
+    print(f"{args.table} train+val CV, n={len(Y)}: per-category lookup {lookup.mean():.4f}")
+    for r in rules:
+        if r == "lookup":
+            continue
+        iv = paired_bootstrap(got[r], lookup, n_boot=2000, seed=0)
+        d = [100 * iv.mean, 100 * iv.lo, 100 * iv.hi]
+        per = {str(names[c]): float(got[r][cats == c].mean()) for c in np.unique(cats)}
+        out["rows"].append(
+            {"rule": r, "accuracy": float(got[r].mean()), "minus_lookup_pt": d, "per_category": per}
+        )
+        print(f"  {r:15s} {got[r].mean():.4f}  − lookup {d[0]:+.2f} pt [{d[1]:+.2f}, {d[2]:+.2f}]")
+    ahead = [
+        (str(names[c]), r)
+        for r in rules
+        if r != "lookup"
+        for c in np.unique(cats)
+        if got[r][cats == c].mean() > lookup[cats == c].mean()
+    ]
+    out["categories_where_a_vote_is_ahead"] = ahead
+    print("  (category, vote) pairs ahead of the category's best expert:")
+    for c, r in ahead:
+        print(
+            f"    {c}: {r} {out['rows'][list(rules).index(r) - 1]['per_category'][c]:.3f} vs {per_lookup[c]:.3f}"
+        )
+    if not ahead:
+        print("    none")
+    return out
+
+
+def costlen(args: argparse.Namespace) -> dict[str, Any]:
+    import pandas as pd
+
+    from moe2.data.tables import load_outcomes
+    from moe2.gating.baselines import paired_bootstrap
+
+    data = load_outcomes(args.work / args.table / "outcomes")
+    oof = pd.read_parquet(args.cost_work / args.table / "gating" / "correctness_oof.parquet")
+    assert set(oof["split"]) <= {"train", "val"}, "the OOF predictions are of train+val only"
+    row = {p: i for i, p in enumerate(data.prompt_ids)}
+    rows = np.array([row[p] for p in oof["prompt_id"]])
+    E = list(data.experts)
+    q = 1.0 / (1.0 + np.exp(-oof[E].to_numpy(np.float64)))
+    S, C = data.scores[rows], data.cost[rows]
+    ok = ~(np.isnan(S).any(1) | np.isnan(C).any(1))
+    q, S, C, rows = q[ok], S[ok], C[ok], rows[ok]
+    cats = data.category_idx[rows]
+    length = np.array([len(data.texts[i]) for i in rows], dtype=np.float64)
+    fit = np.random.default_rng(0).random(len(q)) < 0.5
+    ev = ~fit
+    by_cat = np.zeros_like(C)
+    by_len = np.zeros_like(C)
+    for c in np.unique(cats):
+        m, f = cats == c, fit & (cats == c)
+        by_cat[m] = C[f].mean(0)
+        A = np.c_[np.ones(f.sum()), length[f]]
+        coef, *_ = np.linalg.lstsq(A, C[f], rcond=None)  # [2, E]
+        by_len[m] = np.maximum(np.c_[np.ones(m.sum()), length[m]] @ coef, 1e-12)
+    best = int(np.argmax(S[ev].mean(0)))
+    ref = float(C[ev, best].mean())
+    lams = np.concatenate([[0.0], np.geomspace(1e-2, 1e7, 600)])
+
+    def front(chat: np.ndarray) -> list[tuple[float, np.ndarray]]:
+        pts = []
+        for lam in lams:
+            r = np.argmax(q[ev] - lam * chat[ev], axis=1)
+            pick = np.arange(len(r)), r
+            pts.append((float(C[ev][pick].mean()), S[ev][pick]))
+        return pts
+
+    fronts = {
+        "category mean (moe2)": front(by_cat),
+        "length fit": front(by_len),
+        "realised": front(C),
+    }
+    out: dict[str, Any] = {
+        "table": args.table,
+        "n_eval": int(ev.sum()),
+        "best_single": [E[best], float(S[ev, best].mean()), ref],
+        "rows": [],
+    }
+    print(
+        f"{args.table}: OOF heads, all {len(E)} experts, n={int(ev.sum())} scored "
+        f"(costs fitted on the other {int(fit.sum())}); most accurate {E[best]} "
+        f"{S[ev, best].mean():.4f} at {ref:.3g}"
+    )
+    for frac in (0.1, 0.15, 0.2, 0.3, 0.5, 0.8):
+        budget = frac * ref
+        cells = {}
+        for name, pts in fronts.items():
+            fits = [s for c, s in pts if c <= budget]
+            cells[name] = max(fits, key=lambda s: s.mean()) if fits else None
+        base = cells["category mean (moe2)"]
+        line, rec = [], {"fraction": frac, "budget": budget}
+        for name, s in cells.items():
+            if s is None:
+                line.append(f"{name}: —")
+                continue
+            rec[name] = float(s.mean())
+            if name != "category mean (moe2)" and base is not None:
+                iv = paired_bootstrap(s, base, n_boot=2000, seed=0)
+                rec[name + " − category mean pt"] = [100 * iv.mean, 100 * iv.lo, 100 * iv.hi]
+                line.append(
+                    f"{name}: {s.mean():.4f} ({100 * iv.mean:+.2f} pt [{100 * iv.lo:+.2f}, {100 * iv.hi:+.2f}])"
+                )
+            else:
+                line.append(f"{name}: {s.mean():.4f}")
+        out["rows"].append(rec)
+        print(f"  {frac:4.0%} of its cost: " + "; ".join(line))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", choices=["auc", "sublookup", "cascade"])
+    ap.add_argument("command", choices=["auc", "sublookup", "cascade", "vote", "costlen"])
     ap.add_argument("--work", type=Path, default=Path("/tmp/moe2-quality"))
     ap.add_argument("--table", choices=["llmrouter", "routerbench"], default="routerbench")
     ap.add_argument("--cache", default="/tmp/moe2-cache")
     ap.add_argument("--data", type=Path, default=bench_quality.SHARED)
+    ap.add_argument("--cost-work", type=Path, default=Path("/tmp/moe2-cost"))
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--C", type=float, default=0.3, help="auc: inverse L2 strength")
     ap.add_argument("--json", type=Path, default=None, help="write the result here")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the gate config")
     args = ap.parse_intermixed_args()
-    out = {"auc": auc, "sublookup": sublookup, "cascade": cascade}[args.command](args)
+    stages = {
+        "auc": auc,
+        "sublookup": sublookup,
+        "cascade": cascade,
+        "vote": vote,
+        "costlen": costlen,
+    }
+    out = stages[args.command](args)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
 
