@@ -337,18 +337,15 @@ def vote(args: argparse.Namespace) -> dict[str, Any]:
         )
         print(f"  {r:15s} {got[r].mean():.4f}  − lookup {d[0]:+.2f} pt [{d[1]:+.2f}, {d[2]:+.2f}]")
     ahead = [
-        (str(names[c]), r)
-        for r in rules
-        if r != "lookup"
-        for c in np.unique(cats)
-        if got[r][cats == c].mean() > lookup[cats == c].mean()
+        (c, row["rule"], acc)
+        for row in out["rows"]
+        for c, acc in row["per_category"].items()
+        if acc > per_lookup[c]
     ]
-    out["categories_where_a_vote_is_ahead"] = ahead
+    out["categories_where_a_vote_is_ahead"] = [(c, r) for c, r, _acc in ahead]
     print("  (category, vote) pairs ahead of the category's best expert:")
-    for c, r in ahead:
-        print(
-            f"    {c}: {r} {out['rows'][list(rules).index(r) - 1]['per_category'][c]:.3f} vs {per_lookup[c]:.3f}"
-        )
+    for c, r, acc in ahead:
+        print(f"    {c}: {r} {acc:.3f} vs {per_lookup[c]:.3f}")
     if not ahead:
         print("    none")
     return out

@@ -222,11 +222,9 @@ class Bundle:
         """The bundle-relative directory of ``expert``: routing.json's, one the manifest lists."""
         dirs = self.routing.get("expert_dirs") or {}
         if expert in self.endpoints:
-            raise ConfigError(
-                f"expert {expert!r} runs at an endpoint (the bundle holds no weights for it); "
-                "give its URL in a deployment: `moe2 ask|serve BUNDLE deployment.file=FILE` "
-                f'with experts: {{"{expert}": {{kind: openai, url: "http://HOST:PORT/v1"}}}}'
-            )
+            from moe2.format.manifest import no_endpoint_url
+
+            raise no_endpoint_url([expert])
         if expert not in dirs:
             raise BundleError(f"routing.json has no directory for expert {expert!r}; re-export")
         rel = dirs[expert]
