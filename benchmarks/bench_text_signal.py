@@ -29,6 +29,27 @@ row is asserted to be a train or val prompt), 5 folds of a seeded hash of the pr
   even the realised cost itself, move the cost front of the category-mean cost that moe2 routes
   by? All experts deployed, λ swept; predicted costs fitted on one seeded half of train+val and
   the front scored on the other.
+- ``null``: is the oracle's headroom over the lookup evidence of routable signal? Inside each
+  category, each expert's outcomes are shuffled across the category's prompts (``--perms``
+  times, independently per expert): that keeps every expert's accuracy per category and
+  removes any per-prompt structure, so no router can beat the lookup there. The real oracle
+  beside the shuffled one, and the mean pairwise correlation of the experts' outcomes.
+- ``rasch``: the same question against a model with shared difficulty but no routing signal.
+  Inside each category a Rasch model, P(expert e right on prompt p) = sigmoid(a_e - b_p) with
+  b_p ~ N(0, s^2), is fitted by marginal maximum likelihood (Gauss-Hermite quadrature). It ranks
+  the experts the same way on every prompt, so under it the category's best expert is the best
+  router there is. Its simulated tables (``--perms`` draws of the category's prompt count) give
+  the oracle and the pairwise correlation that shared difficulty and noise alone produce. The
+  oracle is a weak test (a few experts saturate it), so the stage also fits mixtures of
+  ``--lca-types`` latent prompt types (each with its own accuracy per expert) and reports the
+  gain a router that knew each prompt's type would have over the category's best expert, on
+  the real table and on ``--lca-draws`` of the simulated ones (the in-sample fit's optimism).
+  Categories with fractional scores (LLMRouter's commongen) keep their real figures in both.
+- ``catlp`` (issue 11): what the category alone buys under a mean-cost budget. A linear program
+  over per-category mixtures of experts (each category sends shares of its prompts to experts),
+  maximising train+val accuracy under a mean cost of a share of the most accurate expert's.
+  In-sample, so optimistic; where the rows above find no routing signal inside a category, this
+  is the best any pre-call router can do at that budget.
 
 Commands (repository root, venv active; tables from ``bench_quality.py import``, embeddings
 through the cache of ``bench_quality.py``):
@@ -41,6 +62,9 @@ through the cache of ``bench_quality.py``):
     python benchmarks/bench_text_signal.py vote --table llmrouter
     python benchmarks/bench_text_signal.py vote --table routerbench --data ../shared/data
     python benchmarks/bench_text_signal.py costlen --table llmrouter --cost-work /tmp/moe2-cost
+    python benchmarks/bench_text_signal.py null --table llmrouter
+    python benchmarks/bench_text_signal.py rasch --table llmrouter
+    python benchmarks/bench_text_signal.py catlp --table routerbench
 """
 
 from __future__ import annotations
@@ -60,6 +84,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_quality  # noqa: E402  (the protocol's tables, config and embedding cache)
 
 GPT4 = "gpt-4-1106-preview"
+#: numbers of latent prompt types of ``rasch``'s mixture fits
+LCA_TYPES = (2, 3)  # the default of --lca-types
 GPT35 = "gpt-3.5-turbo-1106"
 #: experts a cascade may call first (not GPT-4, not the two Claude models dearer than 10x the rest)
 DEAR = (GPT4, "claude-v1", "claude-v2")
@@ -433,9 +459,276 @@ def costlen(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def null(args: argparse.Namespace) -> dict[str, Any]:
+    _data, _rows, sub = _trainval(args.work, args.table)
+    Y = np.nan_to_num(sub.scores, nan=0.0)
+    cats, names = sub.category_idx, np.asarray(sub.categories)
+    rng = np.random.default_rng(0)
+    n = len(Y)
+    look = oracle = 0.0
+    shuffled = np.zeros(args.perms)
+    out: dict[str, Any] = {"table": args.table, "n": n, "perms": args.perms, "rows": []}
+    print(f"{args.table} train+val, n={n}: oracle vs the oracle of within-category shuffles")
+    for c in np.unique(cats):
+        Yc = Y[cats == c]
+        lk, orc = float(Yc.mean(0).max()), float(Yc.max(1).mean())
+        sh = np.array(
+            [
+                np.stack([rng.permutation(col) for col in Yc.T], 1).max(1).mean()
+                for _ in range(args.perms)
+            ]
+        )
+        phi = _mean_correlation(Yc)
+        w = len(Yc) / n
+        look, oracle, shuffled = look + w * lk, oracle + w * orc, shuffled + w * sh
+        row = {
+            "category": str(names[c]),
+            "n": len(Yc),
+            "lookup": lk,
+            "oracle": orc,
+            "shuffled_oracle": float(sh.mean()),
+            "shuffled_oracle_95": [float(np.quantile(sh, 0.025)), float(np.quantile(sh, 0.975))],
+            "mean_pairwise_correlation": phi,
+        }
+        out["rows"].append(row)
+        print(
+            f"  {row['category'][:22]:22s} n {len(Yc):4d}  best expert {lk:.3f}  oracle {orc:.3f}"
+            f"  shuffled oracle {sh.mean():.3f}  mean correlation {phi:+.2f}"
+        )
+    lo, hi = np.quantile(shuffled, [0.025, 0.975])
+    out["overall"] = {
+        "lookup": look,
+        "oracle": oracle,
+        "shuffled_oracle": float(shuffled.mean()),
+        "shuffled_oracle_95": [float(lo), float(hi)],
+    }
+    print(
+        f"  overall: best expert per category {look:.4f}  oracle {oracle:.4f}  shuffled oracle "
+        f"{shuffled.mean():.4f} [{lo:.4f}, {hi:.4f}]"
+    )
+    return out
+
+
+def _fit_rasch(Y: np.ndarray, nodes: int = 41) -> tuple[np.ndarray, float]:
+    """Marginal ML of a Rasch model on ``Y`` [prompts x experts] in {0, 1, NaN}: (a_e, s)."""
+    from scipy.optimize import minimize
+    from scipy.special import log_expit, logsumexp
+
+    x, w = np.polynomial.hermite_e.hermegauss(nodes)
+    logw = np.log(w / w.sum())
+    obs = np.isfinite(Y)
+    y = np.where(obs, Y, 0.0)
+
+    def nll(theta: np.ndarray) -> float:
+        a, s = theta[:-1], np.exp(theta[-1])
+        z = a[None, None, :] - s * x[:, None, None]  # [nodes, 1, experts]
+        ll = (y * log_expit(z) + (1 - y) * log_expit(-z)) * obs  # [nodes, prompts, experts]
+        return -float(logsumexp(ll.sum(-1) + logw[:, None], axis=0).sum())
+
+    m = np.clip(np.nanmean(Y, 0), 0.02, 0.98)
+    theta0 = np.append(np.log(m / (1 - m)), 0.0)
+    res = minimize(nll, theta0, method="L-BFGS-B")
+    return res.x[:-1], float(np.exp(res.x[-1]))
+
+
+def _mean_correlation(Yc: np.ndarray) -> float:
+    keep = Yc.std(0) > 0
+    if keep.sum() < 2:
+        return float("nan")
+    r = np.corrcoef(Yc[:, keep].T)
+    return float(r[np.triu_indices_from(r, 1)].mean())
+
+
+def _lca_gain(Y: np.ndarray, k: int, rng: np.random.Generator, restarts: int = 3) -> float:
+    """What knowing a prompt's latent type would add to the category's best expert.
+
+    A mixture of ``k`` types, each with its own accuracy per expert (independent Bernoulli
+    outcomes given the type, NaN left out), fitted by EM (best of ``restarts``, Beta(1, 1)
+    smoothing). The gain is sum_t pi_t max_e p_te - max_e sum_t pi_t p_te: zero when every type
+    ranks the experts alike. Fitted in-sample, so positive even on pure noise; compare it with
+    the same figure on tables simulated without routing signal.
+    """
+    from scipy.special import logsumexp
+
+    obs = np.isfinite(Y)
+    y = np.where(obs, Y, 0.0)
+    best_ll, best = -np.inf, 0.0
+    for _ in range(restarts):
+        p = np.clip(np.nanmean(Y, 0)[None, :] + rng.uniform(-0.2, 0.2, (k, Y.shape[1])), 0.05, 0.95)
+        pi = np.full(k, 1.0 / k)
+        for _ in range(200):
+            ll = np.log(pi)[None, :] + (y * obs) @ np.log(p).T + ((1 - y) * obs) @ np.log1p(-p).T
+            z = logsumexp(ll, axis=1, keepdims=True)
+            r = np.exp(ll - z)
+            pi = np.clip(r.mean(0), 1e-6, None)
+            p = ((r.T @ (y * obs)) + 1.0) / ((r.T @ obs) + 2.0)
+        if z.sum() > best_ll:
+            best_ll = float(z.sum())
+            best = float((pi * p.max(1)).sum() - (pi @ p).max())
+    return best
+
+
+def rasch(args: argparse.Namespace) -> dict[str, Any]:
+    from scipy.special import expit
+
+    _data, _rows, sub = _trainval(args.work, args.table)
+    types = tuple(getattr(args, "lca_types", LCA_TYPES))
+    cats, names = sub.category_idx, np.asarray(sub.categories)
+    rng = np.random.default_rng(0)
+    n = len(sub.scores)
+    real: dict[str, Any] = {"lookup": 0.0, "oracle": 0.0, "type_gain": np.zeros(len(types))}
+    sim = {"lookup": np.zeros(args.perms), "oracle": np.zeros(args.perms)}
+    sim["type_gain"] = np.zeros((args.lca_draws, len(types)))
+    out: dict[str, Any] = {"table": args.table, "n": n, "perms": args.perms, "rows": []}
+    print(f"{args.table} train+val, n={n}: real oracle vs a Rasch model (no routing signal)")
+    for c in np.unique(cats):
+        Yc = sub.scores[cats == c]
+        Y0 = np.nan_to_num(Yc, nan=0.0)
+        lk, orc, w = float(Y0.mean(0).max()), float(Y0.max(1).mean()), len(Yc) / n
+        real["lookup"] += w * lk
+        real["oracle"] += w * orc
+        row: dict[str, Any] = {"category": str(names[c]), "n": len(Yc), "lookup": lk}
+        row |= {"oracle": orc, "correlation": _mean_correlation(Y0)}
+        f = np.isfinite(Yc)
+        if ((Yc[f] > 0) & (Yc[f] < 1)).any():
+            sim["lookup"] += w * lk
+            sim["oracle"] += w * orc
+            gain = np.array([_lca_gain(np.round(Yc), t, rng) for t in types])
+            real["type_gain"] += w * gain
+            sim["type_gain"] += w * gain
+            row["rasch"] = None
+            print(f"  {row['category'][:22]:22s} fractional scores: real figures kept")
+            out["rows"].append(row)
+            continue
+        a, s = _fit_rasch(Yc)
+        lks, orcs, cors = np.zeros(args.perms), np.zeros(args.perms), np.zeros(args.perms)
+        gains = np.zeros((args.lca_draws, len(types)))
+        for r in range(args.perms):
+            b = rng.normal(0.0, s, len(Yc))
+            Ys = (rng.random(Yc.shape) < expit(a[None, :] - b[:, None])).astype(float)
+            lks[r], orcs[r], cors[r] = Ys.mean(0).max(), Ys.max(1).mean(), _mean_correlation(Ys)
+            if r < args.lca_draws:
+                gains[r] = [_lca_gain(np.where(np.isfinite(Yc), Ys, np.nan), t, rng) for t in types]
+        gain = np.array([_lca_gain(Yc, t, rng) for t in types])
+        real["type_gain"] += w * gain
+        sim["type_gain"] += w * gains
+        sim["lookup"] += w * lks
+        sim["oracle"] += w * orcs
+        row["rasch"] = {
+            "abilities": dict(zip(map(str, sub.experts), map(float, a), strict=True)),
+            "difficulty_sd": s,
+            "lookup": float(lks.mean()),
+            "oracle": float(orcs.mean()),
+            "oracle_95": [float(np.quantile(orcs, 0.025)), float(np.quantile(orcs, 0.975))],
+            "correlation": float(np.nanmean(cors)),
+            "type_gain_pt": {
+                str(t): [100 * float(g.mean()), 100 * float(np.quantile(g, 0.975))]
+                for t, g in zip(types, gains.T, strict=True)
+            },
+        }
+        row["type_gain_pt"] = {str(t): 100 * float(g) for t, g in zip(types, gain, strict=True)}
+        out["rows"].append(row)
+        print(
+            f"  {row['category'][:22]:22s} n {len(Yc):4d}  best {lk:.3f} (Rasch {lks.mean():.3f})"
+            f"  oracle {orc:.3f} (Rasch {orcs.mean():.3f} [{row['rasch']['oracle_95'][0]:.3f}, "
+            f"{row['rasch']['oracle_95'][1]:.3f}])  correlation {row['correlation']:+.2f} "
+            f"(Rasch {row['rasch']['correlation']:+.2f})  s {s:.2f}"
+        )
+        print(
+            "      latent-type gain "
+            + "  ".join(
+                f"{t} types {100 * g:.2f} pt (Rasch {100 * gs.mean():.2f}, 97.5 % "
+                f"{100 * np.quantile(gs, 0.975):.2f})"
+                for t, g, gs in zip(types, gain, gains.T, strict=True)
+            )
+        )
+    head_real = real["oracle"] - real["lookup"]
+    head_sim = sim["oracle"] - sim["lookup"]
+    lo, hi = np.quantile(head_sim, [0.025, 0.975])
+    out["overall"] = {
+        "real": {"lookup": real["lookup"], "oracle": real["oracle"]},
+        "rasch": {"lookup": float(sim["lookup"].mean()), "oracle": float(sim["oracle"].mean())},
+        "headroom_real_pt": 100 * head_real,
+        "headroom_rasch_pt": [100 * float(head_sim.mean()), 100 * float(lo), 100 * float(hi)],
+        "type_gain_pt": {},
+    }
+    print(
+        f"  overall: oracle − best expert per category: real {100 * head_real:.2f} pt, Rasch "
+        f"{100 * head_sim.mean():.2f} pt [{100 * lo:.2f}, {100 * hi:.2f}]; excess "
+        f"{100 * (head_real - head_sim.mean()):+.2f} pt"
+    )
+    for j, t in enumerate(types):
+        g, gs = 100 * real["type_gain"][j], 100 * sim["type_gain"][:, j]
+        lo, hi = np.quantile(gs, [0.025, 0.975])
+        out["overall"]["type_gain_pt"][str(t)] = {
+            "real": float(g),
+            "rasch": [float(gs.mean()), float(lo), float(hi)],
+        }
+        print(
+            f"  overall: gain of knowing the prompt's latent type ({t} types): real {g:.2f} pt, "
+            f"Rasch {gs.mean():.2f} pt [{lo:.2f}, {hi:.2f}]"
+        )
+    return out
+
+
+def catlp(args: argparse.Namespace) -> dict[str, Any]:
+    from scipy.optimize import linprog
+
+    _data, _rows, sub = _trainval(args.work, args.table)
+    cats, names, E = sub.category_idx, np.asarray(sub.categories), len(sub.experts)
+    Y = np.nan_to_num(sub.scores, nan=0.0)
+    cost = np.asarray(sub.cost, dtype=float)
+    if not np.isfinite(cost).any():
+        raise SystemExit(f"{args.table}: the outcome table has no cost column to budget")
+    top = int(np.argmax(Y.mean(0)))
+    top_acc, top_cost = float(Y[:, top].mean()), float(np.nanmean(cost[:, top]))
+    C = np.unique(cats)
+    w = np.array([(cats == c).mean() for c in C])
+    q = np.stack([Y[cats == c].mean(0) for c in C])  # [C, E]
+    k = np.stack([np.nanmean(cost[cats == c], 0) for c in C])
+    k = np.where(np.isfinite(k), k, np.inf)
+    A_eq = np.kron(np.eye(len(C)), np.ones(E))
+    bounds = [(0.0, 0.0 if not np.isfinite(v) else None) for v in k.ravel()]
+    kk = np.where(np.isfinite(k), k, 0.0)
+    out: dict[str, Any] = {"table": args.table, "n": len(Y), "top_single": {}, "rows": []}
+    out["top_single"] = {"expert": sub.experts[top], "accuracy": top_acc, "mean_cost": top_cost}
+    print(
+        f"{args.table} train+val, n={len(Y)}: most accurate expert {sub.experts[top]} "
+        f"{top_acc:.4f} at {top_cost:.3g}; the category's mixture of experts, best under a mean cost"
+    )
+    for share in (0.1, 0.15, 0.2, 0.3, 0.5, 0.8, 1.0):
+        res = linprog(
+            -(w[:, None] * q).ravel(),
+            A_ub=(w[:, None] * kk).ravel()[None, :],
+            b_ub=[share * top_cost],
+            A_eq=A_eq,
+            b_eq=np.ones(len(C)),
+            bounds=bounds,
+        )
+        if not res.success:
+            print(f"  {share:4.0%}: no mixture fits ({res.message})")
+            out["rows"].append({"share": share, "accuracy": None})
+            continue
+        pi = res.x.reshape(len(C), E)
+        acc, mc = float(-res.fun), float((w[:, None] * kk * pi).sum())
+        mix = {
+            str(names[c]): {sub.experts[e]: float(pi[i, e]) for e in np.flatnonzero(pi[i] > 1e-6)}
+            for i, c in enumerate(C)
+        }
+        out["rows"].append({"share": share, "accuracy": acc, "mean_cost": mc, "mixture": mix})
+        print(
+            f"  {share:4.0%} of its cost: {acc:.4f} at {mc / top_cost:.1%}"
+            f"  ({100 * (acc - top_acc):+.2f} pt vs {sub.experts[top]})"
+        )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", choices=["auc", "sublookup", "cascade", "vote", "costlen"])
+    ap.add_argument(
+        "command",
+        choices=["auc", "sublookup", "cascade", "vote", "costlen", "null", "rasch", "catlp"],
+    )
     ap.add_argument("--work", type=Path, default=Path("/tmp/moe2-quality"))
     ap.add_argument("--table", choices=["llmrouter", "routerbench"], default="routerbench")
     ap.add_argument("--cache", default="/tmp/moe2-cache")
@@ -443,6 +736,16 @@ def main() -> None:
     ap.add_argument("--cost-work", type=Path, default=Path("/tmp/moe2-cost"))
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--C", type=float, default=0.3, help="auc: inverse L2 strength")
+    ap.add_argument("--perms", type=int, default=200, help="null, rasch: draws per category")
+    ap.add_argument(
+        "--lca-draws", type=int, default=40, help="rasch: simulated tables given a mixture fit"
+    )
+    ap.add_argument(
+        "--lca-types",
+        type=lambda v: tuple(int(x) for x in v.split(",")),
+        default=LCA_TYPES,
+        help="rasch: comma-separated numbers of latent prompt types",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write the result here")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the gate config")
     args = ap.parse_intermixed_args()
@@ -452,6 +755,9 @@ def main() -> None:
         "cascade": cascade,
         "vote": vote,
         "costlen": costlen,
+        "null": null,
+        "rasch": rasch,
+        "catlp": catlp,
     }
     out = stages[args.command](args)
     if args.json:

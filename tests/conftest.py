@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
@@ -18,6 +20,15 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 SHARED_LLMROUTER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "llmrouter"
 SHARED_ROUTERBENCH = SHARED_LLMROUTER.parent / "routerbench"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module (the scripts are not part of the package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture(scope="session")
